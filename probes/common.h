@@ -1,0 +1,142 @@
+/* Shared by every rbtrace probe: the record header, the loss counters and
+ * the filter macros.
+ *
+ * Options reach the C code only as -D flags (see rbtrace/bpf.py); every
+ * macro below has a default, so each .bpf.c file compiles on its own.
+ *
+ * Kernel structs are never read through the compile-time headers: the
+ * headers installed on the machine may be for another kernel (Debian's 6.1
+ * headers on a 6.18 kernel here) and struct layouts differ.  Offsets come
+ * from the running kernel's BTF (rbtrace/btf.py) as -DTASK_*_OFF flags.
+ */
+#ifndef RBTRACE_COMMON_H
+#define RBTRACE_COMMON_H
+
+#ifndef RING_PAGES
+#define RING_PAGES 4096               /* 16 MiB with 4 KiB pages */
+#endif
+#ifndef FILTER_PID
+#define FILTER_PID 0                  /* 0: any process (tgid) */
+#endif
+#ifndef FILTER_TID
+#define FILTER_TID 0                  /* 0: any thread */
+#endif
+#ifndef FILTER_UID
+#define FILTER_UID 0xffffffff         /* (u32)-1: any user */
+#endif
+#ifndef FILTER_FAILED
+#define FILTER_FAILED 0               /* 1: only calls that returned < 0 */
+#endif
+/* FILTER_COMM, when defined, is a string literal of at most 15 bytes. */
+
+#ifndef TASK_REAL_PARENT_OFF
+#error "TASK_REAL_PARENT_OFF must come from the running kernel's BTF"
+#endif
+#ifndef TASK_TGID_OFF
+#error "TASK_TGID_OFF must come from the running kernel's BTF"
+#endif
+
+/* Indexes of the per-CPU loss/accounting counters, mirrored in
+ * rbtrace/bpf.py.  seen = SUBMITTED + RINGBUF_FULL + MAP_FULL. */
+enum rbtrace_stat {
+    STAT_SUBMITTED = 0,      /* records submitted to the ring */
+    STAT_RINGBUF_FULL = 1,   /* ringbuf_reserve failed: event dropped */
+    STAT_MAP_FULL = 2,       /* entry state could not be stored: dropped */
+    STAT_NR = 4,
+};
+
+/* Every record starts with this header.  Fields stay raw; Python formats. */
+struct rb_header {
+    u64 ts_ns;      /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+    u64 seq;        /* one per event attempt, across CPUs: gaps = drops */
+    u32 pid;        /* tgid */
+    u32 tid;
+    u32 ppid;       /* real_parent->tgid, via BTF offsets */
+    u32 uid;
+    char comm[16];
+};
+
+BPF_RINGBUF_OUTPUT(events, RING_PAGES);
+
+/* Names an event struct for user space.  BCC describes a table's value
+ * type exactly (nested structs, padding), so rbtrace takes the record
+ * layout from this never-used map instead of parsing C: the C struct stays
+ * the only definition.  Not preallocated, so it costs no memory. */
+#define RBTRACE_EVENT(name) \
+    BPF_F_TABLE("hash", int, struct name, layout_##name, 1, BPF_F_NO_PREALLOC)
+BPF_PERCPU_ARRAY(stats, u64, STAT_NR);
+BPF_ARRAY(seq_counter, u64, 1);
+
+static __always_inline void count(int which)
+{
+    u64 *v = stats.lookup(&which);
+    if (v)
+        (*v)++;               /* per-CPU slot: no atomics needed */
+}
+
+static __always_inline u64 next_seq(void)
+{
+    int zero = 0;
+    u64 *v = seq_counter.lookup(&zero);
+    if (!v)
+        return 0;
+    return __sync_fetch_and_add(v, 1);
+}
+
+/* The parent's tgid, read with offsets of the running kernel. */
+static __always_inline u32 current_ppid(void)
+{
+    void *task = (void *)bpf_get_current_task();
+    void *parent = 0;
+    u32 ppid = 0;
+    bpf_probe_read_kernel(&parent, sizeof(parent),
+                          (char *)task + TASK_REAL_PARENT_OFF);
+    if (parent)
+        bpf_probe_read_kernel(&ppid, sizeof(ppid),
+                              (char *)parent + TASK_TGID_OFF);
+    return ppid;
+}
+
+/* Process filters that need only the current task: checked before any
+ * state is stored or any ring space is reserved. */
+static __always_inline int task_wanted(u64 pid_tgid, u32 uid)
+{
+    if (FILTER_PID && (u32)(pid_tgid >> 32) != FILTER_PID)
+        return 0;
+    if (FILTER_TID && (u32)pid_tgid != FILTER_TID)
+        return 0;
+    if (FILTER_UID != 0xffffffff && uid != FILTER_UID)
+        return 0;
+    return 1;
+}
+
+#ifdef FILTER_COMM
+static __always_inline int comm_wanted(const char *comm)
+{
+    const char want[] = FILTER_COMM;
+#pragma unroll
+    for (int i = 0; i < sizeof(want); i++) {
+        if (comm[i] != want[i])
+            return 0;
+        if (want[i] == 0)
+            break;
+    }
+    return 1;
+}
+#else
+static __always_inline int comm_wanted(const char *comm) { return 1; }
+#endif
+
+static __always_inline void fill_header(struct rb_header *h, u64 seq)
+{
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    h->ts_ns = bpf_ktime_get_ns();
+    h->seq = seq;
+    h->pid = pid_tgid >> 32;
+    h->tid = (u32)pid_tgid;
+    h->ppid = current_ppid();
+    h->uid = (u32)bpf_get_current_uid_gid();
+    bpf_get_current_comm(h->comm, sizeof(h->comm));
+}
+
+#endif

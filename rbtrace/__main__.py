@@ -1,0 +1,3 @@
+from rbtrace.cli import main
+
+main()

@@ -1,0 +1,223 @@
+"""rbtrace's command line: a thin click layer over the engine.
+
+This is the one place where errors become messages and exit codes: the
+core raises RbtraceError (with a hint); here it becomes one line on stderr
+and Exit.ERROR or Exit.USAGE.  `--debug` (or RBTRACE_DEBUG=1) shows the
+traceback instead.
+"""
+import functools
+import mmap
+import os
+import sys
+import traceback
+
+import click
+
+from rbtrace import __version__, fields
+from rbtrace.errors import Exit, RbtraceError, UsageError
+
+DEFAULT_RING = "16M"
+TASK_COMM_LEN = 16
+
+
+class SizeType(click.ParamType):
+    """A ring size: a power of two and a whole number of pages."""
+
+    name = "SIZE"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        try:
+            n = fields.parse_size(value)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+        if not fields.is_pow2_pages(n, mmap.PAGESIZE):
+            self.fail(f"{value!r} is not a power of two and a whole number of "
+                      f"{mmap.PAGESIZE}-byte pages (try 4M, 16M, 64M)", param, ctx)
+        return n
+
+
+class UserType(click.ParamType):
+    name = "USER"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        try:
+            return fields.parse_uid(value)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
+class CommType(click.ParamType):
+    """A process name as the kernel keeps it: at most 15 bytes."""
+
+    name = "COMM"
+
+    def convert(self, value, param, ctx):
+        raw = value.encode()
+        if not raw or len(raw) >= TASK_COMM_LEN or b"\0" in raw:
+            self.fail(f"{value!r}: a command name is 1 to {TASK_COMM_LEN - 1} bytes "
+                      f"(the kernel truncates longer names)", param, ctx)
+        return value
+
+
+def c_string_literal(text: str) -> str:
+    """A C string literal holding exactly these bytes (octal escapes)."""
+    return '"' + "".join(f"\\{b:03o}" for b in text.encode()) + '"'
+
+
+def trace_options(f):
+    """Options shared by every probe command."""
+    decorators = [
+        click.option("--json", "json_out", is_flag=True,
+                     help="One JSON object per line (for jq) instead of the table."),
+        click.option("-c", "--count", type=click.IntRange(min=1), metavar="N",
+                     help="Stop after N events."),
+        click.option("-d", "--duration", type=click.FloatRange(min=0, min_open=True),
+                     metavar="SECONDS", help="Stop after SECONDS."),
+        click.option("-p", "--pid", type=click.IntRange(1, 2**22), metavar="PID",
+                     help="Only this process (thread group id)."),
+        click.option("-u", "--uid", type=UserType(), metavar="USER",
+                     help="Only this user (name or number)."),
+        click.option("-n", "--comm", type=CommType(), metavar="COMM",
+                     help="Only processes whose command name is COMM."),
+        click.option("-x", "--failed", is_flag=True, help="Only failed calls."),
+        click.option("--ring-size", type=SizeType(), default=DEFAULT_RING, show_default=True,
+                     help="Ring buffer size: a power of two, whole pages (4M, 16M, 64M)."),
+        click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True),
+                     metavar="FILE", help="Write events to FILE instead of stdout."),
+        click.option("--debug", is_flag=True, help="Show tracebacks and compiler output."),
+    ]
+    for d in reversed(decorators):
+        f = d(f)
+    return f
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="rbtrace")
+def cli():
+    """Trace Linux events with BPF: a live table on a terminal, exact JSON
+    lines with --json.  Needs root (or CAP_BPF and CAP_PERFMON)."""
+
+
+def _run_probe(probe_name, opts):
+    from rbtrace.probes import registry
+    from rbtrace.render import JsonRenderer, PlainRenderer, TableRenderer
+    from rbtrace.session import Session
+
+    filters = []
+    for key in ("pid", "uid", "comm"):
+        if opts.get(key) not in (None, "", False):
+            filters.append(f"{key}={opts[key]}")
+    if opts.get("failed"):
+        filters.append("failed")
+    if opts.get("comm"):
+        opts["comm_literal"] = c_string_literal(opts["comm"])
+    opts["filters_text"] = " ".join(filters)
+    probe = registry()[probe_name](opts)
+
+    out_file = None
+    if opts.get("output"):
+        try:
+            out_file = open(opts["output"], "wb")
+        except OSError as e:
+            raise UsageError(f"cannot open {opts['output']}: {e.strerror}")
+    out = out_file or sys.stdout.buffer
+    try:
+        if opts.get("json_out"):
+            renderer = JsonRenderer(out, probe)
+        elif out_file is None and sys.stdout.isatty():
+            from rich.console import Console
+            renderer = TableRenderer(Console(), probe, opts["filters_text"])
+        else:
+            renderer = PlainRenderer(out, probe)
+        session = Session(probe, renderer, opts["ring_size"], count=opts.get("count"),
+                          duration=opts.get("duration"), debug=opts.get("debug"))
+        code = session.run()
+    finally:
+        if out_file:
+            out_file.close()
+    _print_summary(session.summary)
+    return code
+
+
+def _print_summary(s):
+    line = (f"rbtrace {s['probe']}: {s['delivered']} events delivered, {s['dropped']} dropped")
+    if s["dropped"]:
+        line += f" (ring full {s['ringbuf_full']}, state map full {s['map_full']}; try a larger --ring-size)"
+    if s.get("not_delivered_count_reached"):
+        line += f", {s['not_delivered_count_reached']} more not shown after --count"
+    sys.stderr.write(line + f", {s['duration_s']:.1f}s\n")
+
+
+@cli.command("exec")
+@trace_options
+@click.option("--max-args", type=click.IntRange(1, 1024), default=64, show_default=True,
+              help="Arguments captured per exec (argc is always counted).")
+@click.option("--max-arg-bytes", type=click.IntRange(64, 1 << 20), default=4096,
+              show_default=True, help="Bytes of argv captured per exec.")
+def exec_cmd(**opts):
+    """Every program execution on the host, with its result."""
+    sys.exit(_run_probe("exec", opts))
+
+
+@cli.command("doctor")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def doctor_cmd(debug):
+    """Check what rbtrace needs, one line per check; non-zero if one is missing."""
+    from rbtrace.doctor import run_checks
+    sys.exit(run_checks(sys.stdout))
+
+
+def _debug_requested(argv):
+    return "--debug" in argv or os.environ.get("RBTRACE_DEBUG") == "1"
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    debug = _debug_requested(argv)
+    try:
+        cli.main(args=argv, prog_name="rbtrace", standalone_mode=False)
+        code = Exit.OK
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else Exit.ERROR
+    except click.exceptions.Exit as e:
+        code = e.exit_code
+    except click.ClickException as e:
+        # One line: click's own message, and where to look.
+        ctx = getattr(e, "ctx", None)
+        where = f" (see '{ctx.command_path} --help')" if ctx else ""
+        sys.stderr.write(f"rbtrace: {e.format_message()}{where}\n")
+        code = Exit.USAGE
+    except click.exceptions.Abort:
+        code = Exit.INTERRUPTED
+    except KeyboardInterrupt:
+        code = Exit.INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head -1`): not an error of ours.
+        _silence_stdout()
+        code = Exit.OK
+    except RbtraceError as e:
+        if debug:
+            traceback.print_exc()
+        sys.stderr.write(f"rbtrace: {e}\n")
+        code = e.exit_code
+    except Exception as e:  # a bug: say so in one line, traceback with --debug
+        if debug:
+            traceback.print_exc()
+        sys.stderr.write(f"rbtrace: internal error: {type(e).__name__}: {e} "
+                         f"(run with --debug for the traceback)\n")
+        code = Exit.ERROR
+    sys.exit(int(code))
+
+
+def _silence_stdout():
+    """Point fd 1 at /dev/null so interpreter shutdown doesn't complain."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except OSError:
+        pass

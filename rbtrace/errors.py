@@ -1,0 +1,45 @@
+"""Error types raised by the core; only the CLI turns them into messages.
+
+Every error carries a one-line message and, where we know one, a hint that
+tells the user what to run or change.  Exit codes are an enum so that the
+CLI, the tests and the man page agree on them.
+"""
+import enum
+
+
+class Exit(enum.IntEnum):
+    OK = 0
+    ERROR = 1          # runtime error: environment, compile, kernel
+    USAGE = 2          # bad option value or command line
+    INTERRUPTED = 130  # SIGINT (128 + 2)
+    TERMINATED = 143   # SIGTERM (128 + 15)
+
+
+class RbtraceError(Exception):
+    """A failure the user can act on: message + hint, no traceback."""
+
+    exit_code = Exit.ERROR
+
+    def __init__(self, message, hint=None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self):
+        if self.hint:
+            return f"{self.message} (hint: {self.hint})"
+        return self.message
+
+
+class UsageError(RbtraceError):
+    """A bad value given by the user; exits 2 like click's own usage errors."""
+
+    exit_code = Exit.USAGE
+
+
+class EnvironmentProblem(RbtraceError):
+    """Something missing on the machine: privileges, BCC, headers, tracefs."""
+
+
+class ProbeError(RbtraceError):
+    """The probe failed to compile, load or attach."""

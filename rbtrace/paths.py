@@ -1,0 +1,23 @@
+"""Where rbtrace's data files are: the BCC C probes and the man pages.
+
+In a source checkout (and an editable install) they sit at the top of the
+tree beside the package; an installed package has them under
+<prefix>/share/rbtrace (setup.cfg's data_files).
+"""
+import os
+import sys
+from pathlib import Path
+
+_SOURCE_TOP = Path(__file__).resolve().parent.parent
+
+
+def probes_dir() -> Path:
+    for candidate in (_SOURCE_TOP / "probes", Path(sys.prefix) / "share" / "rbtrace" / "probes"):
+        if (candidate / "common.h").is_file():
+            return candidate
+    raise FileNotFoundError("rbtrace's probe sources (probes/common.h) are not installed")
+
+
+def cache_dir() -> Path:
+    """Writable cache (merged header trees, BTF offsets)."""
+    return Path(os.environ.get("RBTRACE_CACHE_DIR") or "/var/cache/rbtrace")

@@ -1,0 +1,98 @@
+"""Probe registry: one module per probe, named like its C file and command.
+
+A probe module defines a `Probe` subclass that says which C source and
+event structs it uses, turns CLI options into -D flags, decodes ring
+segments into events, and names the columns the table shows.
+"""
+import base64
+from dataclasses import dataclass
+from typing import Callable
+
+from rbtrace import fields
+
+
+@dataclass
+class Column:
+    header: str
+    value: Callable[[dict], str]    # event dict -> display text (already escaped)
+    width: int = 0                  # 0: flexible, takes what is left
+    min_width: int = 4
+    justify: str = "left"
+    keep: str = "start"             # which end survives truncation: "start" or "end"
+
+
+class Probe:
+    name = ""
+    source = ""             # file under probes/
+    event_structs = ()      # C struct names declared with RBTRACE_EVENT
+    columns = ()
+
+    def __init__(self, options):
+        self.options = options
+        self.clock = fields.Clock()
+
+    def cflags(self) -> dict:
+        o = self.options
+        flags = {}
+        if o.get("pid"):
+            flags["FILTER_PID"] = o["pid"]
+        if o.get("tid"):
+            flags["FILTER_TID"] = o["tid"]
+        if o.get("uid") is not None:
+            flags["FILTER_UID"] = o["uid"]
+        if o.get("comm"):
+            flags["FILTER_COMM"] = o["comm_literal"]
+        if o.get("failed"):
+            flags["FILTER_FAILED"] = 1
+        return flags
+
+    def decode(self, event_type, records, offsets, data) -> list:
+        raise NotImplementedError
+
+    def header_fields(self, records):
+        """Common header columns as Python lists, read straight off the ring."""
+        return (records["seq"].tolist(), records["ts_ns"].tolist(), records["pid"].tolist(),
+                records["tid"].tolist(), records["ppid"].tolist(), records["uid"].tolist(),
+                records["comm"].tolist())
+
+
+def cstr(raw: bytes) -> bytes:
+    """Bytes up to the first NUL (numpy 'S' columns strip only trailing NULs)."""
+    return raw.partition(b"\0")[0]
+
+
+def put_text(event: dict, name: str, raw: bytes):
+    """Store a traced string: exact text, plus `<name>_b64` when not UTF-8."""
+    try:
+        event[name] = raw.decode()
+    except UnicodeDecodeError:
+        event[name], event[name + "_b64"] = fields.json_text(raw)
+
+
+def put_text_list(event: dict, name: str, raws: list):
+    try:
+        event[name] = [r.decode() for r in raws]
+    except UnicodeDecodeError:
+        pairs = [fields.json_text(r) for r in raws]
+        event[name] = [t for t, _ in pairs]
+        event[name + "_b64"] = [base64.b64encode(r).decode() for r in raws]
+
+
+def shown(event: dict, name: str) -> str:
+    """A traced string made safe for a terminal (see fields.escape_text)."""
+    b64 = event.get(name + "_b64")
+    if b64 is not None:
+        return fields.escape_text(base64.b64decode(b64))
+    return fields.escape_str(event[name])
+
+
+def shown_list(event: dict, name: str) -> list:
+    b64 = event.get(name + "_b64")
+    if b64 is not None:
+        return [fields.escape_text(base64.b64decode(x)) for x in b64]
+    return [fields.escape_str(x) for x in event[name]]
+
+
+def registry():
+    from rbtrace.probes import exec as exec_probe
+    return {"exec": exec_probe.ExecProbe}

@@ -1,0 +1,161 @@
+"""The engine: load a probe, drain its ring in batches, render, account.
+
+Loss accounting is exact: the probe counts every ring reservation that
+failed and every entry it could not store; user space counts what it
+delivered.  At the end the probe is detached first, the ring drained, and
+then the counters read, so  submitted == delivered (+ cut by --count)  and
+seen == submitted + dropped.
+"""
+import os
+import select
+import signal
+import time
+
+from rbtrace.bpf import LoadedProbe
+from rbtrace.errors import Exit
+from rbtrace.paths import probes_dir
+from rbtrace.ringbuf import RingConsumer
+
+STATS_INTERVAL = 0.1      # footer / lost-record cadence, seconds
+
+
+class Session:
+    def __init__(self, probe, renderer, ring_bytes, count=None, duration=None, debug=False):
+        self.probe = probe
+        self.renderer = renderer
+        self.ring_bytes = ring_bytes
+        self.count = count
+        self.duration = duration
+        self.debug = debug
+        self.delivered = 0
+        self.cut_by_count = 0
+        self.stop_reason = None
+        self._reported = (0, 0)     # drops already reported: ringbuf_full, map_full
+
+    def _on_signal(self, signum, frame):
+        self.stop_reason = self.stop_reason or signum
+
+    def run(self) -> int:
+        import mmap
+        cflags = dict(self.probe.cflags())
+        cflags["RING_PAGES"] = self.ring_bytes // mmap.PAGESIZE
+        loaded = LoadedProbe(probes_dir() / self.probe.source, cflags,
+                             self.probe.event_structs, debug=self.debug)
+        ring = RingConsumer(loaded.ring_fd, self.ring_bytes, loaded.event_types)
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        old_wakeup = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        poller = select.epoll()
+        poller.register(ring.fd, select.EPOLLIN)
+        poller.register(wake_r, select.EPOLLIN)
+        self.started = time.monotonic()
+        try:
+            self.renderer.start({"probe": self.probe.name, "ring_bytes": self.ring_bytes,
+                                 "filters": self.probe.options.get("filters_text", "")})
+            self._loop(loaded, ring, poller)
+            # Stop the producers, then deliver everything already in the ring.
+            loaded.detach()
+            if self.stop_reason != "count":
+                self._drain_after_detach(loaded, ring)
+            summary = self._summary(loaded)
+        finally:
+            signal.set_wakeup_fd(old_wakeup)
+            for s, h in old_handlers.items():
+                signal.signal(s, h)
+            poller.close()
+            os.close(wake_r)
+            os.close(wake_w)
+            ring.close()
+            loaded.close()
+        self.renderer.close(summary)
+        self.summary = summary
+        if self.stop_reason == signal.SIGINT:
+            return Exit.INTERRUPTED
+        if self.stop_reason == signal.SIGTERM:
+            return Exit.TERMINATED
+        return Exit.OK
+
+    def _loop(self, loaded, ring, poller):
+        next_stats = 0.0
+        deadline = self.started + self.duration if self.duration else None
+        while self.stop_reason is None:
+            now = time.monotonic()
+            if deadline and now >= deadline:
+                self.stop_reason = "duration"
+                break
+            if ring.pending() == 0:
+                timeout = max(0.0, next_stats - now)
+                if deadline:
+                    timeout = min(timeout, deadline - now)
+                poller.poll(timeout)
+            self._drain(ring)
+            now = time.monotonic()
+            if now >= next_stats:
+                self._report(loaded, ring, now)
+                next_stats = now + STATS_INTERVAL
+
+    def _drain_after_detach(self, loaded, ring):
+        """Drain until every submitted record is delivered.  A program that
+        was running on another CPU when it was detached may still submit
+        for a moment; wait for it (bounded) rather than lose it."""
+        for _ in range(200):
+            self._drain(ring)
+            if loaded.counters()[0] == self.delivered or self.stop_reason == "count":
+                return
+            time.sleep(0.001)
+
+    def _drain(self, ring):
+        probe, renderer = self.probe, self.renderer
+        for et, records, offsets in ring.segments():
+            n = len(records)
+            if self.count is not None and self.delivered + n >= self.count:
+                keep = self.count - self.delivered
+                self.cut_by_count += n - keep
+                records, offsets = records[:keep], offsets[:keep]
+                n = keep
+                self.stop_reason = "count"
+            if renderer.wants_all:
+                renderer.events(probe.decode(et, records, offsets, ring.data))
+            else:
+                tail = renderer.tail
+                renderer.count(n, probe.decode(et, records[-tail:], offsets[-tail:], ring.data))
+            self.delivered += n
+            if self.stop_reason == "count":
+                break
+
+    def _report_lost(self, ringbuf_full, map_full):
+        """A `lost` record with the drops since the last one, if any."""
+        prev_rb, prev_map = self._reported
+        if (ringbuf_full, map_full) != self._reported:
+            self.renderer.lost({"dropped": ringbuf_full - prev_rb + map_full - prev_map,
+                                "ringbuf_full": ringbuf_full - prev_rb,
+                                "map_full": map_full - prev_map,
+                                "total_dropped": ringbuf_full + map_full})
+            self._reported = (ringbuf_full, map_full)
+
+    def _report(self, loaded, ring, now):
+        submitted, ringbuf_full, map_full = loaded.counters()
+        self._report_lost(ringbuf_full, map_full)
+        elapsed = now - self.started
+        self.renderer.tick({"delivered": self.delivered, "dropped": ringbuf_full + map_full,
+                            "rate": self.delivered / elapsed if elapsed > 0 else 0,
+                            "ring_fill": ring.fill()})
+
+    def _summary(self, loaded):
+        submitted, ringbuf_full, map_full = loaded.counters()
+        self._report_lost(ringbuf_full, map_full)
+        stop = self.stop_reason
+        if isinstance(stop, int):
+            stop = signal.Signals(stop).name
+        return {
+            "probe": self.probe.name,
+            "seen": submitted + ringbuf_full + map_full,
+            "submitted": submitted,
+            "delivered": self.delivered,
+            "not_delivered_count_reached": submitted - self.delivered if self.stop_reason == "count" else 0,
+            "dropped": ringbuf_full + map_full,
+            "ringbuf_full": ringbuf_full,
+            "map_full": map_full,
+            "duration_s": round(time.monotonic() - self.started, 3),
+            "stopped_by": stop or "end",
+        }
