@@ -12,7 +12,10 @@ _SOURCE_TOP = Path(__file__).resolve().parent.parent
 
 
 def probes_dir() -> Path:
-    for candidate in (_SOURCE_TOP / "probes", Path(sys.prefix) / "share" / "rbtrace" / "probes"):
+    override = os.environ.get("RBTRACE_PROBES_DIR")   # for probe development
+    candidates = [Path(override)] if override else [
+        _SOURCE_TOP / "probes", Path(sys.prefix) / "share" / "rbtrace" / "probes"]
+    for candidate in candidates:
         if (candidate / "common.h").is_file():
             return candidate
     raise FileNotFoundError("rbtrace's probe sources (probes/common.h) are not installed")

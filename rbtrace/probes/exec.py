@@ -27,7 +27,7 @@ class ExecProbe(Probe):
     source = "exec.bpf.c"
     event_structs = ("exec_event",)
     columns = (
-        Column("TIME", lambda e: e["_hms"], width=12),
+        Column("TIME", lambda e: e["time"][11:23], width=12),
         Column("PID", lambda e: str(e["pid"]), width=7, justify="right"),
         Column("PPID", lambda e: str(e["ppid"]), width=7, justify="right"),
         Column("USER", lambda e: fields.escape_str(e["user"]), width=8),

@@ -1,0 +1,62 @@
+# rbtrace: set-up, run and test, on a fresh Debian machine, as root.
+#
+#   make run     install what is missing, then trace every exec live
+#   make test    install what is missing, then run every test
+#
+# Set-up is incremental: apt runs only when a package is missing, pip only
+# when setup.cfg changed.  BCC comes from Debian (python3-bpfcc) and is
+# importable only by Debian's python, so the venv is made from
+# /usr/bin/python3 with --system-site-packages; everything else is PyPI.
+
+VENV      := .venv
+PY        := $(VENV)/bin/python
+ARCH      := $(shell dpkg --print-architecture 2>/dev/null || echo amd64)
+# Runtime: BCC and kernel headers (any version: rbtrace merges Debian's
+# split trees and reads struct offsets from BTF).  Tests: the ground truths
+# (strace, /proc via procps), tmux for the live table, jq for the man
+# page recipes, gcc/make for workloads, bpftool to check nothing is left
+# loaded.  bpftrace is a benchmark baseline.
+APT_RUN   := python3-bpfcc python3-venv python3-pip linux-headers-$(ARCH)
+APT_TEST  := strace tmux jq gcc libc6-dev make bpftool bpftrace procps util-linux
+STAMP     := $(VENV)/.installed
+
+.PHONY: setup setup-test run test unit kernel bench clean
+
+setup: apt-run $(STAMP)
+
+setup-test: setup apt-test $(VENV)/.test-installed
+
+apt-run:
+	@./.ci/apt-ensure $(APT_RUN)
+
+apt-test:
+	@./.ci/apt-ensure $(APT_TEST)
+
+$(PY):
+	/usr/bin/python3 -m venv --system-site-packages $(VENV)
+
+$(STAMP): setup.cfg pyproject.toml | $(PY)
+	$(PY) -m pip install -q --disable-pip-version-check -e .
+	@touch $@
+
+$(VENV)/.test-installed: $(STAMP)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	@touch $@
+
+run: setup
+	$(VENV)/bin/rbtrace exec
+
+test: setup-test
+	$(PY) -m pytest tests
+
+unit: setup-test
+	$(PY) -m pytest tests/unit
+
+kernel: setup-test
+	$(PY) -m pytest tests/kernel
+
+bench: setup-test
+	$(PY) benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

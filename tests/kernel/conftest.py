@@ -1,0 +1,112 @@
+"""Fixtures for kernel tests: run the real rbtrace CLI against real workloads.
+
+`rbtrace` starts `python -m rbtrace <probe> --json ...`, waits for the
+`start` line (printed once the probes are attached), lets the test run
+its workload, then stops rbtrace with SIGINT and returns every JSON line.
+"""
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="session")
+def kernel_ok():
+    if os.geteuid() != 0:
+        pytest.skip("kernel tests need root")
+    try:
+        import bcc  # noqa: F401
+    except ImportError as e:
+        pytest.skip(f"BCC is not importable from {sys.executable}: {e}")
+
+
+@dataclass
+class Result:
+    lines: list
+    stderr: str
+    returncode: int
+    events: list = field(default_factory=list)
+    lost: list = field(default_factory=list)
+    summary: dict = None
+
+
+def parse_json_lines(text):
+    lines = [json.loads(ln) for ln in text.splitlines() if ln.strip()]
+    r = Result(lines, "", 0)
+    r.events = [x for x in lines if x["type"] not in ("start", "lost", "summary")]
+    r.lost = [x for x in lines if x["type"] == "lost"]
+    sums = [x for x in lines if x["type"] == "summary"]
+    r.summary = sums[-1] if sums else None
+    return r
+
+
+class Tracer:
+    def __init__(self, args, env=None):
+        self.args = args
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "rbtrace", *args], cwd=REPO,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env={**os.environ, **(env or {})})
+        self._out = b""
+
+    def wait_started(self, timeout=60):
+        """Block until the `start` line: the probes are attached."""
+        deadline = time.monotonic() + timeout
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self._out:
+            left = deadline - time.monotonic()
+            if left <= 0 or self.proc.poll() is not None:
+                self.proc.kill()
+                out, err = self.proc.communicate()
+                raise AssertionError(f"rbtrace did not start: rc={self.proc.returncode} "
+                                     f"stderr={err.decode(errors='replace')}")
+            r, _, _ = select.select([fd], [], [], left)
+            if r:
+                chunk = os.read(fd, 65536)
+                self._out += chunk
+        first = json.loads(self._out.split(b"\n", 1)[0])
+        assert first["type"] == "start", first
+        return self
+
+    def stop(self, sig=signal.SIGINT, timeout=60) -> Result:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.finish(timeout)
+
+    def finish(self, timeout=120) -> Result:
+        out, err = self.proc.communicate(timeout=timeout)
+        r = parse_json_lines((self._out + out).decode())
+        r.stderr = err.decode(errors="replace")
+        r.returncode = self.proc.returncode
+        return r
+
+
+@pytest.fixture
+def rbtrace(kernel_ok):
+    started = []
+
+    def start(*args, env=None, wait=True):
+        t = Tracer(list(args), env)
+        started.append(t)
+        return t.wait_started() if wait else t
+
+    yield start
+    for t in started:
+        if t.proc.poll() is None:
+            t.proc.kill()
+            t.proc.communicate()
+
+
+def run_cli(*args, timeout=120, input=None, env=None):
+    """Run rbtrace to completion; returns CompletedProcess (bytes)."""
+    return subprocess.run([sys.executable, "-m", "rbtrace", *args], cwd=REPO,
+                          capture_output=True, timeout=timeout, input=input,
+                          env={**os.environ, **(env or {})})
