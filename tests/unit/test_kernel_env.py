@@ -1,0 +1,76 @@
+"""Finding kernel headers without the user's help (no root, fake trees)."""
+import os
+
+import pytest
+
+from rbtrace import kernel
+from rbtrace.errors import EnvironmentProblem
+
+
+def make_debian_pair(src, version, arch):
+    common = src / f"linux-headers-{version}-common"
+    archd = src / f"linux-headers-{version}-{arch}"
+    (common / "include" / "linux").mkdir(parents=True)
+    (common / "include" / "linux" / "sched.h").write_text("/* common */")
+    (common / "arch" / "x86" / "include" / "asm").mkdir(parents=True)
+    (common / "Makefile").write_text("common")
+    (archd / "include" / "generated").mkdir(parents=True)
+    (archd / "include" / "generated" / "autoconf.h").write_text("/* gen */")
+    (archd / "arch" / "x86" / "include" / "generated").mkdir(parents=True)
+    (archd / "Makefile").write_text("arch")
+    (archd / ".config").write_text("CONFIG_X=y")
+    return common, archd
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    monkeypatch.setenv("RBTRACE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("RBTRACE_KERNEL_HEADERS", raising=False)
+    monkeypatch.setattr(kernel, "_debian_arch", lambda: "amd64")
+    monkeypatch.setattr(os.path, "exists",
+                        lambda p, _e=os.path.exists: False if p == "/sys/kernel/kheaders.tar.xz" else _e(p))
+    src = tmp_path / "src"
+    src.mkdir()
+    return tmp_path, src
+
+
+def test_split_debian_headers_are_merged_into_one_tree(env):
+    tmp, src = env
+    make_debian_pair(src, "6.1.0-9", "amd64")
+    make_debian_pair(src, "6.1.0-10", "amd64")      # newest wins (10 > 9)
+    h = kernel.find_headers("6.18.0-test", modules_root=tmp / "modules", src_root=src)
+    assert h.path.name == "linux-headers-6.1.0-10-amd64"
+    assert (h.path / "include" / "linux" / "sched.h").read_text() == "/* common */"
+    assert (h.path / "include" / "generated" / "autoconf.h").exists()
+    assert (h.path / "arch" / "x86" / "include" / "asm").is_dir()
+    assert (h.path / "arch" / "x86" / "include" / "generated").is_dir()
+    assert (h.path / "Makefile").read_text() == "arch"   # the arch tree wins
+    assert (h.path / ".config").exists()
+    links = sum(len(files) + len(dirs) for _, dirs, files in os.walk(h.path))
+    assert links < 30                                     # a farm of a few links
+    again = kernel.find_headers("6.18.0-test", modules_root=tmp / "modules", src_root=src)
+    assert again.path == h.path
+
+
+def test_running_kernels_own_headers_come_first(env):
+    tmp, src = env
+    make_debian_pair(src, "6.1.0-9", "amd64")
+    build = tmp / "modules" / "6.18.0-test" / "build" / "include"
+    build.mkdir(parents=True)
+    h = kernel.find_headers("6.18.0-test", modules_root=tmp / "modules", src_root=src)
+    assert h.path is None and "running kernel's own" in h.how
+
+
+def test_no_headers_says_what_to_install(env):
+    tmp, src = env
+    with pytest.raises(EnvironmentProblem) as e:
+        kernel.find_headers("6.18.0-test", modules_root=tmp / "modules", src_root=src)
+    assert "apt-get install linux-headers-amd64" in str(e.value)
+
+
+def test_privileges_from_capabilities():
+    bit = lambda *ns: sum(1 << n for n in ns)  # noqa: E731
+    assert kernel.privileges_ok(bit(kernel.CAP_SYS_ADMIN))
+    assert kernel.privileges_ok(bit(kernel.CAP_BPF, kernel.CAP_PERFMON))
+    assert not kernel.privileges_ok(bit(kernel.CAP_BPF))
+    assert not kernel.privileges_ok(0)
