@@ -113,13 +113,12 @@ static __always_inline int task_wanted(u64 pid_tgid, u32 uid)
 #ifdef FILTER_COMM
 static __always_inline int comm_wanted(const char *comm)
 {
-    const char want[] = FILTER_COMM;
+    /* Index the literal itself: copied into a 16-byte stack array, clang
+     * would memcpy it from .rodata, which BCC can't load. */
 #pragma unroll
-    for (int i = 0; i < sizeof(want); i++) {
-        if (comm[i] != want[i])
+    for (int i = 0; i < sizeof(FILTER_COMM); i++) {
+        if (comm[i] != FILTER_COMM[i])
             return 0;
-        if (want[i] == 0)
-            break;
     }
     return 1;
 }

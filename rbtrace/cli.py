@@ -130,7 +130,8 @@ def _run_probe(probe_name, opts):
             renderer = JsonRenderer(out, probe)
         elif out_file is None and sys.stdout.isatty():
             from rich.console import Console
-            renderer = TableRenderer(Console(), probe, opts["filters_text"])
+            keys = sys.stdin.fileno() if sys.stdin.isatty() else None
+            renderer = TableRenderer(Console(), probe, opts["filters_text"], keys_fd=keys)
         else:
             renderer = PlainRenderer(out, probe)
         session = Session(probe, renderer, opts["ring_size"], count=opts.get("count"),

@@ -6,13 +6,14 @@ since the last report, `tick(stats)` about ten times a second, and
 `close(summary)`.  stdout carries data only; people read stderr.
 """
 import collections
+import os
 import shutil
 import sys
 import time
 
 import orjson
 
-from rbtrace.probes import Column
+from rbtrace import fields
 
 JSON_FORMAT_VERSION = 1
 
@@ -46,14 +47,45 @@ def layout(columns, total_width: int) -> list:
     return widths
 
 
-class JsonRenderer:
-    """One JSON object per line; every line has a `type`."""
+class StreamRenderer:
+    """Writes to a byte stream (stdout, a pipe, a file)."""
 
     wants_all = True
 
     def __init__(self, out, probe):
         self.out = out
         self.probe = probe
+
+    def input_fds(self):
+        return []
+
+    def output_fd(self):
+        try:
+            return self.out.fileno()
+        except (AttributeError, OSError, ValueError):
+            return None
+
+    def output_gone(self):
+        """The reader closed the pipe: point fd 1 at /dev/null so the final
+        flush at interpreter exit doesn't print 'Exception ignored'."""
+        fd = self.output_fd()
+        if fd is not None:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, fd)
+            os.close(devnull)
+        self.closed = True
+
+    closed = False
+
+    def tick(self, stats):
+        pass
+
+
+class JsonRenderer(StreamRenderer):
+    """One JSON object per line; every line has a `type`."""
+
+    def __init__(self, out, probe):
+        super().__init__(out, probe)
         self.dumps = orjson.dumps
 
     def start(self, info):
@@ -65,11 +97,9 @@ class JsonRenderer:
     def lost(self, record):
         self._write([{"type": "lost", **record}])
 
-    def tick(self, stats):
-        pass
-
     def close(self, summary):
-        self._write([{"type": "summary", **summary}])
+        if not self.closed:
+            self._write([{"type": "summary", **summary}])
 
     def _write(self, objs):
         dumps = self.dumps
@@ -77,14 +107,12 @@ class JsonRenderer:
         self.out.flush()
 
 
-class PlainRenderer:
+class PlainRenderer(StreamRenderer):
     """Aligned text lines for pipes and files: no colour, no truncation of
     the last column, flushed with every batch."""
 
-    wants_all = True
-
     def __init__(self, out, probe):
-        self.out = out
+        super().__init__(out, probe)
         self.columns = probe.columns
         cols = self.columns
         self._fmt = []
@@ -116,43 +144,109 @@ class PlainRenderer:
         sys.stderr.write(f"rbtrace: {record['dropped']} events dropped "
                          f"(ring full {record['ringbuf_full']}, map full {record['map_full']})\n")
 
-    def tick(self, stats):
-        pass
-
     def close(self, summary):
-        self.out.flush()
+        if not self.closed:
+            self.out.flush()
 
 
 class TableRenderer:
     """The live table: newest events at the bottom, a status footer, at
-    most ten redraws a second whatever the event rate."""
+    most ten redraws a second whatever the event rate.
 
-    wants_all = False
+    Keys (read from the terminal in cbreak mode): q quits, space pauses the
+    view (counting goes on), s switches to the summary view, / edits a text
+    filter on the rows (Enter applies, Esc clears).
+    """
+
     tail = 200            # events decoded per batch: more than any screen shows
+    KEYS = "q quit  space pause  s summary  / filter"
 
-    def __init__(self, console, probe, filters: str):
+    def __init__(self, console, probe, filters: str, keys_fd=None):
         from rich.live import Live
         self.console = console
         self.probe = probe
         self.columns = probe.columns
-        self.filters = filters
+        self.filters = fields.escape_str(filters)
         self.rows = collections.deque(maxlen=self.tail)
         self.stats = {}
         self.started = time.monotonic()
         self.live = Live(console=console, auto_refresh=False, transient=False,
                          redirect_stdout=False, redirect_stderr=False)
         self._last_draw = 0.0
+        self._rate = (time.monotonic(), 0, 0.0)     # when, delivered, events/s
+        self.paused_rows = None
+        self.view = "stream"
+        self.text_filter = ""
+        self.matched = collections.deque(maxlen=self.tail)   # rows passing the filter
+        self.editing = None                        # filter text being typed
+        self.keys_fd = keys_fd
+        self._tty_saved = None
+
+    @property
+    def wants_all(self):
+        # With a text filter, every event is a candidate row.
+        return bool(self.text_filter)
+
+    def input_fds(self):
+        return [self.keys_fd] if self.keys_fd is not None else []
+
+    def output_fd(self):
+        return None
 
     def start(self, info):
+        if self.keys_fd is not None:
+            import termios
+            import tty
+            self._tty_saved = termios.tcgetattr(self.keys_fd)
+            tty.setcbreak(self.keys_fd)
         self.live.start()
         self._draw(force=True)
 
+    def on_input(self, fd):
+        try:
+            data = os.read(fd, 64).decode(errors="replace")
+        except OSError:
+            return None
+        for ch in data:
+            if self.editing is not None:
+                if ch in "\r\n":
+                    self._set_filter(self.editing)
+                elif ch == "\x1b":
+                    self._set_filter("")
+                elif ch in "\x7f\b":
+                    self.editing = self.editing[:-1]
+                elif ch.isprintable():
+                    self.editing += ch
+            elif ch == "q":
+                return "quit"
+            elif ch == " ":
+                live = self.matched if self.text_filter else self.rows
+                self.paused_rows = None if self.paused_rows is not None else list(live)
+            elif ch == "s":
+                self.view = "summary" if self.view == "stream" else "stream"
+            elif ch == "/":
+                self.editing = self.text_filter
+        self._draw(force=True)
+        return None
+
+    def _set_filter(self, text):
+        self.text_filter, self.editing = text, None
+        self.matched = collections.deque((r for r in self.rows if self._matches(r)),
+                                         maxlen=self.tail)
+
+    def _matches(self, row):
+        want = self.text_filter.lower()
+        return any(want in cell.lower() for cell in row)
+
     def count(self, n, tail_events):
         for e in tail_events:
-            self.rows.append([c.value(e) for c in self.columns])
+            row = [c.value(e) for c in self.columns]
+            self.rows.append(row)
+            if self.text_filter and self._matches(row):
+                self.matched.append(row)
 
     def events(self, events):
-        self.count(len(events), events[-self.tail:])
+        self.count(len(events), events)
 
     def lost(self, record):
         pass   # shown in the footer from the running totals
@@ -162,9 +256,12 @@ class TableRenderer:
         self._draw()
 
     def close(self, summary):
-        self.stats = summary
+        self.stats = {**self.stats, **summary}
         self._draw(force=True)
         self.live.stop()
+        if self._tty_saved is not None:
+            import termios
+            termios.tcsetattr(self.keys_fd, termios.TCSADRAIN, self._tty_saved)
 
     def _draw(self, force=False):
         now = time.monotonic()
@@ -173,27 +270,88 @@ class TableRenderer:
         self._last_draw = now
         self.live.update(self._renderable(), refresh=True)
 
-    def _renderable(self):
+    def _recent_rate(self):
+        """Events per second over the last second or so."""
+        now = time.monotonic()
+        when, count, rate = self._rate
+        delivered = self.stats.get("delivered", 0)
+        if now - when >= 1.0:
+            rate = (delivered - count) / (now - when)
+            self._rate = (now, delivered, rate)
+        return rate
+
+    def _footer(self, width):
+        from rich.text import Text
+        s = self.stats
+        elapsed = time.monotonic() - self.started
+        state = "PAUSED | " if self.paused_rows is not None else ""
+        if self.editing is not None:
+            keys = f"filter: {fields.escape_str(self.editing)}_  (Enter apply, Esc clear)"
+        else:
+            keys = (f"filter '{fields.escape_str(self.text_filter)}' | " if self.text_filter else "") + self.KEYS
+        line1 = (f"{state}{self.probe.name}{' ' + self.filters if self.filters else ''} | "
+                 f"{elapsed:.0f}s | {self._recent_rate():.0f}/s | events {s.get('delivered', 0)} | "
+                 f"dropped {s.get('dropped', 0)} | ring {s.get('ring_fill', 0) * 100:.0f}%")
+        style = "bold red reverse" if s.get("dropped") else "reverse"
+        return [Text(_cut(line1, width, "start"), style=style),
+                Text(_cut(keys, width, "start"), style="dim")]
+
+    def _summary_view(self, width, height):
         from rich.table import Table
         from rich.text import Text
-        width, height = self.console.size
-        widths = layout(self.columns, width - 1)
+        tally = self.stats.get("tally")
+        grid = Table.grid(padding=(0, 2))
+        if tally is None:
+            return grid
+        names = [name for name, _ in tally.spec]
+        col_w = max(10, (width - 2 * len(names)) // max(1, len(names)))
+        for name in names:
+            grid.add_column(width=col_w, no_wrap=True)
+        tops = [tally.top(name, max(1, height - 4)) for name in names]
+        grid.add_row(*[Text(f"top {name}", style="bold") for name in names])
+        for i in range(max((len(t) for t in tops), default=0)):
+            cells = []
+            for t in tops:
+                if i < len(t):
+                    key, n = t[i]
+                    key = fields.escape_text(key) if isinstance(key, bytes) else fields.escape_str(key)
+                    cells.append(Text(_cut(f"{n:>8} {key}", col_w, "start")))
+                else:
+                    cells.append(Text(""))
+            grid.add_row(*cells)
+        return grid
+
+    def _renderable(self):
+        from rich.console import Group
+        from rich.table import Table
+        from rich.text import Text
+        # The terminal's size now, not $COLUMNS/$LINES (which rich prefers
+        # and which go stale on resize).
+        try:
+            width, height = os.get_terminal_size(self.console.file.fileno())
+            self.console.size = (width, height)
+        except (OSError, ValueError, AttributeError):
+            width, height = self.console.size
+        width -= 1
+        footer = self._footer(width)
+        if self.view == "summary":
+            return Group(self._summary_view(width, height - len(footer)), *footer)
+        widths = layout(self.columns, width)
         table = Table(box=None, show_header=True, header_style="bold", pad_edge=False,
                       padding=(0, 1, 0, 0), expand=False, show_edge=False)
         for c, w in zip(self.columns, widths):
             table.add_column(c.header, width=w, no_wrap=True, justify=c.justify, overflow="crop")
-        visible = max(1, height - 3)
-        for row in list(self.rows)[-visible:]:
+        visible = max(1, height - 1 - len(footer))
+        if self.paused_rows is not None:
+            rows = self.paused_rows
+        else:
+            rows = self.matched if self.text_filter else self.rows
+        shown = list(rows)[-visible:]
+        for row in shown:
             table.add_row(*[Text(_cut(t, w, c.keep)) for t, w, c in zip(row, widths, self.columns)])
-        s = self.stats
-        elapsed = time.monotonic() - self.started
-        footer = Text(_cut(
-            f"{self.probe.name}{' ' + self.filters if self.filters else ''} | "
-            f"{elapsed:6.1f}s | {s.get('rate', 0):8.0f}/s | events {s.get('delivered', 0)} | "
-            f"dropped {s.get('dropped', 0)} | ring {s.get('ring_fill', 0) * 100:3.0f}% | "
-            f"Ctrl-C quits", width - 1, "start"), style="reverse")
-        from rich.console import Group
-        return Group(table, footer)
+        for _ in range(visible - len(shown)):       # keep the footer at the bottom
+            table.add_row(*[""] * len(self.columns))
+        return Group(table, *footer)
 
 
 def terminal_width(default=120):

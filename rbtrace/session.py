@@ -6,10 +6,13 @@ delivered.  At the end the probe is detached first, the ring drained, and
 then the counters read, so  submitted == delivered (+ cut by --count)  and
 seen == submitted + dropped.
 """
+import collections
 import os
 import select
 import signal
 import time
+
+import numpy as np
 
 from rbtrace.bpf import LoadedProbe
 from rbtrace.errors import Exit
@@ -17,6 +20,38 @@ from rbtrace.paths import probes_dir
 from rbtrace.ringbuf import RingConsumer
 
 STATS_INTERVAL = 0.1      # footer / lost-record cadence, seconds
+
+
+class Tally:
+    """Top commands, files and errors over every delivered event, counted
+    per batch with numpy so the table need not decode what it doesn't show.
+    Keys come from the probe's `tally` = ((name, column), ...); a column
+    named "ret" counts errno names of negative values."""
+
+    def __init__(self, spec):
+        self.spec = spec
+        self.counts = {name: collections.Counter() for name, _ in spec}
+
+    def add(self, records):
+        from rbtrace import fields
+        from rbtrace.probes import cstr
+        names = records.dtype.names
+        for name, column in self.spec:
+            if column not in names:
+                continue
+            col = records[column]
+            if column == "ret":
+                col = col[col < 0]
+            if not len(col):
+                continue
+            values, counts = np.unique(col, return_counts=True)
+            counter = self.counts[name]
+            for v, c in zip(values.tolist(), counts.tolist()):
+                key = fields.errno_name(v) if column == "ret" else cstr(v)
+                counter[key] += c
+
+    def top(self, name, n=5):
+        return self.counts[name].most_common(n)
 
 
 class Session:
@@ -31,6 +66,7 @@ class Session:
         self.cut_by_count = 0
         self.stop_reason = None
         self._reported = (0, 0)     # drops already reported: ringbuf_full, map_full
+        self.tally = Tally(probe.tally)
 
     def _on_signal(self, signum, frame):
         self.stop_reason = self.stop_reason or signum
@@ -48,6 +84,17 @@ class Session:
         poller = select.epoll()
         poller.register(ring.fd, select.EPOLLIN)
         poller.register(wake_r, select.EPOLLIN)
+        self._inputs = set(self.renderer.input_fds())
+        for fd in self._inputs:
+            poller.register(fd, select.EPOLLIN)
+        # A pipe on stdout reports EPOLLERR once its reader is gone (`| head
+        # -1`): stop then, even if no event ever comes to fail a write.
+        self._out_fd = self.renderer.output_fd()
+        if self._out_fd is not None:
+            try:
+                poller.register(self._out_fd, 0)
+            except OSError:       # a regular file or tty can't be polled that way
+                self._out_fd = None
         self.started = time.monotonic()
         try:
             self.renderer.start({"probe": self.probe.name, "ring_bytes": self.ring_bytes,
@@ -55,7 +102,7 @@ class Session:
             self._loop(loaded, ring, poller)
             # Stop the producers, then deliver everything already in the ring.
             loaded.detach()
-            if self.stop_reason != "count":
+            if self.stop_reason not in ("count", "output closed"):
                 self._drain_after_detach(loaded, ring)
             summary = self._summary(loaded)
         finally:
@@ -83,12 +130,18 @@ class Session:
             if deadline and now >= deadline:
                 self.stop_reason = "duration"
                 break
+            timeout = 0.0          # data waiting: only look at keys and signals
             if ring.pending() == 0:
                 timeout = max(0.0, next_stats - now)
                 if deadline:
                     timeout = min(timeout, deadline - now)
-                poller.poll(timeout)
-            self._drain(ring)
+            for fd, ev in poller.poll(timeout):
+                if fd in self._inputs and self.renderer.on_input(fd) == "quit":
+                    self.stop_reason = "quit"
+                elif fd == self._out_fd and ev & (select.EPOLLERR | select.EPOLLHUP):
+                    self.stop_reason = "output closed"
+            if self.stop_reason is None:
+                self._drain(ring)
             now = time.monotonic()
             if now >= next_stats:
                 self._report(loaded, ring, now)
@@ -100,11 +153,20 @@ class Session:
         for a moment; wait for it (bounded) rather than lose it."""
         for _ in range(200):
             self._drain(ring)
-            if loaded.counters()[0] == self.delivered or self.stop_reason == "count":
+            if loaded.counters()[0] == self.delivered or self.stop_reason in ("count", "output closed"):
                 return
             time.sleep(0.001)
 
     def _drain(self, ring):
+        try:
+            self._drain_segments(ring)
+        except BrokenPipeError:
+            # The reader went away: nothing more can be delivered.  Stop, and
+            # keep the interpreter from complaining when it flushes stdout.
+            self.stop_reason = "output closed"
+            self.renderer.output_gone()
+
+    def _drain_segments(self, ring):
         probe, renderer = self.probe, self.renderer
         for et, records, offsets in ring.segments():
             n = len(records)
@@ -114,6 +176,7 @@ class Session:
                 records, offsets = records[:keep], offsets[:keep]
                 n = keep
                 self.stop_reason = "count"
+            self.tally.add(records)
             if renderer.wants_all:
                 renderer.events(probe.decode(et, records, offsets, ring.data))
             else:
@@ -139,7 +202,7 @@ class Session:
         elapsed = now - self.started
         self.renderer.tick({"delivered": self.delivered, "dropped": ringbuf_full + map_full,
                             "rate": self.delivered / elapsed if elapsed > 0 else 0,
-                            "ring_fill": ring.fill()})
+                            "ring_fill": ring.fill(), "tally": self.tally})
 
     def _summary(self, loaded):
         submitted, ringbuf_full, map_full = loaded.counters()
@@ -153,9 +216,12 @@ class Session:
             "submitted": submitted,
             "delivered": self.delivered,
             "not_delivered_count_reached": submitted - self.delivered if self.stop_reason == "count" else 0,
+            "not_delivered_output_closed": (submitted - self.delivered
+                                            if self.stop_reason == "output closed" else 0),
             "dropped": ringbuf_full + map_full,
             "ringbuf_full": ringbuf_full,
             "map_full": map_full,
             "duration_s": round(time.monotonic() - self.started, 3),
             "stopped_by": stop or "end",
+            "top_errors": dict(self.tally.top("errors")) if "errors" in self.tally.counts else {},
         }

@@ -26,6 +26,8 @@ class Probe:
     source = ""             # file under probes/
     event_structs = ()      # C struct names declared with RBTRACE_EVENT
     columns = ()
+    # (summary name, record column) counted over every event: see session.Tally
+    tally = (("commands", "comm"), ("errors", "ret"))
 
     def __init__(self, options):
         self.options = options
