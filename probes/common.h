@@ -111,16 +111,20 @@ static __always_inline int task_wanted(u64 pid_tgid, u32 uid)
 }
 
 #ifdef FILTER_COMM
+/* FILTER_COMM arrives padded with NULs to 15 bytes (16 with its own NUL),
+ * the size of task->comm.  Compared as two 64-bit words: a byte loop gets
+ * flattened by clang into 16 independent flags whose combinations the
+ * verifier walks one by one (2^16 paths, over its 1M limit). */
+_Static_assert(sizeof(FILTER_COMM) == 16, "FILTER_COMM must be padded to 15 bytes");
+#define COMM_BYTE(i, shift) ((u64)(unsigned char)FILTER_COMM[i] << (shift))
+#define COMM_WORD(o) (COMM_BYTE(o, 0) | COMM_BYTE(o + 1, 8) | COMM_BYTE(o + 2, 16) | \
+                      COMM_BYTE(o + 3, 24) | COMM_BYTE(o + 4, 32) | COMM_BYTE(o + 5, 40) | \
+                      COMM_BYTE(o + 6, 48) | COMM_BYTE(o + 7, 56))
 static __always_inline int comm_wanted(const char *comm)
 {
-    /* Index the literal itself: copied into a 16-byte stack array, clang
-     * would memcpy it from .rodata, which BCC can't load. */
-#pragma unroll
-    for (int i = 0; i < sizeof(FILTER_COMM); i++) {
-        if (comm[i] != FILTER_COMM[i])
-            return 0;
-    }
-    return 1;
+    u64 w[2];
+    __builtin_memcpy(w, comm, sizeof(w));
+    return w[0] == COMM_WORD(0) && w[1] == COMM_WORD(8);
 }
 #else
 static __always_inline int comm_wanted(const char *comm) { return 1; }

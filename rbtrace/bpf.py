@@ -126,7 +126,7 @@ def prepare():
     return import_bcc(), headers
 
 
-_LOCAL_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"]+)"[ \t]*$', re.M)
+_LOCAL_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"]+)"[ \t]*$')
 
 
 def inline_local_includes(path, search=(), _seen=None) -> str:
@@ -135,29 +135,50 @@ def inline_local_includes(path, search=(), _seen=None) -> str:
     BCC rewrites map calls (`stats.lookup(...)`) only in the main file, so
     helpers in common.h that touch maps must become part of it.  `#line`
     markers keep compiler messages pointing at the real files and lines.
+    BCC inserts text of its own between the lines (each tracepoint's
+    argument struct, for one), so every line gets its marker; only lines
+    continuing a macro (after a backslash) can't have one.
     """
     path = os.path.abspath(path)
     _seen = set() if _seen is None else _seen
     with open(path, encoding="utf-8", errors="surrogateescape") as f:
-        text = f.read()
-    out, pos = [f'#line 1 "{path}"\n'], 0
-    for m in _LOCAL_INCLUDE.finditer(text):
-        name = m.group(1)
-        for d in (os.path.dirname(path), *map(str, search)):
-            candidate = os.path.join(d, name)
-            if os.path.isfile(candidate):
-                break
-        else:
-            continue            # not ours: leave it to the compiler
-        out.append(text[pos:m.start()])
-        line = text.count("\n", 0, m.end()) + 2     # the line after the #include
-        if os.path.abspath(candidate) not in _seen:
-            _seen.add(os.path.abspath(candidate))
+        lines = f.read().split("\n")
+    out = [f'#line 1 "{path}"']
+    for number, line in enumerate(lines, 1):
+        m = _LOCAL_INCLUDE.match(line)
+        candidate = None
+        if m:
+            for d in (os.path.dirname(path), *map(str, search)):
+                if os.path.isfile(os.path.join(d, m.group(1))):
+                    candidate = os.path.abspath(os.path.join(d, m.group(1)))
+                    break
+        if candidate is None:
+            if number > 1 and not lines[number - 2].endswith("\\"):
+                out.append(f'#line {number} "{path}"')
+            out.append(line)
+            continue
+        if candidate not in _seen:      # not ours: left to the compiler
+            _seen.add(candidate)
             out.append(inline_local_includes(candidate, search, _seen))
-        out.append(f'\n#line {line} "{path}"\n')
-        pos = m.end() + 1 if text[m.end():m.end() + 1] == "\n" else m.end()
-    out.append(text[pos:])
-    return "".join(out)
+        out.append(f'#line {number + 1} "{path}"')
+    return "\n".join(out)
+
+
+BPF_OBJ_GET_INFO_BY_FD = 15
+_PROG_INFO_SIZE = 232            # sizeof(struct bpf_prog_info), uapi 6.1
+_RECURSION_MISSES_OFF = 208      # offsetof(struct bpf_prog_info, recursion_misses)
+
+
+def _recursion_misses(prog_fd: int) -> int:
+    from rbtrace.doctor import SYS_BPF
+    info = ctypes.create_string_buffer(_PROG_INFO_SIZE)
+    attr = (ctypes.c_uint64 * 4)()
+    attr[0] = prog_fd | (_PROG_INFO_SIZE << 32)       # bpf_fd, info_len
+    attr[1] = ctypes.addressof(info)                  # info
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(SYS_BPF, BPF_OBJ_GET_INFO_BY_FD, ctypes.byref(attr), 16) != 0:
+        return 0
+    return int.from_bytes(info.raw[_RECURSION_MISSES_OFF:_RECURSION_MISSES_OFF + 8], "little")
 
 
 class LoadedProbe:
@@ -200,6 +221,14 @@ class LoadedProbe:
             vals = self._stats[self._stats.Key(i)]
             out.append(sum(int(v) for v in vals))
         return out
+
+    def prog_misses(self) -> int:
+        """Program runs the kernel skipped (bpf_prog_info.recursion_misses).
+
+        The kernel refuses to run a tracing program on a CPU where a BPF
+        program is already running (another tracer's, say) and only counts
+        it.  Each skipped run may be a lost event, so it is reported."""
+        return sum(_recursion_misses(f.fd) for f in self.bpf.funcs.values())
 
     def detach(self):
         """Stop the programs; maps and the ring stay readable."""

@@ -18,7 +18,12 @@ def probes_dir() -> Path:
     for candidate in candidates:
         if (candidate / "common.h").is_file():
             return candidate
-    raise FileNotFoundError("rbtrace's probe sources (probes/common.h) are not installed")
+    from rbtrace.errors import EnvironmentProblem
+    if override:
+        raise EnvironmentProblem(f"RBTRACE_PROBES_DIR={override} has no common.h",
+                                 hint="point it at a copy of rbtrace's probes/ directory")
+    raise EnvironmentProblem("rbtrace's probe sources (probes/common.h) are not installed",
+                             hint="reinstall rbtrace (make setup)")
 
 
 def cache_dir() -> Path:

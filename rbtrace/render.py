@@ -47,6 +47,17 @@ def layout(columns, total_width: int) -> list:
     return widths
 
 
+def write_all(out, data: bytes):
+    """Write every byte, then flush.  A signal arriving while a write is
+    blocked on a full pipe makes BufferedWriter.write return a short count
+    (PEP 475 retries only from the start): loop, or a JSON line is cut."""
+    view = memoryview(data)
+    while view:
+        n = out.write(view)
+        view = view[n:] if n else view
+    out.flush()
+
+
 class StreamRenderer:
     """Writes to a byte stream (stdout, a pipe, a file)."""
 
@@ -103,8 +114,7 @@ class JsonRenderer(StreamRenderer):
 
     def _write(self, objs):
         dumps = self.dumps
-        self.out.write(b"".join([dumps(o) + b"\n" for o in objs]))
-        self.out.flush()
+        write_all(self.out, b"".join([dumps(o) + b"\n" for o in objs]))
 
 
 class PlainRenderer(StreamRenderer):
@@ -124,8 +134,7 @@ class PlainRenderer(StreamRenderer):
                 self._fmt.append((c.value, 0, c.justify))
 
     def start(self, info):
-        self._line([c.header for c in self.columns])
-        self.out.flush()
+        write_all(self.out, self._line([c.header for c in self.columns]).encode())
 
     def _line(self, texts):
         parts = []
@@ -133,16 +142,18 @@ class PlainRenderer(StreamRenderer):
             if width:
                 t = t.rjust(width) if justify == "right" else t.ljust(width)
             parts.append(t)
-        self.out.write((" ".join(parts).rstrip() + "\n").encode())
+        return " ".join(parts).rstrip() + "\n"
 
     def events(self, events):
-        for e in events:
-            self._line([fmt[0](e) for fmt in self._fmt])
-        self.out.flush()
+        lines = [self._line([fmt[0](e) for fmt in self._fmt]) for e in events]
+        write_all(self.out, "".join(lines).encode())
 
     def lost(self, record):
-        sys.stderr.write(f"rbtrace: {record['dropped']} events dropped "
-                         f"(ring full {record['ringbuf_full']}, map full {record['map_full']})\n")
+        line = (f"rbtrace: {record['dropped']} events dropped "
+                f"(ring full {record['ringbuf_full']}, map full {record['map_full']})")
+        if record["missed_by_kernel"]:
+            line += f", {record['missed_by_kernel']} probe runs skipped by the kernel"
+        sys.stderr.write(line + "\n")
 
     def close(self, summary):
         if not self.closed:
@@ -291,7 +302,9 @@ class TableRenderer:
             keys = (f"filter '{fields.escape_str(self.text_filter)}' | " if self.text_filter else "") + self.KEYS
         line1 = (f"{state}{self.probe.name}{' ' + self.filters if self.filters else ''} | "
                  f"{elapsed:.0f}s | {self._recent_rate():.0f}/s | events {s.get('delivered', 0)} | "
-                 f"dropped {s.get('dropped', 0)} | ring {s.get('ring_fill', 0) * 100:.0f}%")
+                 f"dropped {s.get('dropped', 0)}"
+                 + (f" | kernel-skipped {s['missed_by_kernel']}" if s.get("missed_by_kernel") else "")
+                 + f" | ring {s.get('ring_fill', 0) * 100:.0f}%")
         style = "bold red reverse" if s.get("dropped") else "reverse"
         return [Text(_cut(line1, width, "start"), style=style),
                 Text(_cut(keys, width, "start"), style="dim")]

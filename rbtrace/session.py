@@ -65,7 +65,7 @@ class Session:
         self.delivered = 0
         self.cut_by_count = 0
         self.stop_reason = None
-        self._reported = (0, 0)     # drops already reported: ringbuf_full, map_full
+        self._reported = {}         # losses already reported, by kind
         self.tally = Tally(probe.tally)
 
     def _on_signal(self, signum, frame):
@@ -186,27 +186,39 @@ class Session:
             if self.stop_reason == "count":
                 break
 
-    def _report_lost(self, ringbuf_full, map_full):
-        """A `lost` record with the drops since the last one, if any."""
-        prev_rb, prev_map = self._reported
-        if (ringbuf_full, map_full) != self._reported:
-            self.renderer.lost({"dropped": ringbuf_full - prev_rb + map_full - prev_map,
-                                "ringbuf_full": ringbuf_full - prev_rb,
-                                "map_full": map_full - prev_map,
-                                "total_dropped": ringbuf_full + map_full})
-            self._reported = (ringbuf_full, map_full)
+    LOSS_KINDS = ("ringbuf_full", "map_full", "missed_by_kernel")
+
+    def _losses(self, loaded):
+        submitted, ringbuf_full, map_full = loaded.counters()
+        return submitted, {"ringbuf_full": ringbuf_full, "map_full": map_full,
+                           "missed_by_kernel": loaded.prog_misses()}
+
+    def _report_lost(self, losses):
+        """A `lost` record with the losses since the last one, if any.
+        `dropped` counts events the probe saw but could not deliver;
+        `missed_by_kernel` counts probe runs the kernel skipped."""
+        if all(losses[k] == self._reported.get(k, 0) for k in self.LOSS_KINDS):
+            return
+        delta = {k: losses[k] - self._reported.get(k, 0) for k in self.LOSS_KINDS}
+        self.renderer.lost({"dropped": delta["ringbuf_full"] + delta["map_full"], **delta,
+                            "total_dropped": losses["ringbuf_full"] + losses["map_full"],
+                            "total_missed_by_kernel": losses["missed_by_kernel"]})
+        self._reported = dict(losses)
 
     def _report(self, loaded, ring, now):
-        submitted, ringbuf_full, map_full = loaded.counters()
-        self._report_lost(ringbuf_full, map_full)
+        _, losses = self._losses(loaded)
+        self._report_lost(losses)
         elapsed = now - self.started
-        self.renderer.tick({"delivered": self.delivered, "dropped": ringbuf_full + map_full,
+        self.renderer.tick({"delivered": self.delivered,
+                            "dropped": losses["ringbuf_full"] + losses["map_full"],
+                            "missed_by_kernel": losses["missed_by_kernel"],
                             "rate": self.delivered / elapsed if elapsed > 0 else 0,
                             "ring_fill": ring.fill(), "tally": self.tally})
 
     def _summary(self, loaded):
-        submitted, ringbuf_full, map_full = loaded.counters()
-        self._report_lost(ringbuf_full, map_full)
+        submitted, losses = self._losses(loaded)
+        self._report_lost(losses)
+        ringbuf_full, map_full = losses["ringbuf_full"], losses["map_full"]
         stop = self.stop_reason
         if isinstance(stop, int):
             stop = signal.Signals(stop).name
@@ -221,6 +233,7 @@ class Session:
             "dropped": ringbuf_full + map_full,
             "ringbuf_full": ringbuf_full,
             "map_full": map_full,
+            "missed_by_kernel": losses["missed_by_kernel"],
             "duration_s": round(time.monotonic() - self.started, 3),
             "stopped_by": stop or "end",
             "top_errors": dict(self.tally.top("errors")) if "errors" in self.tally.counts else {},

@@ -183,20 +183,26 @@ def test_compile_failure_is_one_line_with_the_compiler_message(kernel_ok, tmp_pa
     for name in os.listdir(probes):
         shutil.copy(os.path.join(probes, name), tmp_path / name)
     src = (tmp_path / "exec.bpf.c").read_text()
-    (tmp_path / "exec.bpf.c").write_text(src.replace("e->ret = ret;", "e->ret = ret + no_such_variable;"))
-    p = run_cli("exec", "--json", env={"RBTRACE_PROBES_DIR": str(tmp_path)})
+    broken_line = src.count("\n") + 1
+    (tmp_path / "exec.bpf.c").write_text(src + "int broken(void) { return no_such_variable; }\n")
+    p = run_cli("exec", "--json", "-d", "1", env={"RBTRACE_PROBES_DIR": str(tmp_path)})
     err = _one_line_error(p, 1)
-    assert "no_such_variable" in err and "exec.bpf.c:" in err
+    # The compiler's own message, pointing at the real file and line.
+    assert "no_such_variable" in err and f"exec.bpf.c:{broken_line}:" in err
 
 
 def test_tracefs_is_mounted_when_missing(kernel_ok):
-    """rbtrace mounts debugfs/tracefs itself when it runs as root."""
-    subprocess.run(["umount", "/sys/kernel/debug/tracing"], capture_output=True)
-    subprocess.run(["umount", "/sys/kernel/debug"], capture_output=True)
-    assert not os.path.isdir("/sys/kernel/debug/tracing/events")
-    p = run_cli("exec", "--json", "-d", "0.5")
-    assert p.returncode == 0, p.stderr
-    assert os.path.isdir("/sys/kernel/debug/tracing/events")
+    """rbtrace mounts debugfs/tracefs itself when it runs as root.  Run in a
+    private mount namespace, so that unmounting there can't disturb any
+    other tracer on the machine."""
+    script = ("umount /sys/kernel/debug/tracing 2>/dev/null; umount /sys/kernel/debug; "
+              "test ! -d /sys/kernel/debug/tracing/events || exit 90; "
+              f"{sys.executable} -m rbtrace exec --json -d 0.5 >/dev/null || exit 91; "
+              "test -d /sys/kernel/debug/tracing/events || exit 92")
+    p = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                       cwd=REPO, capture_output=True, timeout=60)
+    assert p.returncode == 0, (p.returncode, p.stderr.decode())
+    assert os.path.isdir("/sys/kernel/debug/tracing/events")   # outside: untouched
 
 
 def test_doctor_reports_each_check(kernel_ok):

@@ -133,7 +133,8 @@ def _hostile_workload(tmp_path, mark):
 
 def test_hostile_names_stay_data_in_the_table(tmux_session, tmp_path):
     name = tmux_session
-    _start_table(name, tmp_path, width=250, height=40, args=("--comm", COMM))
+    # Wide enough that no cell is cut: every escape must be visible whole.
+    _start_table(name, tmp_path, width=420, height=40, args=("--comm", COMM))
     title_before = _tmux("display", "-p", "-t", name, "#{pane_title}").stdout
     mark = uuid.uuid4().hex[:12]
     _hostile_workload(tmp_path, mark)
