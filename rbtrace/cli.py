@@ -63,9 +63,39 @@ class CommType(click.ParamType):
         return value
 
 
-def c_string_literal(text: str) -> str:
+class OpenFlagsType(click.ParamType):
+    """open(2) flag names that must all be set: "O_WRONLY", "wronly,creat"."""
+
+    name = "FLAGS"
+
+    def convert(self, value, param, ctx):
+        from rbtrace.probes.open import parse_flags_filter
+        if not isinstance(value, str):
+            return value
+        try:
+            return parse_flags_filter(value)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
+class PathPrefixType(click.ParamType):
+    """A path prefix matched byte by byte in the kernel."""
+
+    name = "PREFIX"
+
+    def convert(self, value, param, ctx):
+        from rbtrace.probes.open import parse_path_prefix
+        try:
+            parse_path_prefix(value)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+        return value
+
+
+def c_string_literal(text) -> str:
     """A C string literal holding exactly these bytes (octal escapes)."""
-    return '"' + "".join(f"\\{b:03o}" for b in text.encode()) + '"'
+    raw = text.encode() if isinstance(text, str) else text
+    return '"' + "".join(f"\\{b:03o}" for b in raw) + '"'
 
 
 def trace_options(f):
@@ -108,13 +138,14 @@ def _run_probe(probe_name, opts):
     from rbtrace.session import Session
 
     filters = []
-    for key in ("pid", "uid", "comm"):
+    for key in ("pid", "tid", "uid", "comm", "path", "flags"):
         if opts.get(key) not in (None, "", False):
             filters.append(f"{key}={opts[key]}")
     if opts.get("failed"):
         filters.append("failed")
     if opts.get("comm"):
-        opts["comm_literal"] = c_string_literal(opts["comm"])
+        # Padded to the kernel's 15 bytes: common.h compares whole words.
+        opts["comm_literal"] = c_string_literal(opts["comm"].encode().ljust(TASK_COMM_LEN - 1, b"\0"))
     opts["filters_text"] = " ".join(filters)
     probe = registry()[probe_name](opts)
 
@@ -150,18 +181,77 @@ def _print_summary(s):
         line += f" (ring full {s['ringbuf_full']}, state map full {s['map_full']}; try a larger --ring-size)"
     if s.get("not_delivered_count_reached"):
         line += f", {s['not_delivered_count_reached']} more not shown after --count"
-    sys.stderr.write(line + f", {s['duration_s']:.1f}s\n")
+    line += f", {s['duration_s']:.1f}s"
+    if s.get("top_errors"):
+        line += "; top errors: " + ", ".join(f"{k} {v}" for k, v in s["top_errors"].items())
+    sys.stderr.write(line + "\n")
+
+
+def _exec_arg_bytes(ctx, param, value):
+    """--max-arg-bytes: a byte count, K/M suffixes allowed, within limits."""
+    from rbtrace.probes import exec as exec_probe
+    if value is None or isinstance(value, int):
+        return value
+    try:
+        n = fields.parse_size(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e), ctx, param)
+    lo, hi = exec_probe.MIN_ARG_BYTES, exec_probe.LIMIT_ARG_BYTES
+    if not lo <= n <= hi:
+        raise click.BadParameter(f"{value!r} is not between {lo} and {hi} (1M) bytes", ctx, param)
+    return n
 
 
 @cli.command("exec")
 @trace_options
-@click.option("--max-args", type=click.IntRange(1, 1024), default=64, show_default=True,
-              help="Arguments captured per exec (argc is always counted).")
-@click.option("--max-arg-bytes", type=click.IntRange(64, 1 << 20), default=4096,
-              show_default=True, help="Bytes of argv captured per exec.")
+@click.option("--max-args", type=click.IntRange(1, 4096), default=64, show_default=True,
+              metavar="N",
+              help="Arguments captured per exec, 1 to 4096.  argc is counted "
+                   "beyond them (exactly up to 65536 arguments).")
+@click.option("--max-arg-bytes", default="4096", show_default=True, metavar="SIZE",
+              callback=_exec_arg_bytes,
+              help="Bytes of argv captured per exec, NULs included: 64 to 1M "
+                   "(K and M suffixes).  Costs about twice this in kernel "
+                   "memory per possible CPU.")
 def exec_cmd(**opts):
-    """Every program execution on the host, with its result."""
+    """Every program execution on the host, with its result.
+
+    One event per execve/execveat: successes when the new program starts,
+    failures (ENOENT, EACCES, ENOEXEC...) when the call returns.  JSON
+    fields: time, pid, tid (the thread that called exec; a non-leader
+    thread's exec continues as pid), ppid, uid, user, comm (after exec
+    for a success, the caller's for a failure), syscall, filename (as
+    passed: "" for fexecve), argv, argc (the real count), args_truncated,
+    ret, errno; for execveat also dirfd, at_flags and exe (the path of the
+    executable, null when the call failed).
+
+    argv is cut after --max-args arguments or --max-arg-bytes bytes:
+    args_truncated is then true, argc keeps the full count, and the table
+    ends the line with "…[N args]" (a cut argument ends with "…").  Table
+    and plain lines escape control characters (\\n, \\t, \\x1b); JSON keeps
+    the exact strings (argv_b64 when not UTF-8).
+
+    --comm matches the command name after exec for successes and the
+    caller's command name for failures.  --pid and --uid select the
+    calling process; --pid, --uid and --comm are checked in the kernel.
+    """
     sys.exit(_run_probe("exec", opts))
+
+
+@cli.command("open")
+@trace_options
+@click.option("-t", "--tid", type=click.IntRange(1, 2**22), metavar="TID",
+              help="Only this thread.")
+@click.option("--path", type=PathPrefixType(), metavar="PREFIX",
+              help="Only paths starting with PREFIX, as passed to the call (bytes, not resolved).")
+@click.option("--flags", type=OpenFlagsType(), metavar="FLAGS",
+              help="Only opens with all these flags set, e.g. O_WRONLY or wronly,creat.")
+@click.option("--full-path", is_flag=True,
+              help="Also report full_path: relative paths joined to the caller's cwd or dirfd, "
+                   "read from /proc when the event is decoded.")
+def open_cmd(**opts):
+    """Every file open on the host (open, openat, openat2, creat), with its result."""
+    sys.exit(_run_probe("open", opts))
 
 
 @cli.command("doctor")

@@ -97,4 +97,5 @@ def shown_list(event: dict, name: str) -> list:
 
 def registry():
     from rbtrace.probes import exec as exec_probe
-    return {"exec": exec_probe.ExecProbe}
+    from rbtrace.probes import open as open_probe
+    return {"exec": exec_probe.ExecProbe, "open": open_probe.OpenProbe}

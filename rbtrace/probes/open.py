@@ -1,0 +1,260 @@
+"""rbtrace open: every file open, with its result (probes/open.bpf.c)."""
+import os
+import stat
+from typing import NamedTuple, Optional
+
+from rbtrace import fields
+from rbtrace.probes import Column, Probe, cstr, put_text, shown
+
+SYSCALLS = ("open", "openat", "openat2", "creat")
+SYSCALL_OPENAT2 = 2
+
+AT_FDCWD = -100
+O_ACCMODE = 0o3
+O_CREAT = 0o100
+O_TMPFILE_BIT = 0o20000000       # __O_TMPFILE: with O_CREAT, the flags that take a mode
+
+# Mirrors the ST_* bits in probes/open.bpf.c.
+PATH_TRUNCATED = 1
+PATH_FAULT = 2
+HOW_FAULT = 4
+HOW_SHORT = 8
+PATH_AT_EXIT = 16
+
+MAX_PREFIX = 255                 # --path: bytes compared in the kernel (unrolled)
+
+
+class FlagsFilter(NamedTuple):
+    """--flags: `mask` bits must all be set; `accmode`, when not None, must
+    equal flags & O_ACCMODE."""
+    mask: int
+    accmode: Optional[int]
+    text: str
+
+    def __str__(self):
+        return self.text
+
+
+def parse_flags_filter(text: str) -> FlagsFilter:
+    """"O_WRONLY", "wronly,creat", "O_RDONLY|O_CLOEXEC" -> FlagsFilter.
+
+    Raises ValueError with a one-line reason."""
+    mask, accmode = 0, None
+    for part in text.replace("|", ",").split(","):
+        if not part.strip():
+            raise ValueError(f"empty flag name in {text!r} (names are separated by , or |)")
+        value = fields.parse_open_flags(part)       # one name; raises ValueError
+        if value & ~O_ACCMODE:
+            mask |= value
+        else:                                       # RDONLY, WRONLY, RDWR, ACCMODE
+            if accmode is not None and accmode != value:
+                raise ValueError(f"conflicting access modes in {text!r}")
+            accmode = value
+    return FlagsFilter(mask, accmode, text)
+
+
+def parse_path_prefix(text: str) -> bytes:
+    """--path: the bytes a path must start with (as the caller passed it)."""
+    raw = os.fsencode(text)
+    if not raw:
+        raise ValueError("the path prefix is empty")
+    if b"\0" in raw:
+        raise ValueError("the path prefix contains a NUL byte")
+    if len(raw) > MAX_PREFIX:
+        raise ValueError(f"the path prefix is {len(raw)} bytes; at most {MAX_PREFIX} are "
+                         f"compared in the kernel")
+    return raw
+
+
+def c_bytes_literal(raw: bytes) -> str:
+    """A C string literal holding exactly these bytes (octal escapes)."""
+    return '"' + "".join(f"\\{b:03o}" for b in raw) + '"'
+
+
+_MISSING = object()
+
+
+def _base_dir(pid: int, tid: int, dirfd: int) -> Optional[bytes]:
+    """The directory a relative path of this call resolves against, as
+    /proc shows it now; None when that can't be told."""
+    if dirfd == AT_FDCWD:
+        link = f"/proc/{pid}/task/{tid}/cwd"
+    elif dirfd >= 0:
+        link = f"/proc/{pid}/task/{tid}/fd/{dirfd}"
+    else:
+        return None                 # a bad dirfd: the call failed with EBADF
+    try:
+        base = os.readlink(os.fsencode(link))
+    except OSError:
+        return None                 # the thread is gone, or the fd closed
+    # "pipe:[12]", "anon_inode:..." are not directories; a removed
+    # directory shows as "/x (deleted)", which can't be told from a name.
+    if not base.startswith(b"/") or base.endswith(b" (deleted)"):
+        return None
+    if dirfd != AT_FDCWD:
+        try:
+            if not stat.S_ISDIR(os.stat(link).st_mode):
+                return None         # a file: the call fails with ENOTDIR
+        except OSError:
+            return None
+    return base
+
+
+def full_path(cache: dict, pid: int, tid: int, dirfd: int, raw: Optional[bytes]) -> Optional[bytes]:
+    """Absolute form of a traced path: joined, never normalized (".." and
+    symlinks are left to the reader).  `cache` holds the directories read
+    for one batch."""
+    if not raw:
+        return None
+    if raw.startswith(b"/"):
+        return raw
+    key = (pid, tid, dirfd)
+    base = cache.get(key, _MISSING)
+    if base is _MISSING:
+        base = cache[key] = _base_dir(pid, tid, dirfd)
+    if base is None:
+        return None
+    return (base if base.endswith(b"/") else base + b"/") + raw
+
+
+def _fd_or_error(e):
+    if e["fd"] is not None:
+        return str(e["fd"])
+    return e["errno"] or str(e["ret"])
+
+
+def _flags_cell(e):
+    text = e["flags_text"]
+    return "?" if text is None else text.replace("O_", "")
+
+
+def _path_cell(e):
+    if e.get("full_path") is not None:
+        text = shown(e, "full_path")
+    elif e["path"] is None:
+        return "(unreadable)"
+    else:
+        text = shown(e, "path")
+        if not e["path"].startswith("/"):
+            dirfd = e["dirfd"]
+            text = ("AT_FDCWD:" if dirfd == AT_FDCWD else f"fd{dirfd}:") + text
+    if e["path_truncated"]:
+        text += " [truncated]"
+    return text
+
+
+class OpenProbe(Probe):
+    name = "open"
+    source = "open.bpf.c"
+    event_structs = ("open_event_short", "open_event_long")
+    # No ("files", "path"): counting the path column with np.unique costs
+    # over 1 us per event, more than decoding it, and storms are the point.
+    tally = (("commands", "comm"), ("errors", "ret"))
+    columns = (
+        Column("TIME", lambda e: e["time"][11:23], width=12),
+        Column("PID", lambda e: str(e["pid"]), width=7, justify="right"),
+        Column("COMM", lambda e: shown(e, "comm"), width=15),
+        Column("FD/ERR", _fd_or_error, width=12, justify="right"),
+        Column("FLAGS", _flags_cell, width=24),
+        Column("PATH", _path_cell, min_width=10, keep="end"),
+    )
+
+    def __init__(self, options):
+        super().__init__(options)
+        self._templates = {}
+
+    def cflags(self):
+        flags = super().cflags()
+        o = self.options
+        if o.get("path"):
+            flags["FILTER_PATH"] = c_bytes_literal(parse_path_prefix(o["path"]))
+        f = o.get("flags")
+        if f is not None:
+            if isinstance(f, str):
+                f = parse_flags_filter(f)
+            if f.mask:
+                flags["FILTER_FLAGS"] = hex(f.mask)
+            if f.accmode is not None:
+                flags["FILTER_ACCMODE"] = f.accmode
+        return flags
+
+    def decode(self, event_type, records, offsets, data):
+        """Events for a segment of records.
+
+        Storms repeat themselves: everything but seq and the time is a
+        function of the record's bytes from `pid` to the end of the path,
+        so those bytes key a cache of finished events ("templates") and
+        most events cost one slice, one lookup and one dict copy."""
+        if not len(records):
+            return []
+        layout = event_type.dtype.fields
+        key_off, path_off = layout["pid"][1], layout["path"][1]
+        lo = (offsets + key_off).tolist()
+        hi = (offsets + path_off + records["path_len"].astype("i8")).tolist()
+        seqs = records["seq"].tolist()
+        stamps = records["ts_ns"].tolist()
+        clock = self.clock
+        wall = records["ts_ns"].astype("i8") + clock.offset_ns
+        secs = (wall // 1_000_000_000).tolist()
+        nsecs = (wall % 1_000_000_000).tolist()
+        templates = self._templates
+        if self.options.get("full_path") or len(templates) > 4096:
+            templates.clear()          # full_path is read from /proc per batch
+        dirs = {}
+        last_sec = prefix = None
+        out = []
+        append = out.append
+        for i, (a, b, seq, ts, sec, ns) in enumerate(zip(lo, hi, seqs, stamps, secs, nsecs)):
+            key = bytes(data[a:b])
+            tpl = templates.get(key)
+            if tpl is None:
+                tpl = self._event(records[i], key[path_off - key_off:], dirs)
+                if b - a <= 512:            # long paths are rare: not worth the memory
+                    templates[key] = tpl
+            if sec != last_sec:
+                # "2026-11-24T07:01:02." from Clock, which caches the second
+                prefix = clock.iso(sec * 1_000_000_000 - clock.offset_ns)[:-10]
+                last_sec = sec
+            e = tpl.copy()
+            e["seq"] = seq
+            e["time"] = f"{prefix}{ns:09d}Z"
+            e["ts_ns"] = ts
+            append(e)
+        return out
+
+    def _event(self, rec, raw, dirs):
+        """The event for one record, with seq, time and ts_ns left None."""
+        st = int(rec["status"])
+        sc = int(rec["syscall"])
+        r = int(rec["ret"])
+        pid, tid, uid, dirfd = int(rec["pid"]), int(rec["tid"]), int(rec["uid"]), int(rec["dirfd"])
+        e = {"type": "open", "seq": None, "time": None, "ts_ns": None, "pid": pid, "tid": tid,
+             "ppid": int(rec["ppid"]), "uid": uid, "user": fields.user_name(uid)}
+        put_text(e, "comm", cstr(bytes(rec["comm"])))
+        e["syscall"] = SYSCALLS[sc] if sc < len(SYSCALLS) else str(sc)
+        if st & PATH_FAULT:
+            raw = None
+            e["path"] = None
+        else:
+            put_text(e, "path", raw)
+        e["path_truncated"] = bool(st & PATH_TRUNCATED)
+        e["dirfd"] = dirfd
+        if st & (HOW_FAULT | HOW_SHORT):
+            # openat2 without a readable struct open_how: nothing known.
+            e["flags"] = e["flags_text"] = e["mode"] = e["resolve"] = None
+        else:
+            f = int(rec["flags"])
+            e["flags"] = f
+            e["flags_text"] = fields.open_flags(f)
+            e["mode"] = int(rec["mode"]) if f & (O_CREAT | O_TMPFILE_BIT) else None
+            e["resolve"] = int(rec["resolve"]) if sc == SYSCALL_OPENAT2 else None
+        e["ret"] = r
+        e["fd"] = r if r >= 0 else None
+        e["errno"] = fields.errno_name(r) or None
+        if self.options.get("full_path"):
+            fp = full_path(dirs, pid, tid, dirfd, raw) if not st & PATH_TRUNCATED else None
+            if fp is None:
+                e["full_path"] = None
+            else:
+                put_text(e, "full_path", fp)
+        return e

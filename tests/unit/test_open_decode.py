@@ -1,0 +1,279 @@
+"""rbtrace open without the kernel: the decoder on hand-built ring records,
+the columns, the --flags / --path parsers, full_path, and bad CLI values."""
+import base64
+import ctypes
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from rbtrace import fields
+from rbtrace.bpf import dtype_from_ctypes
+from rbtrace.probes import open as op
+from rbtrace.ringbuf import EventType
+
+# --- records laid out as probes/open.bpf.c declares them ---------------------
+
+
+class RbHeader(ctypes.Structure):
+    _fields_ = [("ts_ns", ctypes.c_uint64), ("seq", ctypes.c_uint64), ("pid", ctypes.c_uint32),
+                ("tid", ctypes.c_uint32), ("ppid", ctypes.c_uint32), ("uid", ctypes.c_uint32),
+                ("comm", ctypes.c_char * 16)]
+
+
+class OpenInfo(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
+                ("resolve", ctypes.c_uint64), ("dirfd", ctypes.c_int32),
+                ("path_len", ctypes.c_uint32), ("syscall", ctypes.c_uint16),
+                ("status", ctypes.c_uint16), ("pad", ctypes.c_uint32)]
+
+
+def event_struct(path_bytes):
+    class Event(ctypes.Structure):
+        _fields_ = [("h", RbHeader), ("ret", ctypes.c_int64), ("i", OpenInfo),
+                    ("path", ctypes.c_char * path_bytes)]
+    return Event
+
+
+SHORT = EventType("open_event_short", dtype_from_ctypes(event_struct(256)))
+LONG = EventType("open_event_long", dtype_from_ctypes(event_struct(4096)))
+
+
+def test_record_sizes_differ_and_short_is_about_12x_smaller():
+    assert SHORT.size == 352 and LONG.size == 4192
+    assert (LONG.size + 8) / (SHORT.size + 8) > 11
+
+
+def records(et, rows):
+    """A ring-like buffer: 8-byte record header, payload, padded to 8; the
+    path area after the copied bytes holds junk, as the real ring does."""
+    stride = (et.size + 8 + 7) & ~7
+    buf = np.frombuffer(bytearray(b"\xAA" * stride * len(rows)), dtype=np.uint8)
+    rec_dtype = np.dtype({"names": ["_len", "_pgoff", "_payload"],
+                          "formats": ["<u4", "<u4", et.dtype], "offsets": [0, 4, 8],
+                          "itemsize": stride})
+    view = np.ndarray((len(rows),), dtype=rec_dtype, buffer=buf)
+    payload = view["_payload"]
+    path_off = et.dtype.fields["path"][1]
+    for k, row in enumerate(rows):
+        row = {"ts_ns": 10**12 + k, "seq": k, "pid": 100, "tid": 101, "ppid": 1, "uid": 0,
+               "comm": b"cat", "ret": 3, "flags": 0, "mode": 0, "resolve": 0,
+               "dirfd": op.AT_FDCWD, "syscall": 1, "status": 0, "pad": 0, **row}
+        path = row.pop("path", b"/etc/hostname")
+        for name, value in row.items():
+            payload[k][name] = value
+        payload[k]["path_len"] = len(path) if not row["status"] & op.PATH_FAULT else 0
+        start = k * stride + 8 + path_off
+        buf[start:start + len(path) + 1] = np.frombuffer(path + b"\0", dtype=np.uint8)
+    offsets = 8 + stride * np.arange(len(rows))
+    return payload, offsets, memoryview(buf)
+
+
+def decode(rows, et=SHORT, **options):
+    probe = op.OpenProbe(options)
+    probe.clock = fields.Clock(offset_ns=1_700_000_000 * 10**9)
+    recs, offsets, data = records(et, rows)
+    return probe, probe.decode(et, recs, offsets, data)
+
+
+KEYS = ["type", "seq", "time", "ts_ns", "pid", "tid", "ppid", "uid", "user", "comm", "syscall",
+        "path", "path_truncated", "dirfd", "flags", "flags_text", "mode", "resolve", "ret", "fd",
+        "errno"]
+
+
+def test_decode_fields_and_order():
+    probe, [e] = decode([{"ret": 3, "flags": 0o2000000}])
+    assert list(e) == KEYS
+    assert e == {
+        "type": "open", "seq": 0, "time": probe.clock.iso(10**12), "ts_ns": 10**12,
+        "pid": 100, "tid": 101, "ppid": 1, "uid": 0, "user": fields.user_name(0), "comm": "cat",
+        "syscall": "openat", "path": "/etc/hostname", "path_truncated": False,
+        "dirfd": -100, "flags": 0o2000000, "flags_text": "O_RDONLY|O_CLOEXEC", "mode": None,
+        "resolve": None, "ret": 3, "fd": 3, "errno": None}
+
+
+def test_decode_errors_modes_and_syscalls():
+    _, ev = decode([
+        {"ret": -2},
+        {"ret": -13, "flags": 0o101, "mode": 0o640},                       # O_WRONLY|O_CREAT
+        {"ret": 4, "flags": 0o1101, "mode": 0o600, "syscall": 3},          # creat
+        {"ret": 5, "flags": 0o20200002, "mode": 0o600},                    # O_RDWR|O_TMPFILE
+        {"ret": 6, "flags": 0, "mode": 0o777, "syscall": 2, "resolve": 8},  # openat2
+        {"ret": 7, "syscall": 0, "mode": 0o644},                           # open, no O_CREAT
+    ])
+    assert [(e["fd"], e["errno"]) for e in ev] == [
+        (None, "ENOENT"), (None, "EACCES"), (4, None), (5, None), (6, None), (7, None)]
+    assert [e["mode"] for e in ev] == [None, 0o640, 0o600, 0o600, None, None]
+    assert [e["syscall"] for e in ev] == ["openat", "openat", "creat", "openat", "openat2", "open"]
+    assert ev[2]["flags_text"] == "O_WRONLY|O_CREAT|O_TRUNC"
+    assert ev[3]["flags_text"] == "O_RDWR|O_TMPFILE"
+    assert [e["resolve"] for e in ev] == [None, None, None, None, 8, None]
+
+
+def test_decode_path_exact_bytes_truncation_and_faults():
+    bad = b"/tmp/\xff\xfe\x1b[31m"
+    long_path = b"/" + b"d" * 4094
+    _, ev = decode([{"path": bad}, {"path": b""}, {"status": op.PATH_FAULT},
+                    {"syscall": 2, "status": op.HOW_FAULT, "flags": 0o101, "mode": 0o600},
+                    {"status": op.PATH_AT_EXIT, "path": b"/late"}])
+    assert base64.b64decode(ev[0]["path_b64"]) == bad and ev[0]["path"] == bad.decode(errors="replace")
+    assert ev[1]["path"] == "" and "path_b64" not in ev[1]
+    assert ev[2]["path"] is None and ev[2]["path_truncated"] is False
+    assert ev[3]["flags"] is None and ev[3]["flags_text"] is None and ev[3]["mode"] is None
+    assert ev[4]["path"] == "/late"
+    _, [e] = decode([{"path": long_path, "status": op.PATH_TRUNCATED, "ret": -36}], et=LONG)
+    assert e["path"] == long_path.decode() and e["path_truncated"] is True
+    assert e["errno"] == "ENAMETOOLONG"
+
+
+def test_decode_storm_shares_nothing_that_differs():
+    """Identical records but for seq/time come from one cached template;
+    each event still gets its own seq and time, and any differing byte
+    gives a different event."""
+    rows = [{"ret": -2}] * 5 + [{"ret": -13}, {"path": b"/etc/hostnamf", "ret": -2},
+                                 {"pid": 7, "ret": -2}]
+    probe, ev = decode(rows)
+    assert [e["seq"] for e in ev] == list(range(8))
+    assert [e["time"] for e in ev] == [probe.clock.iso(10**12 + k) for k in range(8)]
+    assert len({id(e) for e in ev}) == 8
+    assert [e["errno"] for e in ev] == ["ENOENT"] * 5 + ["EACCES", "ENOENT", "ENOENT"]
+    assert ev[6]["path"] == "/etc/hostnamf" and ev[7]["pid"] == 7 and ev[5]["pid"] == 100
+    assert len(probe._templates) == 4
+
+
+def test_full_path_in_decode(tmp_path):
+    d = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        pid, tid = os.getpid(), ctypes.CDLL(None).gettid()
+        _, ev = decode([{"pid": pid, "tid": tid, "path": b"rel"},
+                        {"pid": pid, "tid": tid, "path": b"x/y", "dirfd": d},
+                        {"pid": pid, "tid": tid, "path": b"/abs"},
+                        {"pid": 2**22 + 5, "tid": 2**22 + 5, "path": b"rel"}], full_path=True)
+    finally:
+        os.close(d)
+    assert ev[0]["full_path"] == os.path.join(os.getcwd(), "rel")
+    assert ev[1]["full_path"] == f"{tmp_path}/x/y"
+    assert ev[2]["full_path"] == "/abs"
+    assert ev[3]["full_path"] is None            # no such process: never a guess
+
+
+def test_full_path_rules(tmp_path):
+    pid, tid = os.getpid(), ctypes.CDLL(None).gettid()
+    cache = {}
+    assert op.full_path(cache, pid, tid, op.AT_FDCWD, b"/a/b") == b"/a/b"
+    assert op.full_path(cache, pid, tid, op.AT_FDCWD, b"") is None
+    assert op.full_path(cache, pid, tid, op.AT_FDCWD, None) is None
+    assert op.full_path(cache, pid, tid, -1, b"rel") is None                  # EBADF
+    r, w = os.pipe()
+    try:
+        assert op.full_path({}, pid, tid, r, b"rel") is None                  # not a directory
+    finally:
+        os.close(r)
+        os.close(w)
+    fd = os.open(tmp_path, os.O_RDONLY)
+    try:
+        assert op.full_path({}, pid, tid, fd, b"a/../b") == os.fsencode(tmp_path) + b"/a/../b"
+    finally:
+        os.close(fd)
+    assert op.full_path({}, pid, tid, fd, b"rel") is None                     # fd closed
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    fd = os.open(gone, os.O_RDONLY)
+    try:
+        gone.rmdir()
+        assert op.full_path({}, pid, tid, fd, b"rel") is None                 # "(deleted)"
+    finally:
+        os.close(fd)
+    plain = tmp_path / "plain"
+    plain.write_text("")
+    fd = os.open(plain, os.O_RDONLY)
+    try:
+        assert op.full_path({}, pid, tid, fd, b"rel") is None                 # not a directory
+    finally:
+        os.close(fd)
+    root = os.open("/", os.O_RDONLY)
+    try:
+        assert op.full_path({}, pid, tid, root, b"etc") == b"/etc"
+    finally:
+        os.close(root)
+
+
+# --- columns ----------------------------------------------------------------
+
+def cells(**changes):
+    _, [e] = decode([changes])
+    return {c.header: c.value(e) for c in op.OpenProbe.columns}
+
+
+def test_columns():
+    c = cells(ret=-2, path=b"missing")
+    assert list(c) == ["TIME", "PID", "COMM", "FD/ERR", "FLAGS", "PATH"]
+    assert c["FD/ERR"] == "ENOENT" and c["FLAGS"] == "RDONLY" and c["PATH"] == "AT_FDCWD:missing"
+    c = cells(ret=5, path=b"inner", dirfd=3, flags=0o2000101)
+    assert c["FD/ERR"] == "5" and c["FLAGS"] == "WRONLY|CREAT|CLOEXEC" and c["PATH"] == "fd3:inner"
+    assert cells(path=b"/a\x1b[2J\n")["PATH"] == "/a\\x1b[2J\\n"
+    assert cells(status=op.PATH_FAULT)["PATH"] == "(unreadable)"
+    assert cells(syscall=2, status=op.HOW_SHORT)["FLAGS"] == "?"
+    _, [e] = decode([{"path": b"/x" * 2000, "status": op.PATH_TRUNCATED}], et=LONG)
+    assert op._path_cell(e).endswith("/x [truncated]")
+
+
+# --- options ----------------------------------------------------------------
+
+@pytest.mark.parametrize("text, mask, accmode", [
+    ("O_WRONLY", 0, 1),
+    ("wronly,creat", 0o100, 1),
+    ("O_RDONLY|O_CLOEXEC", 0o2000000, 0),
+    ("creat", 0o100, None),
+    ("O_TMPFILE", 0o20200000, None),
+    ("sync,rdwr", 0o4010000, 2),
+])
+def test_parse_flags_filter(text, mask, accmode):
+    f = op.parse_flags_filter(text)
+    assert (f.mask, f.accmode, str(f)) == (mask, accmode, text)
+
+
+@pytest.mark.parametrize("text", ["bogus", "rdonly,wronly", ",", "creat,", ""])
+def test_parse_flags_filter_refuses(text):
+    with pytest.raises(ValueError):
+        op.parse_flags_filter(text)
+
+
+def test_cflags():
+    probe = op.OpenProbe({"path": "/tmp/a\"b", "flags": op.parse_flags_filter("wronly,creat"),
+                          "tid": 7, "failed": True})
+    flags = probe.cflags()
+    assert flags["FILTER_PATH"] == '"\\057\\164\\155\\160\\057\\141\\042\\142"'
+    assert flags["FILTER_FLAGS"] == "0x40" and flags["FILTER_ACCMODE"] == 1
+    assert flags["FILTER_TID"] == 7 and flags["FILTER_FAILED"] == 1
+    assert "FILTER_ACCMODE" not in op.OpenProbe({"flags": "creat"}).cflags()
+    assert "FILTER_FLAGS" not in op.OpenProbe({"flags": "rdonly"}).cflags()
+
+
+def test_path_prefix_is_bytes():
+    assert op.parse_path_prefix("/tmp/\udcff") == b"/tmp/\xff"      # undecodable argv byte
+    assert op.c_bytes_literal(b"\xff\0") == '"\\377\\000"'
+    for bad in ("", "a" * 256):
+        with pytest.raises(ValueError):
+            op.parse_path_prefix(bad)
+    assert op.parse_path_prefix("a" * 255) == b"a" * 255
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["open", "--flags", "bogus"], "unknown open flag"),
+    (["open", "--flags", "rdonly,wronly"], "conflicting access modes"),
+    (["open", "--flags", "creat,,excl"], "empty flag name"),
+    (["open", "--path", ""], "empty"),
+    (["open", "--path", "/" * 300], "at most 255"),
+    (["open", "--tid", "0"], "--tid"),
+    (["open", "--pid", "x"], "--pid"),
+])
+def test_bad_open_options_are_one_line_and_exit_2(args, needle):
+    p = subprocess.run([sys.executable, "-m", "rbtrace", *args], capture_output=True, timeout=60)
+    err = p.stderr.decode()
+    assert p.returncode == 2, err
+    assert p.stdout == b""
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("rbtrace: ") and needle in err and "Traceback" not in err
