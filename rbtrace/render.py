@@ -62,6 +62,7 @@ class StreamRenderer:
     """Writes to a byte stream (stdout, a pipe, a file)."""
 
     wants_all = True
+    wants_bytes = False      # takes ready JSON lines from Probe.json_lines
 
     def __init__(self, out, probe):
         self.out = out
@@ -94,6 +95,11 @@ class StreamRenderer:
 
 class JsonRenderer(StreamRenderer):
     """One JSON object per line; every line has a `type`."""
+
+    wants_bytes = True
+
+    def write_lines(self, data: bytes):
+        write_all(self.out, data)
 
     def __init__(self, out, probe):
         super().__init__(out, probe)
@@ -170,6 +176,7 @@ class TableRenderer:
     """
 
     tail = 200            # events decoded per batch: more than any screen shows
+    wants_bytes = False
     KEYS = "q quit  space pause  s summary  / filter"
 
     def __init__(self, console, probe, filters: str, keys_fd=None):

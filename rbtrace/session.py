@@ -177,7 +177,9 @@ class Session:
                 n = keep
                 self.stop_reason = "count"
             self.tally.add(records)
-            if renderer.wants_all:
+            if renderer.wants_bytes and hasattr(probe, "json_lines"):
+                renderer.write_lines(probe.json_lines(et, records, offsets, ring.data))
+            elif renderer.wants_all:
                 renderer.events(probe.decode(et, records, offsets, ring.data))
             else:
                 tail = renderer.tail

@@ -277,3 +277,20 @@ def test_bad_open_options_are_one_line_and_exit_2(args, needle):
     assert p.stdout == b""
     assert len(err.strip().splitlines()) == 1, err
     assert err.startswith("rbtrace: ") and needle in err and "Traceback" not in err
+
+
+def test_json_lines_equal_the_dicts_serialized():
+    """The JSON fast path writes exactly what orjson writes for decode()'s
+    dicts: runs of one repeated event, events that differ, a second
+    boundary inside a run, '%' in a path, bytes that are not UTF-8."""
+    import orjson
+    rows = ([{"path": b"/same/%d%s/file"}] * 5 + [{"path": b"/other", "ret": -2}]
+            + [{"path": b"bad-\xff", "ts_ns": 999_999_999 + k} for k in range(3)]
+            + [{"path": b"/same/%d%s/file", "ret": -13, "flags": 0o101, "mode": 0o644}] * 4)
+    for et in (SHORT, LONG):
+        probe = op.OpenProbe({})
+        probe.clock = fields.Clock(offset_ns=1_700_000_000 * 10**9)
+        recs, offsets, data = records(et, rows)
+        want = b"".join(orjson.dumps(e) + b"\n" for e in probe.decode(et, recs, offsets, data))
+        assert probe.json_lines(et, recs, offsets, data) == want
+        assert probe.json_lines(et, recs, offsets, data) == want   # from the template cache
