@@ -35,8 +35,11 @@ apt-test:
 $(PY):
 	/usr/bin/python3 -m venv --system-site-packages $(VENV)
 
-$(STAMP): setup.cfg pyproject.toml | $(PY)
+$(STAMP): setup.cfg pyproject.toml $(wildcard man/*.8) | $(PY)
 	$(PY) -m pip install -q --disable-pip-version-check -e .
+	@# An editable install skips data_files: put the man pages where man(1)
+	@# looks for a bin/ on PATH (a wheel install carries them itself).
+	@mkdir -p $(VENV)/share/man/man8 && cp man/*.8 $(VENV)/share/man/man8/
 	@touch $@
 
 $(VENV)/.test-installed: $(STAMP)

@@ -208,11 +208,11 @@ class LoadedProbe:
                                  hint="run with --debug for the compiler's full output")
             raise ProbeError(f"loading {source}: {msg}")
         self.event_types = [
-            EventType(name, dtype_from_ctypes(self.bpf[f"layout_{name}"].Leaf))
+            EventType(name, dtype_from_ctypes(self.bpf[f"layout_{name}".encode()].Leaf))
             for name in event_structs]
-        ring = self.bpf["events"]
+        ring = self.bpf[b"events"]
         self.ring_fd = ring.map_fd
-        self._stats = self.bpf["stats"]
+        self._stats = self.bpf[b"stats"]
 
     def counters(self):
         """Per-CPU counters summed: submitted, ringbuf_full, map_full."""

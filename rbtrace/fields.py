@@ -329,9 +329,13 @@ def user_name(uid: int) -> str:
     if not 0 <= uid < _UID_INVALID:
         return str(uid)
     try:
-        return pwd.getpwuid(uid).pw_name
+        name = pwd.getpwuid(uid).pw_name
     except KeyError:
         return str(uid)
+    # pwd decodes bytes that are not UTF-8 as lone surrogates, which no JSON
+    # encoder accepts; the name is a convenience beside the exact uid, so
+    # such bytes become U+FFFD.
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def parse_uid(text: str) -> int:

@@ -10,7 +10,7 @@ import os
 import pytest
 
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-_kernel = {"ran": 0, "passed": 0, "failed": 0, "skipped": 0}
+_kernel = {"ran": 0, "passed": 0, "failed": 0, "skipped": 0, "refused_skips": 0}
 
 
 def _is_kernel_test(item):
@@ -37,6 +37,8 @@ def pytest_runtest_makereport(item, call):
         report.outcome = "failed"
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.longrepr = f"kernel test skipped under CI=true (skips fail in CI): {reason}"
+        _kernel["refused_skips"] += 1       # failed, but it did not run
+        return
     if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
         if report.outcome == "skipped":
             _kernel["skipped"] += 1
@@ -52,4 +54,5 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.stats.setdefault("kernel tests ran", []).extend([None] * _kernel["ran"])
     terminalreporter.write_line(
         f"kernel tests: {_kernel['ran']} ran ({_kernel['passed']} passed, "
-        f"{_kernel['failed']} failed), {_kernel['skipped']} skipped")
+        f"{_kernel['failed']} failed), {_kernel['skipped']} skipped, "
+        f"{_kernel['refused_skips']} skips refused under CI=true")
