@@ -145,6 +145,15 @@ def _path_cell(e):
     return text
 
 
+# Every member an open event can have, in order (`*_b64` only when the
+# text is not UTF-8, `full_path*` only with --full-path); the man page's
+# FIELDS section is tested against it.
+JSON_FIELDS = ("type", "seq", "time", "ts_ns", "pid", "tid", "ppid", "uid", "user",
+               "comm", "comm_b64", "syscall", "path", "path_b64", "path_truncated", "dirfd",
+               "flags", "flags_text", "mode", "resolve", "ret", "fd", "errno",
+               "full_path", "full_path_b64")
+
+
 class OpenProbe(Probe):
     name = "open"
     source = "open.bpf.c"

@@ -294,3 +294,12 @@ def test_json_lines_equal_the_dicts_serialized():
         want = b"".join(orjson.dumps(e) + b"\n" for e in probe.decode(et, recs, offsets, data))
         assert probe.json_lines(et, recs, offsets, data) == want
         assert probe.json_lines(et, recs, offsets, data) == want   # from the template cache
+
+
+def test_json_fields_lists_every_member_decode_makes():
+    rows = [{"path": b"/a"}, {"path": b"bad-\xff", "comm": b"\xfe"}, {"path": b"rel", "ret": -2}]
+    _, plain = decode(rows)
+    _, full = decode(rows, full_path=True)
+    seen = {k for e in plain + full for k in e}
+    assert seen <= set(op.JSON_FIELDS)
+    assert {"path_b64", "comm_b64", "full_path"} <= seen
