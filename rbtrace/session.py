@@ -140,6 +140,7 @@ class Session:
                     self.stop_reason = "quit"
                 elif fd == self._out_fd and ev & (select.EPOLLERR | select.EPOLLHUP):
                     self.stop_reason = "output closed"
+                    self.renderer.output_gone()
             if self.stop_reason is None:
                 self._drain(ring)
             now = time.monotonic()

@@ -1,0 +1,169 @@
+"""Faults, signals and pipes: rbtrace keeps working, loses nothing
+silently, explains, and leaves nothing loaded behind."""
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from conftest import REPO, parse_json_lines
+
+RBTRACE = [sys.executable, "-m", "rbtrace"]
+
+
+def _loaded_ids():
+    progs = json.loads(subprocess.run(["bpftool", "prog", "list", "--json"], capture_output=True,
+                                      check=True).stdout or b"[]")
+    maps = json.loads(subprocess.run(["bpftool", "map", "list", "--json"], capture_output=True,
+                                     check=True).stdout or b"[]")
+    return {p["id"] for p in progs}, {m["id"] for m in maps}
+
+
+def _start(*args):
+    p = subprocess.Popen([*RBTRACE, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = p.stdout.readline()
+    assert json.loads(first)["type"] == "start", first
+    return p
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_drains_summarizes_and_unloads_everything(kernel_ok, sig, code):
+    before = _loaded_ids()
+    mark = uuid.uuid4().hex
+    p = _start("open", "--json")
+    during = _loaded_ids()
+    assert during[0] - before[0], "the probe's programs are loaded while it runs"
+    subprocess.run(["cat", f"/nonexistent/{mark}"], capture_output=True)
+    time.sleep(0.2)
+    p.send_signal(sig)
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == code
+    r = parse_json_lines(out.decode())
+    assert any(e.get("path") == f"/nonexistent/{mark}" for e in r.events)
+    assert r.summary["stopped_by"] == signal.Signals(sig).name
+    assert r.summary["submitted"] == r.summary["delivered"]
+    assert "Traceback" not in err.decode() and "events delivered" in err.decode()
+    assert _loaded_ids() == before, "programs or maps left loaded"
+
+
+def test_sigkill_then_start_again_at_once(kernel_ok):
+    before = _loaded_ids()
+    p = _start("exec", "--json")
+    p.kill()
+    p.wait()
+    mark = uuid.uuid4().hex
+    q = _start("exec", "--json")
+    subprocess.run(["/bin/echo", mark], capture_output=True)
+    time.sleep(0.3)
+    q.send_signal(signal.SIGINT)
+    out, _ = q.communicate(timeout=30)
+    assert any(mark in e["argv"] for e in parse_json_lines(out.decode()).events)
+    deadline = time.monotonic() + 10          # the killed one's fds close with it
+    while _loaded_ids() != before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _loaded_ids() == before
+
+
+def test_head_1_exits_promptly_without_noise(kernel_ok):
+    """`| head -1` takes the start line and exits; no event ever comes to
+    fail a write, yet rbtrace must notice the closed pipe and stop."""
+    t0 = time.monotonic()
+    p = subprocess.run(["sh", "-c", f"{sys.executable} -m rbtrace exec --json --comm nomatch-xyz "
+                                    f"2>{os.devnull}.stderr-unused | head -1; echo rc=$?"],
+                       cwd=REPO, capture_output=True, timeout=60)
+    took = time.monotonic() - t0
+    assert json.loads(p.stdout.decode().splitlines()[0])["type"] == "start"
+    assert took < 15, f"took {took:.1f}s"
+    q = subprocess.Popen([*RBTRACE, "exec", "--json", "--comm", "nomatch-xyz"], cwd=REPO,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    q.stdout.readline()
+    q.stdout.close()                           # the reader goes away
+    t1 = time.monotonic()
+    err = q.stderr.read().decode()
+    q.wait(timeout=30)
+    assert time.monotonic() - t1 < 2.0
+    assert q.returncode == 0
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+
+
+def test_first_event_reaches_a_pipe_within_a_second(kernel_ok):
+    p = _start("exec", "--json")
+    mark = uuid.uuid4().hex
+    t0 = time.monotonic()
+    subprocess.run(["/bin/echo", mark], capture_output=True)
+    while True:
+        line = p.stdout.readline()
+        assert line, "rbtrace ended"
+        if mark.encode() in line:
+            break
+    latency = time.monotonic() - t0
+    p.send_signal(signal.SIGINT)
+    p.communicate(timeout=30)
+    assert latency < 1.0, latency
+
+
+def test_exception_in_event_handling_stops_with_an_error(kernel_ok):
+    before = _loaded_ids()
+    code = ("import sys\n"
+            "from rbtrace.probes import exec as e\n"
+            "def boom(*a, **k):\n"
+            "    raise ValueError('decoder exploded')\n"
+            "e.ExecProbe.decode = boom\n"
+            "from rbtrace.cli import main\n"
+            "main(['exec', '--json', '-d', '20'])\n")
+    p = subprocess.Popen([sys.executable, "-c", code], cwd=REPO,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.readline()                        # attached
+    subprocess.run(["/bin/true"])
+    out, err = p.communicate(timeout=30)
+    err = err.decode()
+    assert p.returncode == 1
+    assert "decoder exploded" in err and "Traceback" not in err
+    assert len([ln for ln in err.splitlines() if ln.strip()]) == 1, err
+    assert _loaded_ids() == before
+
+
+def _storm(tmp_path):
+    src = os.path.join(REPO, "benchmarks", "storm.c")
+    exe = tmp_path / "rbstorm"
+    subprocess.run(["gcc", "-O2", "-o", str(exe), src], check=True)
+    return exe
+
+
+def _rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+
+
+def test_long_storm_small_ring_bounded_memory_counted_drops_prompt_ctrl_c(kernel_ok, tmp_path):
+    """A minute of a flat-out open() storm into a 64 KiB ring: drops are
+    counted exactly, memory stays flat, and Ctrl-C still ends it in 2 s."""
+    storm = _storm(tmp_path)
+    p = subprocess.Popen([*RBTRACE, "open", "--json", "--comm", "rbstorm", "--ring-size", "64K"],
+                         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(3)                              # attached (start line goes to /dev/null)
+    s = subprocess.Popen([str(storm), "1000000000"], stdout=subprocess.DEVNULL)
+    try:
+        time.sleep(10)
+        rss_early = _rss_kib(p.pid)
+        time.sleep(50)
+        rss_late = _rss_kib(p.pid)
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGINT)
+        err = p.stderr.read().decode()
+        p.wait(timeout=30)
+        stop_s = time.monotonic() - t0
+    finally:
+        s.kill()
+        s.wait()
+    assert p.returncode == 130
+    assert stop_s < 2.0, stop_s
+    assert rss_late - rss_early < 20 * 1024, (rss_early, rss_late)
+    assert "dropped" in err and " 0 dropped" not in err, err
