@@ -164,6 +164,8 @@ def inline_local_includes(path, search=(), _seen=None) -> str:
     return "\n".join(out)
 
 
+_TRACEPOINT_USE = re.compile(r"^\s*TRACEPOINT_PROBE\s*\(\s*(\w+)\s*,\s*(\w+)\s*\)", re.M)
+
 BPF_OBJ_GET_INFO_BY_FD = 15
 _PROG_INFO_SIZE = 232            # sizeof(struct bpf_prog_info), uapi 6.1
 _RECURSION_MISSES_OFF = 208      # offsetof(struct bpf_prog_info, recursion_misses)
@@ -190,9 +192,13 @@ class LoadedProbe:
         for name, value in {**kernel.task_offsets(), **cflags}.items():
             flags.append(f"-D{name}" if value is True else f"-D{name}={value}")
         self.cflags = flags
+        text = inline_local_includes(source, [probes_dir()])
+        for category, event in _TRACEPOINT_USE.findall(text):
+            if not kernel.tracepoint_exists(category, event):
+                raise ProbeError(f"{source}: tracepoint {category}:{event} does not exist on this kernel",
+                                 hint=f"ls {kernel.TRACEFS_UNDER_DEBUGFS}/events/{category}")
         with captured_fds() as output:
             try:
-                text = inline_local_includes(source, [probes_dir()])
                 self.bpf = bcc.BPF(text=text.encode(errors="surrogateescape"), cflags=flags)
                 failure = None
             except Exception as e:  # BCC raises bare Exception for all of these

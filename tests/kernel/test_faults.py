@@ -167,3 +167,36 @@ def test_long_storm_small_ring_bounded_memory_counted_drops_prompt_ctrl_c(kernel
     assert stop_s < 2.0, stop_s
     assert rss_late - rss_early < 20 * 1024, (rss_early, rss_late)
     assert "dropped" in err and " 0 dropped" not in err, err
+
+
+def _probe_copy(tmp_path, edit):
+    import shutil
+    d = tmp_path / "probes"
+    shutil.copytree(os.path.join(REPO, "probes"), d)
+    src = d / "exec.bpf.c"
+    src.write_text(edit(src.read_text()))
+    return {**os.environ, "RBTRACE_PROBES_DIR": str(d)}
+
+
+def test_compiler_diagnostics_never_reach_json_stdout(kernel_ok, tmp_path):
+    """clang and BCC write warnings to the process's own fds 1 and 2."""
+    env = _probe_copy(tmp_path, lambda s: '#warning "a diagnostic from clang"\n' + s)
+    p = subprocess.run([*RBTRACE, "exec", "--json", "-d", "1"], cwd=REPO, env=env,
+                       capture_output=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    for line in p.stdout.decode().splitlines():
+        assert json.loads(line)["type"]                     # JSON and nothing else
+    assert b"diagnostic from clang" not in p.stdout
+    d = subprocess.run([*RBTRACE, "exec", "--json", "-d", "1", "--debug"], cwd=REPO, env=env,
+                       capture_output=True, timeout=60)
+    assert b"diagnostic from clang" in d.stderr and b"diagnostic" not in d.stdout
+
+
+def test_missing_tracepoint_is_named(kernel_ok, tmp_path):
+    env = _probe_copy(tmp_path, lambda s: s.replace("TRACEPOINT_PROBE(syscalls, sys_enter_execveat)",
+                                                    "TRACEPOINT_PROBE(syscalls, sys_enter_nosuchcall)"))
+    p = subprocess.run([*RBTRACE, "exec", "--json"], cwd=REPO, env=env, capture_output=True, timeout=60)
+    err = p.stderr.decode()
+    assert p.returncode == 1 and p.stdout == b""
+    assert len(err.strip().splitlines()) == 1
+    assert "tracepoint syscalls:sys_enter_nosuchcall does not exist" in err
