@@ -164,6 +164,26 @@ def inline_local_includes(path, search=(), _seen=None) -> str:
     return "\n".join(out)
 
 
+# Hook kinds a BCC source can use besides tracepoints, by how BCC spells them.
+_HOOK_USE = {
+    "kprobe": re.compile(r"\b(kprobe__|kretprobe__)\w+\s*\("),
+    "fentry": re.compile(r"\b(KFUNC_PROBE|KRETFUNC_PROBE|KMOD_RET)\s*\("),
+}
+
+
+def _refuse_hooks_that_cannot_load(text, source):
+    """Name a hook kind this kernel can't load (as `rbtrace doctor` finds it)
+    instead of letting BCC fail with a traceback-shaped message."""
+    from rbtrace.doctor import try_hook
+    for kind, pattern in _HOOK_USE.items():
+        if pattern.search(text):
+            ok, reason = try_hook(kind)
+            if not ok:
+                raise ProbeError(f"{source}: uses {kind} hooks, which this kernel can't load: {reason}",
+                                 hint="rbtrace doctor lists the hook kinds that load here; "
+                                      "use tracepoints")
+
+
 _TRACEPOINT_USE = re.compile(r"^\s*TRACEPOINT_PROBE\s*\(\s*(\w+)\s*,\s*(\w+)\s*\)", re.M)
 
 BPF_OBJ_GET_INFO_BY_FD = 15
@@ -197,6 +217,7 @@ class LoadedProbe:
             if not kernel.tracepoint_exists(category, event):
                 raise ProbeError(f"{source}: tracepoint {category}:{event} does not exist on this kernel",
                                  hint=f"ls {kernel.TRACEFS_UNDER_DEBUGFS}/events/{category}")
+        _refuse_hooks_that_cannot_load(text, source)
         with captured_fds() as output:
             try:
                 self.bpf = bcc.BPF(text=text.encode(errors="surrogateescape"), cflags=flags)

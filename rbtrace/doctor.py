@@ -60,7 +60,7 @@ _HOOK_PROGRAMS = {
 }
 
 
-def _try_hook(kind) -> tuple:
+def try_hook(kind) -> tuple:
     from rbtrace.bpf import captured_fds, prepare
     bcc, _ = prepare()
     text, prog_type, attach = _HOOK_PROGRAMS[kind]
@@ -141,7 +141,7 @@ def run_checks(out) -> int:
         if not can_load:
             checks.append(Check(f"hook {kind}", False, "not tried (see above)", required=required))
             continue
-        ok, detail = _try_hook(kind)
+        ok, detail = try_hook(kind)
         checks.append(Check(f"hook {kind}", ok, detail, required=required))
     for c in checks:
         out.write(c.line() + "\n")

@@ -200,3 +200,15 @@ def test_missing_tracepoint_is_named(kernel_ok, tmp_path):
     assert p.returncode == 1 and p.stdout == b""
     assert len(err.strip().splitlines()) == 1
     assert "tracepoint syscalls:sys_enter_nosuchcall does not exist" in err
+
+
+def test_hook_kind_that_cannot_load_is_named(kernel_ok, tmp_path):
+    env = _probe_copy(tmp_path, lambda s: s + "\nint kprobe__do_sys_openat2(void *ctx) { return 0; }\n")
+    p = subprocess.run([*RBTRACE, "exec", "--json", "-d", "1"], cwd=REPO, env=env,
+                       capture_output=True, timeout=60)
+    err = p.stderr.decode()
+    if os.path.exists("/sys/bus/event_source/devices/kprobe"):
+        assert p.returncode == 0, err          # a kernel with kprobes loads it
+        return
+    assert p.returncode == 1 and p.stdout == b"" and len(err.strip().splitlines()) == 1, err
+    assert "uses kprobe hooks, which this kernel can't load" in err and "CONFIG_KPROBES" in err
