@@ -20,6 +20,7 @@ from rbtrace.paths import probes_dir
 from rbtrace.ringbuf import RingConsumer
 
 STATS_INTERVAL = 0.1      # footer / lost-record cadence, seconds
+BATCH_WAIT = 0.002        # seconds a small batch may wait to grow
 
 
 class Tally:
@@ -67,6 +68,7 @@ class Session:
         self.stop_reason = None
         self._reported = {}         # losses already reported, by kind
         self.tally = Tally(probe.tally)
+        self.batch_bytes = ring_bytes // 64      # "little is waiting" below this
 
     def _on_signal(self, signum, frame):
         self.stop_reason = self.stop_reason or signum
@@ -143,6 +145,13 @@ class Session:
                     self.renderer.output_gone()
             if self.stop_reason is None:
                 self._drain(ring)
+                # Under a storm the ring always holds something, and draining
+                # it as soon as it does makes batches of a few dozen records
+                # whose fixed cost (numpy calls, one write) dominates.  When
+                # little is waiting, let a batch build up for a moment; the
+                # ring has room for far more than BATCH_WAIT of any rate.
+                if 0 < ring.pending() < self.batch_bytes:
+                    time.sleep(BATCH_WAIT)
             now = time.monotonic()
             if now >= next_stats:
                 self._report(loaded, ring, now)
