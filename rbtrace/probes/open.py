@@ -266,10 +266,20 @@ class OpenProbe(Probe):
         newrun = np.ones(n, dtype=bool)
         stride = int(offsets[1] - offsets[0]) if n > 1 else 0
         if n > 1 and bool((np.diff(offsets) == stride).all()):
-            size = event_type.size - key_off
-            keys = np.ndarray((n,), dtype=np.dtype((np.void, size)), buffer=data,
-                              offset=int(offsets[0]) + key_off, strides=(stride,))
-            newrun[1:] = keys[1:] != keys[:-1]
+            base = int(offsets[0])
+            # Fixed members (path_len among them) compared as one value...
+            fixed = np.ndarray((n,), dtype=np.dtype((np.void, path_off - key_off)), buffer=data,
+                               offset=base + key_off, strides=(stride,))
+            same = fixed[1:] == fixed[:-1]
+            # ...then the path bytes up to and with the NUL: the rest of the
+            # path area is whatever an earlier record left there.
+            plen = records["path_len"].astype(np.int64)
+            width = min(int(plen.max()) + 1, event_type.size - path_off)
+            paths = np.ndarray((n, width), dtype=np.uint8, buffer=data,
+                               offset=base + path_off, strides=(stride, 1))
+            valid = np.arange(width)[None, :] <= plen[1:, None]
+            same &= ~((paths[1:] != paths[:-1]) & valid).any(axis=1)
+            newrun[1:] = ~same
         sec_arr = wall // 1_000_000_000
         newrun[1:] |= sec_arr[1:] != sec_arr[:-1]
         starts = np.flatnonzero(newrun).tolist()

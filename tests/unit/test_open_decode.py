@@ -291,6 +291,12 @@ def test_json_lines_equal_the_dicts_serialized():
         probe = op.OpenProbe({})
         probe.clock = fields.Clock(offset_ns=1_700_000_000 * 10**9)
         recs, offsets, data = records(et, rows)
+        # Different junk after each path's NUL, as an earlier lap of the
+        # ring leaves it: it must neither split nor join runs wrongly.
+        path_off = et.dtype.fields["path"][1]
+        for k, off in enumerate(offsets.tolist()):
+            end = off + path_off + int(recs[k]["path_len"]) + 1
+            data[end:end + 8] = bytes([k + 1]) * 8
         want = b"".join(orjson.dumps(e) + b"\n" for e in probe.decode(et, recs, offsets, data))
         assert probe.json_lines(et, recs, offsets, data) == want
         assert probe.json_lines(et, recs, offsets, data) == want   # from the template cache
