@@ -1,5 +1,6 @@
 """Faults, signals and pipes: rbtrace keeps working, loses nothing
 silently, explains, and leaves nothing loaded behind."""
+import errno
 import json
 import os
 import resource
@@ -212,3 +213,24 @@ def test_hook_kind_that_cannot_load_is_named(kernel_ok, tmp_path):
         return
     assert p.returncode == 1 and p.stdout == b"" and len(err.strip().splitlines()) == 1, err
     assert "uses kprobe hooks, which this kernel can't load" in err and "CONFIG_KPROBES" in err
+
+
+@pytest.mark.parametrize("length, truncated", [(4095, False), (4096, True)])
+def test_path_at_path_max_is_whole_or_marked(rbtrace, length, truncated):
+    """PATH_MAX is 4096 with the NUL: 4095 bytes come through whole, one
+    more is marked truncated (the kernel refuses it with ENAMETOOLONG)."""
+    head = "/nonexistent-" + uuid.uuid4().hex
+    path = head + "/" + "/".join(["d" * 200] * 30)
+    path = path[:length - 1] + "f"
+    assert len(path) == length
+    t = rbtrace("open", "--json", "--path", head)
+    with pytest.raises(OSError) as raised:
+        os.open(path, os.O_RDONLY)
+    r = t.stop()
+    (e,) = r.events
+    assert e["path_truncated"] is truncated
+    if truncated:
+        assert e["errno"] == "ENAMETOOLONG" and raised.value.errno == errno.ENAMETOOLONG
+        assert path.startswith(e["path"]) and len(e["path"]) == 4095
+    else:
+        assert e["path"] == path and e["errno"] == "ENOENT"
