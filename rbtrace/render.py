@@ -285,6 +285,10 @@ class TableRenderer:
         now = time.monotonic()
         if not force and now - self._last_draw < 0.1:
             return
+        # A frame costs tens of ms; while the ring is filling up, draining
+        # comes first (the frame is only put off, at most one second).
+        if not force and self.stats.get("ring_fill", 0) > 0.25 and now - self._last_draw < 1.0:
+            return
         self._last_draw = now
         self.live.update(self._renderable(), refresh=True)
 

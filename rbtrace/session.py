@@ -45,9 +45,15 @@ class Tally:
                 col = col[col < 0]
             if not len(col):
                 continue
-            values, counts = np.unique(col, return_counts=True)
             counter = self.counts[name]
-            for v, c in zip(values.tolist(), counts.tolist()):
+            first = col[0]
+            if bool((col == first).all()):
+                # A storm repeats one value: skip the sort np.unique does.
+                pairs = [(first.item(), len(col))]
+            else:
+                values, counts = np.unique(col, return_counts=True)
+                pairs = zip(values.tolist(), counts.tolist())
+            for v, c in pairs:
                 key = fields.errno_name(v) if column == "ret" else cstr(v)
                 counter[key] += c
 
