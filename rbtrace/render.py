@@ -7,7 +7,6 @@ since the last report, `tick(stats)` about ten times a second, and
 """
 import collections
 import os
-import shutil
 import sys
 import time
 
@@ -376,7 +375,3 @@ class TableRenderer:
         for _ in range(visible - len(shown)):       # keep the footer at the bottom
             table.add_row(*[""] * len(self.columns))
         return Group(table, *footer)
-
-
-def terminal_width(default=120):
-    return shutil.get_terminal_size((default, 24)).columns

@@ -70,7 +70,6 @@ class Session:
         self.duration = duration
         self.debug = debug
         self.delivered = 0
-        self.cut_by_count = 0
         self.stop_reason = None
         self._reported = {}         # losses already reported, by kind
         self.tally = Tally(probe.tally)
@@ -188,7 +187,6 @@ class Session:
             n = len(records)
             if self.count is not None and self.delivered + n >= self.count:
                 keep = self.count - self.delivered
-                self.cut_by_count += n - keep
                 records, offsets = records[:keep], offsets[:keep]
                 n = keep
                 self.stop_reason = "count"
