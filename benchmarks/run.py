@@ -610,9 +610,52 @@ def variant_spec(bench, name, latency):
 
 
 def run_variant(bench, name, n, rate, latency=False):
-    """One variant: a result row (dict)."""
+    """One variant: a result row (dict), with how much CPU processes not
+    ours used while it ran."""
+    busy, hogs = quiet_machine(bench.args)
+    window = OthersWindow()
+    row = _run_variant(bench, name, n, rate, latency)
+    row["background_cpu_pct"], row["background_hogs"] = busy, hogs
+    row.update(window.close())
+    return row
+
+
+class OthersWindow:
+    """CPU the rest of the machine used meanwhile: all busy time (from
+    /proc/stat) minus ours (this process and every child it has reaped,
+    which by the end of a run is all of them), in % of one CPU; and the
+    hypervisor's steal time."""
+
+    def __init__(self):
+        import resource
+        self._res = resource
+        self.t0 = time.monotonic()
+        self.busy0, self.steal0 = self._stat()
+        self.ours0 = self._ours()
+
+    @staticmethod
+    def _stat():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        busy = sum(v[:8]) - v[3] - v[4]            # all but idle and iowait
+        return busy * 1_000_000_000 // CLK_TCK, v[7] * 1_000_000_000 // CLK_TCK
+
+    def _ours(self):
+        r = self._res
+        s, c = r.getrusage(r.RUSAGE_SELF), r.getrusage(r.RUSAGE_CHILDREN)
+        return int((s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime) * 1e9)
+
+    def close(self):
+        wall = time.monotonic() - self.t0
+        busy1, steal1 = self._stat()
+        others = (busy1 - self.busy0) - (self._ours() - self.ours0)
+        return {"others_cpu_pct": round(max(0.0, 100 * others / 1e9 / wall), 1),
+                "others_cpu_ms": max(0, others // 1_000_000),
+                "steal_pct": round(100 * (steal1 - self.steal0) / 1e9 / wall, 1)}
+
+
+def _run_variant(bench, name, n, rate, latency=False):
     row = {"variant": name, "opens": n, "rate": rate or 0, "latency_run": latency}
-    row["background_cpu_pct"], row["background_hogs"] = quiet_machine(bench.args)
     row["code_sha256"] = code_state()["rbtrace_probes_sha256"]
     if name == "untraced":
         row["storm"] = bench.run_storm(n, rate)
@@ -742,8 +785,10 @@ def startup_time(bench, probe, repeat):
 def sustain(bench, rate, seconds):
     n = int(rate * seconds)
     busy, hogs = quiet_machine(bench.args)
+    window = OthersWindow()
     argv = bench.rbtrace + ["open", "--json", "-o", "/dev/null", "--comm", COMM]
     facts = traced_run(bench, argv, n, rate, stdout="devnull", ready="maps")
+    others = window.close()
     c = rbtrace_counts(facts)
     storm = facts["storm"]
     achieved = 1e9 / storm["ns_per_open"] if storm["ns_per_open"] else None
@@ -756,7 +801,7 @@ def sustain(bench, rate, seconds):
             "consumer_core_pct": round(100 * facts["cpu_ns"] / 1e9 / storm_s) if storm_s else None,
             "cpu_ns_per_event": round(facts["cpu_ns"] / c["delivered"], 1) if c["delivered"] else None,
             "tracer_on_storm_cpu_pct": facts.get("tracer_on_storm_cpu_pct"),
-            "background_cpu_pct": busy, "background_hogs": hogs,
+            "background_cpu_pct": busy, "background_hogs": hogs, **others,
             "code_sha256": code_state()["rbtrace_probes_sha256"]}
 
 
@@ -798,6 +843,8 @@ def main_table(rows, latency_rows):
         name = r["variant"]
         if (r.get("background_cpu_pct") or 0) > QUIET_FLAG_PCT:
             name += f" (machine {r['background_cpu_pct']:.0f}% busy before)"
+        if disturbed(r):
+            name += f" (others used {r['others_cpu_pct']:.0f}% of a CPU meanwhile)"
         out.append(
             f"| {name} | {fmt_int(r.get('seen'))} | {fmt_int(r.get('delivered'))} "
             f"| {drop_txt} | {HOW_SHORT.get(r['variant'], '')} "
@@ -806,6 +853,14 @@ def main_table(rows, latency_rows):
             f"| {_lat(pl)} | {_lat(own)} "
             f"| {fmt_num(r.get('tracer_on_storm_cpu_pct'))}{'%' if r.get('tracer_on_storm_cpu_pct') is not None else ''} |")
     return "\n".join(out)
+
+
+def disturbed(r):
+    """Other processes used more than QUIET_FLAG_PCT of a CPU during the run
+    (and at least 50 ms: /proc/stat counts in 10 ms ticks, so a short run's
+    percentage means little)."""
+    return ((r.get("others_cpu_pct") or 0) > QUIET_FLAG_PCT
+            and (r.get("others_cpu_ms") or 0) >= 50)
 
 
 def _lat(l):
@@ -836,7 +891,9 @@ def extras_tables(extras):
                 "| seen | delivered | dropped | consumer CPU ns/event | consumer, % of a core |",
                 "|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for s in extras["sustain"]:
-            out.append(f"| {fmt_int(int(s['target_rate']))}/s | {fmt_int(s['achieved_rate'])}/s "
+            note = (f" (others used {s['others_cpu_pct']:.0f}% of a CPU meanwhile)"
+                    if disturbed(s) else "")
+            out.append(f"| {fmt_int(int(s['target_rate']))}/s{note} | {fmt_int(s['achieved_rate'])}/s "
                        f"| {fmt_num(s['ns_per_open'])} | {fmt_int(s['seen'])} "
                        f"| {fmt_int(s['delivered'])} | {fmt_int(s['dropped'])} "
                        f"| {fmt_num(s['cpu_ns_per_event'])} | {fmt_num(s.get('consumer_core_pct'))}% |")
