@@ -197,8 +197,7 @@ def _recursion_misses(prog_fd: int) -> int:
     attr = (ctypes.c_uint64 * 4)()
     attr[0] = prog_fd | (_PROG_INFO_SIZE << 32)       # bpf_fd, info_len
     attr[1] = ctypes.addressof(info)                  # info
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.syscall(SYS_BPF, BPF_OBJ_GET_INFO_BY_FD, ctypes.byref(attr), 16) != 0:
+    if kernel.libc().syscall(SYS_BPF, BPF_OBJ_GET_INFO_BY_FD, ctypes.byref(attr), 16) != 0:
         return 0
     return int.from_bytes(info.raw[_RECURSION_MISSES_OFF:_RECURSION_MISSES_OFF + 8], "little")
 

@@ -33,13 +33,12 @@ def _try_ringbuf() -> tuple:
     """Create a 4 KiB BPF ring buffer map with the raw syscall."""
     if SYS_BPF is None:
         return False, f"unknown bpf syscall number on {platform.machine()}"
-    libc = ctypes.CDLL(None, use_errno=True)
     attr = (ctypes.c_uint32 * 32)()
     attr[0] = BPF_MAP_TYPE_RINGBUF   # map_type
     attr[1] = 0                      # key_size
     attr[2] = 0                      # value_size
     attr[3] = 4096                   # max_entries: data size
-    fd = libc.syscall(SYS_BPF, BPF_MAP_CREATE, ctypes.byref(attr), ctypes.sizeof(attr))
+    fd = kernel.libc().syscall(SYS_BPF, BPF_MAP_CREATE, ctypes.byref(attr), ctypes.sizeof(attr))
     if fd < 0:
         err = ctypes.get_errno()
         return False, f"BPF_MAP_TYPE_RINGBUF create failed: {os.strerror(err)}"

@@ -4,6 +4,7 @@ Each check returns facts; `ensure_*` functions fix what can be fixed and
 raise EnvironmentProblem with a hint otherwise.  `rbtrace doctor`
 (rbtrace/doctor.py) reports on all of them.
 """
+import functools
 import os
 import platform
 import re
@@ -152,10 +153,17 @@ def tracefs_ready() -> bool:
     return (TRACEFS_UNDER_DEBUGFS / "events").is_dir()
 
 
+@functools.lru_cache(maxsize=1)
+def libc():
+    """The C library, loaded once (the loss counters read through it ten
+    times a second)."""
+    import ctypes
+    return ctypes.CDLL(None, use_errno=True)
+
+
 def _mount(fstype, target):
     import ctypes
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.mount(b"none", str(target).encode(), fstype.encode(), 0, None) != 0:
+    if libc().mount(b"none", str(target).encode(), fstype.encode(), 0, None) != 0:
         return ctypes.get_errno()
     return 0
 
