@@ -27,6 +27,15 @@
 #ifndef FILTER_FAILED
 #define FILTER_FAILED 0               /* 1: only calls that returned < 0 */
 #endif
+#ifndef FOLLOW
+#define FOLLOW 0                      /* 1: only processes in `followed` */
+#endif
+#ifndef EXIT_HAS_GROUP_DEAD
+#define EXIT_HAS_GROUP_DEAD 0         /* sched_process_exit passes group_dead */
+#endif
+#ifndef FOLLOW_MAX
+#define FOLLOW_MAX 32768              /* followed processes alive at once */
+#endif
 /* FILTER_COMM, when defined, is a string literal of at most 15 bytes. */
 
 #ifndef TASK_REAL_PARENT_OFF
@@ -42,6 +51,8 @@ enum rbtrace_stat {
     STAT_SUBMITTED = 0,      /* records submitted to the ring */
     STAT_RINGBUF_FULL = 1,   /* ringbuf_reserve failed: event dropped */
     STAT_MAP_FULL = 2,       /* entry state could not be stored: dropped */
+    STAT_NOT_FOLLOWED = 3,   /* a child of a followed process not followed
+                                (`followed` full): its events are lost */
     STAT_NR = 4,
 };
 
@@ -97,10 +108,71 @@ static __always_inline u32 current_ppid(void)
     return ppid;
 }
 
+#if FOLLOW
+/* `-- CMD` and `--pid P --children`: the processes (tgids) being followed.
+ * User space puts the root(s) in before the command is let go; the kernel
+ * adds every child as it is forked and removes a process when its last
+ * thread exits.  Membership, not ancestry, so a grandchild that is
+ * reparented to init (daemonized) stays followed.  Fork and exit are
+ * hooked even when the probe itself reports neither. */
+BPF_HASH(followed, u32, u8, FOLLOW_MAX);
+
+/* sched_process_fork fires in the parent, after the child is created and
+ * before it is first woken (kernel_clone() calls it before
+ * wake_up_new_task()), so the child can't run a single instruction
+ * unfollowed.  A raw tracepoint, because the child's tgid is needed to
+ * tell a new process from a new thread, and the tracepoint's fields give
+ * only its tid. */
+RAW_TRACEPOINT_PROBE(sched_process_fork)
+{
+    u32 parent = bpf_get_current_pid_tgid() >> 32;
+    if (!followed.lookup(&parent))
+        return 0;
+    void *child = (void *)ctx->args[1];
+    u32 child_tgid = 0;
+    bpf_probe_read_kernel(&child_tgid, sizeof(child_tgid), (char *)child + TASK_TGID_OFF);
+    if (child_tgid == parent)     /* a thread: its process is followed */
+        return 0;
+    u8 one = 1;
+    if (followed.insert(&child_tgid, &one) < 0)
+        count(STAT_NOT_FOLLOWED);
+    return 0;
+}
+
+/* Runs in the exiting task.  A raw tracepoint, so that a probe may still
+ * use the sched_process_exit tracepoint for itself.  Since 6.16 the hook
+ * passes group_dead (the last thread of the process is going, so its pid
+ * can be reused and must not stay followed); before, only the thread
+ * group leader's exit is known here. */
+RAW_TRACEPOINT_PROBE(sched_process_exit)
+{
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    u32 tgid = pid_tgid >> 32;
+#if EXIT_HAS_GROUP_DEAD
+    if (!ctx->args[1])
+        return 0;
+#else
+    if ((u32)pid_tgid != tgid)
+        return 0;
+#endif
+    followed.delete(&tgid);
+    return 0;
+}
+
+static __always_inline int follow_wanted(u32 tgid)
+{
+    return followed.lookup(&tgid) != 0;
+}
+#else
+static __always_inline int follow_wanted(u32 tgid) { return 1; }
+#endif
+
 /* Process filters that need only the current task: checked before any
  * state is stored or any ring space is reserved. */
 static __always_inline int task_wanted(u64 pid_tgid, u32 uid)
 {
+    if (!follow_wanted(pid_tgid >> 32))
+        return 0;
     if (FILTER_PID && (u32)(pid_tgid >> 32) != FILTER_PID)
         return 0;
     if (FILTER_TID && (u32)pid_tgid != FILTER_TID)

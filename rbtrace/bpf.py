@@ -20,7 +20,7 @@ from rbtrace.paths import probes_dir
 from rbtrace.ringbuf import EventType
 
 # Mirrors enum rbtrace_stat in probes/common.h.
-STAT_SUBMITTED, STAT_RINGBUF_FULL, STAT_MAP_FULL = 0, 1, 2
+STAT_SUBMITTED, STAT_RINGBUF_FULL, STAT_MAP_FULL, STAT_NOT_FOLLOWED = 0, 1, 2, 3
 
 
 def import_bcc():
@@ -208,6 +208,8 @@ class LoadedProbe:
     def __init__(self, source, cflags: dict, event_structs, debug=False):
         bcc, self.headers = prepare()
         flags = []
+        if cflags.get("FOLLOW"):
+            cflags = {**cflags, "EXIT_HAS_GROUP_DEAD": int(kernel.exit_has_group_dead())}
         for name, value in {**kernel.task_offsets(), **cflags}.items():
             flags.append(f"-D{name}" if value is True else f"-D{name}={value}")
         self.cflags = flags
@@ -241,12 +243,23 @@ class LoadedProbe:
         self._stats = self.bpf[b"stats"]
 
     def counters(self):
-        """Per-CPU counters summed: submitted, ringbuf_full, map_full."""
+        """Per-CPU counters summed: submitted, ringbuf_full, map_full,
+        not_followed."""
         out = []
-        for i in (STAT_SUBMITTED, STAT_RINGBUF_FULL, STAT_MAP_FULL):
+        for i in (STAT_SUBMITTED, STAT_RINGBUF_FULL, STAT_MAP_FULL, STAT_NOT_FOLLOWED):
             vals = self._stats[self._stats.Key(i)]
             out.append(sum(int(v) for v in vals))
         return out
+
+    def follow(self, pids):
+        """Add processes to the probe's `followed` map (FOLLOW=1 only)."""
+        followed = self.bpf[b"followed"]
+        for pid in pids:
+            followed[followed.Key(pid)] = followed.Leaf(1)
+
+    def followed_count(self) -> int:
+        """Followed processes still alive (they leave the map at exit)."""
+        return sum(1 for _ in self.bpf[b"followed"].keys())
 
     def prog_misses(self) -> int:
         """Program runs the kernel skipped (bpf_prog_info.recursion_misses).

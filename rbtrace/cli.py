@@ -98,6 +98,30 @@ def c_string_literal(text) -> str:
     return '"' + "".join(f"\\{b:03o}" for b in raw) + '"'
 
 
+COMMAND_KEY = "rbtrace.command"
+
+
+class TraceCommand(click.Command):
+    """A probe command: options, its own arguments, then `-- CMD ARGS...`.
+
+    Everything after the first `--` is the command to run and follow, taken
+    off before click parses, so that probe commands with arguments of their
+    own (tracepoint names, a probe file) can still end with a command."""
+
+    def parse_args(self, ctx, args):
+        if "--" in args:
+            i = args.index("--")
+            args, command = args[:i], args[i + 1:]
+            if not command:
+                raise click.UsageError("nothing after --: give the command to run "
+                                       "(e.g. -- make -j2)", ctx)
+            ctx.meta[COMMAND_KEY] = command
+        return super().parse_args(ctx, args)
+
+    def collect_usage_pieces(self, ctx):
+        return super().collect_usage_pieces(ctx) + ["[-- CMD [ARGS]...]"]
+
+
 def trace_options(f):
     """Options shared by every probe command."""
     decorators = [
@@ -109,6 +133,9 @@ def trace_options(f):
                      metavar="SECONDS", help="Stop after SECONDS."),
         click.option("-p", "--pid", type=click.IntRange(1, 2**22), metavar="PID",
                      help="Only this process (thread group id)."),
+        click.option("--children", is_flag=True,
+                     help="With --pid: also every process it has started or starts, "
+                          "followed in the kernel; ends when PID exits."),
         click.option("-u", "--uid", type=UserType(), metavar="USER",
                      help="Only this user (name or number)."),
         click.option("-n", "--comm", type=CommType(), metavar="COMM",
@@ -132,17 +159,40 @@ def cli():
     lines with --json.  Needs root (or CAP_BPF and CAP_PERFMON)."""
 
 
+def _follow_target(opts):
+    """What to follow: `-- CMD` (a follow.Command, resolved, not started),
+    `--pid P --children` (a follow.RunningProcess), or None."""
+    from rbtrace import follow
+    command = click.get_current_context().meta.get(COMMAND_KEY)
+    if command and opts.get("pid"):
+        raise UsageError("--pid can't be combined with a command after --: "
+                         "the command's own process tree is followed")
+    if command:
+        return follow.Command(command)        # 127/126 now, before any probe loads
+    if opts.get("children"):
+        if not opts.get("pid"):
+            raise UsageError("--children needs --pid PID (or a command after --)")
+        return follow.RunningProcess(opts["pid"])
+    return None
+
+
 def _run_probe(probe_name, opts):
     from rbtrace.probes import registry
     from rbtrace.render import JsonRenderer, PlainRenderer, TableRenderer
     from rbtrace.session import Session
 
+    target = _follow_target(opts)
+    opts["follow"] = target is not None
     filters = []
     for key in ("pid", "tid", "uid", "comm", "path", "flags"):
         if opts.get(key) not in (None, "", False):
             filters.append(f"{key}={opts[key]}")
     if opts.get("failed"):
         filters.append("failed")
+    if opts.get("children"):
+        filters.append("children")
+    if target is not None and not opts.get("pid"):
+        filters.append(f"command={os.path.basename(target.argv[0])}")
     if opts.get("comm"):
         # Padded to the kernel's 15 bytes: common.h compares whole words.
         opts["comm_literal"] = c_string_literal(opts["comm"].encode().ljust(TASK_COMM_LEN - 1, b"\0"))
@@ -159,19 +209,32 @@ def _run_probe(probe_name, opts):
     try:
         if opts.get("json_out"):
             renderer = JsonRenderer(out, probe)
-        elif out_file is None and sys.stdout.isatty():
+        # With `-- CMD` the terminal is CMD's (its output, its keys): plain
+        # lines then, as strace prints them, and -o keeps the two apart.
+        elif out_file is None and sys.stdout.isatty() and not getattr(target, "waits_for_end", False):
             from rich.console import Console
             keys = sys.stdin.fileno() if sys.stdin.isatty() else None
             renderer = TableRenderer(Console(), probe, opts["filters_text"], keys_fd=keys)
         else:
             renderer = PlainRenderer(out, probe)
         session = Session(probe, renderer, opts["ring_size"], count=opts.get("count"),
-                          duration=opts.get("duration"), debug=opts.get("debug"))
-        code = session.run()
+                          duration=opts.get("duration"), debug=opts.get("debug"), follow=target)
+        if target is not None:
+            target.start()                    # CMD forked, held until attached
+        try:
+            code = session.run()
+        except BaseException:
+            if target is not None:
+                target.abandon()
+            raise
     finally:
         if out_file:
             out_file.close()
+        if target is not None:
+            target.close()
     _print_summary(session.summary)
+    if session.command_error is not None:
+        raise session.command_error
     return code
 
 
@@ -181,9 +244,19 @@ def _print_summary(s):
         line += f" (ring full {s['ringbuf_full']}, state map full {s['map_full']}; try a larger --ring-size)"
     if s.get("not_delivered_count_reached"):
         line += f", {s['not_delivered_count_reached']} more not shown after --count"
+    if s.get("not_followed"):
+        line += f", {s['not_followed']} child processes not followed (their events are lost)"
     line += f", {s['duration_s']:.1f}s"
     if s.get("top_errors"):
         line += "; top errors: " + ", ".join(f"{k} {v}" for k, v in s["top_errors"].items())
+    command = s.get("command")
+    if command and command["status"] is not None:
+        name = os.path.basename(command["argv"][0])
+        how = (f"killed by {command['signal']} ({command['status']})" if command["signal"]
+               else f"exited with status {command['status']}")
+        line += f"; {name} {how}"
+    if s.get("followed_running"):
+        line += f"; {s['followed_running']} followed processes still running, no longer traced"
     sys.stderr.write(line + "\n")
 
 
@@ -202,7 +275,7 @@ def _exec_arg_bytes(ctx, param, value):
     return n
 
 
-@cli.command("exec")
+@cli.command("exec", cls=TraceCommand)
 @trace_options
 @click.option("--max-args", type=click.IntRange(1, 4096), default=64, show_default=True,
               metavar="N",
@@ -238,7 +311,7 @@ def exec_cmd(**opts):
     sys.exit(_run_probe("exec", opts))
 
 
-@cli.command("open")
+@cli.command("open", cls=TraceCommand)
 @trace_options
 @click.option("-t", "--tid", type=click.IntRange(1, 2**22), metavar="TID",
               help="Only this thread.")

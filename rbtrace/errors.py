@@ -11,6 +11,8 @@ class Exit(enum.IntEnum):
     OK = 0
     ERROR = 1          # runtime error: environment, compile, kernel
     USAGE = 2          # bad option value or command line
+    CANNOT_EXECUTE = 126   # `-- CMD`: CMD is not executable (as a shell says)
+    NOT_FOUND = 127        # `-- CMD`: CMD is not found (as a shell says)
     INTERRUPTED = 130  # SIGINT (128 + 2)
     TERMINATED = 143   # SIGTERM (128 + 15)
 
@@ -43,3 +45,11 @@ class EnvironmentProblem(RbtraceError):
 
 class ProbeError(RbtraceError):
     """The probe failed to compile, load or attach."""
+
+
+class CommandError(RbtraceError):
+    """`-- CMD` could not be started: 127 not found, 126 not executable."""
+
+    def __init__(self, message, exit_code):
+        super().__init__(message)
+        self.exit_code = exit_code

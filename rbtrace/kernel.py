@@ -192,6 +192,16 @@ def tracepoint_exists(category, event) -> bool:
     return (TRACEFS_UNDER_DEBUGFS / "events" / category / event / "id").exists()
 
 
+def exit_has_group_dead() -> bool:
+    """Whether sched_process_exit passes group_dead (Linux 6.16 and later):
+    then a process's exit is known even when its leader thread went first."""
+    fmt = TRACEFS_UNDER_DEBUGFS / "events" / "sched" / "sched_process_exit" / "format"
+    try:
+        return "group_dead;" in fmt.read_text()
+    except OSError:
+        return False
+
+
 # --- BTF -----------------------------------------------------------------
 
 VMLINUX_BTF = Path("/sys/kernel/btf/vmlinux")

@@ -16,7 +16,6 @@ import numpy as np
 
 from rbtrace.bpf import LoadedProbe
 from rbtrace.errors import Exit
-from rbtrace.paths import probes_dir
 from rbtrace.ringbuf import RingConsumer
 
 STATS_INTERVAL = 0.1      # footer / lost-record cadence, seconds
@@ -62,8 +61,11 @@ class Tally:
 
 
 class Session:
-    def __init__(self, probe, renderer, ring_bytes, count=None, duration=None, debug=False):
+    def __init__(self, probe, renderer, ring_bytes, count=None, duration=None, debug=False,
+                 follow=None):
         self.probe = probe
+        self.follow = follow        # follow.Command or follow.RunningProcess
+        self.command_error = None
         self.renderer = renderer
         self.ring_bytes = ring_bytes
         self.count = count
@@ -76,13 +78,16 @@ class Session:
         self.batch_bytes = ring_bytes // 64      # "little is waiting" below this
 
     def _on_signal(self, signum, frame):
+        from rbtrace.follow import signal_from_terminal
+        if self.follow is not None and self.follow.forward(signum, signal_from_terminal(signum)):
+            return                  # CMD decides; rbtrace goes on until it exits
         self.stop_reason = self.stop_reason or signum
 
     def run(self) -> int:
         import mmap
         cflags = dict(self.probe.cflags())
         cflags["RING_PAGES"] = self.ring_bytes // mmap.PAGESIZE
-        loaded = LoadedProbe(probes_dir() / self.probe.source, cflags,
+        loaded = LoadedProbe(self.probe.source_path(), cflags,
                              self.probe.event_structs, debug=self.debug)
         ring = RingConsumer(loaded.ring_fd, self.ring_bytes, loaded.event_types)
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -102,15 +107,24 @@ class Session:
                 poller.register(self._out_fd, 0)
             except OSError:       # a regular file or tty can't be polled that way
                 self._out_fd = None
+        self._pidfd = None
+        if self.follow is not None:
+            self._seed(loaded)
+            self._pidfd = self.follow.pidfd
+            poller.register(self._pidfd, select.EPOLLIN)
         self.started = time.monotonic()
         try:
             self.renderer.start({"probe": self.probe.name, "ring_bytes": self.ring_bytes,
                                  "filters": self.probe.options.get("filters_text", "")})
+            if self.follow is not None:
+                self._release()
             self._loop(loaded, ring, poller)
             # Stop the producers, then deliver everything already in the ring.
             loaded.detach()
             if self.stop_reason not in ("count", "output closed"):
                 self._drain_after_detach(loaded, ring)
+            if self.follow is not None and self.follow.waits_for_end and not self.follow.exited():
+                self._wait_for_command(poller)
             summary = self._summary(loaded)
         finally:
             signal.set_wakeup_fd(old_wakeup)
@@ -123,11 +137,47 @@ class Session:
             loaded.close()
         self.renderer.close(summary)
         self.summary = summary
+        if self.command_error is not None:
+            return self.command_error.exit_code
+        if self.follow is not None and self.follow.waits_for_end:
+            return summary["command"]["status"]
         if self.stop_reason == signal.SIGINT:
             return Exit.INTERRUPTED
         if self.stop_reason == signal.SIGTERM:
             return Exit.TERMINATED
         return Exit.OK
+
+    def _seed(self, loaded):
+        """Put the followed roots in the kernel's map, and for a running
+        process the descendants it already has.  Probes are attached, so a
+        fork from now on is followed by the kernel; a child forked while
+        its parent was not yet in the map is found by scanning again."""
+        from rbtrace.follow import descendants
+        roots = self.follow.roots()
+        loaded.follow(roots)
+        if self.follow.released:            # already running: --pid --children
+            seen = set()
+            while True:
+                new = descendants(roots) - seen
+                if not new:
+                    break
+                loaded.follow(new)
+                seen |= new
+
+    def _release(self):
+        from rbtrace.errors import CommandError
+        try:
+            self.follow.release()
+        except CommandError as e:           # exec failed: its event is still shown
+            self.command_error = e
+
+    def _wait_for_command(self, poller):
+        """Tracing stopped early (--count, --duration, closed output): the
+        exit status is still CMD's, so wait for it, still forwarding signals."""
+        while not self.follow.exited():
+            for fd, _ in poller.poll(1.0):
+                if fd == self._pidfd:
+                    self.follow.reap()
 
     def _loop(self, loaded, ring, poller):
         next_stats = 0.0
@@ -148,6 +198,9 @@ class Session:
                 elif fd == self._out_fd and ev & (select.EPOLLERR | select.EPOLLHUP):
                     self.stop_reason = "output closed"
                     self.renderer.output_gone()
+                elif fd == self._pidfd:
+                    self.follow.reap()
+                    self.stop_reason = self.stop_reason or self.follow.end_reason
             if self.stop_reason is None:
                 self._drain(ring)
                 # Under a storm the ring always holds something, and draining
@@ -202,12 +255,13 @@ class Session:
             if self.stop_reason == "count":
                 break
 
-    LOSS_KINDS = ("ringbuf_full", "map_full", "missed_by_kernel")
+    LOSS_KINDS = ("ringbuf_full", "map_full", "missed_by_kernel", "not_followed")
 
     def _losses(self, loaded):
-        submitted, ringbuf_full, map_full = loaded.counters()
+        submitted, ringbuf_full, map_full, not_followed = loaded.counters()
         return submitted, {"ringbuf_full": ringbuf_full, "map_full": map_full,
-                           "missed_by_kernel": loaded.prog_misses()}
+                           "missed_by_kernel": loaded.prog_misses(),
+                           "not_followed": not_followed}
 
     def _report_lost(self, losses):
         """A `lost` record with the losses since the last one, if any.
@@ -238,7 +292,7 @@ class Session:
         stop = self.stop_reason
         if isinstance(stop, int):
             stop = signal.Signals(stop).name
-        return {
+        summary = {
             "probe": self.probe.name,
             "seen": submitted + ringbuf_full + map_full,
             "submitted": submitted,
@@ -250,7 +304,14 @@ class Session:
             "ringbuf_full": ringbuf_full,
             "map_full": map_full,
             "missed_by_kernel": losses["missed_by_kernel"],
+            "not_followed": losses["not_followed"],
             "duration_s": round(time.monotonic() - self.started, 3),
             "stopped_by": stop or "end",
             "top_errors": dict(self.tally.top("errors")) if "errors" in self.tally.counts else {},
         }
+        if self.follow is not None:
+            summary.update(self.follow.summary())
+            # Descendants left running (daemons, or orphans still busy when
+            # CMD ended): not traced further, so said.
+            summary["followed_running"] = loaded.followed_count()
+        return summary

@@ -33,10 +33,18 @@ class Probe:
         self.options = options
         self.clock = fields.Clock()
 
+    def source_path(self):
+        """The C file to compile.  Probes that generate or take their source
+        from the user override this; rbtrace's own live under probes/."""
+        from rbtrace.paths import probes_dir
+        return probes_dir() / self.source
+
     def cflags(self) -> dict:
         o = self.options
         flags = {}
-        if o.get("pid"):
+        if o.get("follow"):
+            flags["FOLLOW"] = 1         # the command / --children tree, in the kernel
+        elif o.get("pid"):
             flags["FILTER_PID"] = o["pid"]
         if o.get("tid"):
             flags["FILTER_TID"] = o["tid"]

@@ -417,10 +417,13 @@ def decoder_fields(probe_cls):
 
 class _FakeLoaded:
     def counters(self):
-        return [10, 2, 1]
+        return [10, 2, 1, 1]      # submitted, ringbuf_full, map_full, not_followed
 
     def prog_misses(self):
         return 3
+
+    def followed_count(self):
+        return 2
 
 
 class _Recorder:
@@ -436,6 +439,7 @@ def envelope_fields():
     from rbtrace import render
     from rbtrace.probes import registry
     from rbtrace.session import Session
+    from rbtrace.follow import Command, RunningProcess
     probe = registry()[probe_commands()[0]]({})
     renderer = _Recorder()
     session = Session(probe, renderer, 1 << 20)
@@ -443,6 +447,13 @@ def envelope_fields():
     summary = session._summary(_FakeLoaded())
     assert renderer.lost_records, "a drop on the fake counters makes a lost record"
     out = {"summary": {"type", *summary}, "lost": {"type", *renderer.lost_records[0]}}
+    # Following `-- CMD` or `--pid P --children` adds members of its own.
+    running = RunningProcess(os.getpid())
+    for target in (Command(["true"]), running):
+        session = Session(probe, _Recorder(), 1 << 20, follow=target)
+        session.started = 0.0
+        out["summary"] |= set(session._summary(_FakeLoaded()))
+    running.close()
 
     start = {"type"}
     for fn in (Session.run, render.JsonRenderer.start):

@@ -1,0 +1,261 @@
+"""Follow one command, or one running process, and everything it starts.
+
+`rbtrace exec -- CMD` forks CMD at once but holds it before exec until
+the probes are attached and its pid is in the probe's `followed` map
+(probes/common.h); from then on the kernel adds every child it forks.
+`--pid P --children` seeds the same map with P and the descendants it
+already has.
+
+A command's failure to start is reported the way a shell reports it:
+127 when it is not found, 126 when it can't be executed.
+"""
+import errno
+import os
+import signal
+import stat
+import sys
+
+from rbtrace.errors import CommandError, Exit, UsageError
+
+NOT_FOUND, NOT_EXECUTABLE = Exit.NOT_FOUND, Exit.CANNOT_EXECUTE
+
+
+def resolve(name: str, path_env=None) -> str:
+    """The file a shell would execute for `name`, or CommandError.
+
+    As execvp(3) and shells do: a name with a slash is used as is, others
+    are looked up in $PATH.  Resolving before the fork means CMD is started
+    with one execve, as under strace, not one attempt per $PATH entry."""
+    if not name:
+        raise CommandError("'': command not found", NOT_FOUND)
+    if "/" in name:
+        return _check_file(name)
+    path_env = os.environ.get("PATH", os.defpath) if path_env is None else path_env
+    denied = None
+    for d in path_env.split(":"):
+        candidate = os.path.join(d or ".", name)
+        try:
+            st = os.stat(candidate)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and os.access(candidate, os.X_OK):
+            return candidate
+        denied = denied or candidate
+    if denied:
+        return _check_file(denied)
+    raise CommandError(f"{name}: command not found", NOT_FOUND)
+
+
+def _check_file(path: str) -> str:
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise CommandError(f"{path}: {e.strerror}",
+                           NOT_FOUND if e.errno in (errno.ENOENT, errno.ENOTDIR) else NOT_EXECUTABLE)
+    if stat.S_ISDIR(st.st_mode):
+        raise CommandError(f"{path}: Is a directory", NOT_EXECUTABLE)
+    if not os.access(path, os.X_OK) or not stat.S_ISREG(st.st_mode):
+        raise CommandError(f"{path}: Permission denied", NOT_EXECUTABLE)
+    return path
+
+
+def shell_status(wait_status: int) -> int:
+    """A wait status as a shell's $?: the exit code, or 128 + signal."""
+    code = os.waitstatus_to_exitcode(wait_status)
+    return 128 - code if code < 0 else code
+
+
+class Command:
+    """CMD forked and held before exec until `release()`."""
+
+    waits_for_end = True          # rbtrace's exit status is CMD's
+    end_reason = "command exited"
+
+    def __init__(self, argv):
+        self.argv = list(argv)
+        self.path = resolve(self.argv[0])
+        self.pid = None
+        self.pidfd = None
+        self.wait_status = None
+        self.released = False
+
+    def start(self):
+        go_r, go_w = os.pipe()
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:                      # the child: never returns
+            code = NOT_FOUND
+            try:
+                os.close(go_w)
+                os.close(err_r)
+                # Python ignores these at start-up; exec would keep them ignored.
+                for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+                    signal.signal(sig, signal.SIG_DFL)
+                if os.read(go_r, 1) == b"g":
+                    os.close(go_r)
+                    try:
+                        os.execv(self.path, self.argv)
+                    except OSError as e:
+                        code = NOT_FOUND if e.errno == errno.ENOENT else NOT_EXECUTABLE
+                        os.write(err_w, f"{e.errno}".encode())
+            finally:
+                os._exit(code)
+        os.close(go_r)
+        os.close(err_w)
+        self.pid = pid
+        self._go, self._err = go_w, err_r
+        self.pidfd = os.pidfd_open(pid)
+
+    def roots(self):
+        return [self.pid]
+
+    def release(self):
+        """Let CMD exec.  Raises CommandError if the exec fails."""
+        os.write(self._go, b"g")
+        os.close(self._go)
+        self.released = True
+        report = os.read(self._err, 64)    # EOF once exec succeeded (CLOEXEC)
+        os.close(self._err)
+        if report:
+            self.wait()
+            err = int(report)
+            raise CommandError(f"{self.path}: {os.strerror(err)}",
+                               NOT_FOUND if err == errno.ENOENT else NOT_EXECUTABLE)
+
+    def exited(self) -> bool:
+        return self.wait_status is not None
+
+    def reap(self):
+        """CMD's pidfd is readable: it exited; take its status."""
+        self.wait()
+
+    def wait(self) -> int:
+        if self.wait_status is None:
+            _, self.wait_status = os.waitpid(self.pid, 0)
+        return self.wait_status
+
+    def forward(self, signum, from_terminal: bool) -> bool:
+        """Give a signal meant to stop rbtrace to CMD instead, as a shell
+        does with its foreground job.  A Ctrl-C on the terminal already
+        reached CMD (same process group): it is not sent twice."""
+        if self.exited():
+            return False
+        if not from_terminal:
+            try:
+                os.kill(self.pid, signum)
+            except ProcessLookupError:
+                pass
+        return True
+
+    def abandon(self):
+        """rbtrace failed before CMD ran: CMD must not run untraced."""
+        if self.pid is None or self.released or self.exited():
+            return
+        os.close(self._go)               # EOF: the child exits without exec
+        os.close(self._err)
+        os.kill(self.pid, signal.SIGKILL)
+        self.wait()
+
+    def close(self):
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+
+    def summary(self) -> dict:
+        st = self.wait_status
+        sig = None
+        if st is not None and os.WIFSIGNALED(st):
+            sig = signal.Signals(os.WTERMSIG(st)).name
+        return {"command": {"argv": self.argv, "pid": self.pid,
+                            "status": shell_status(st) if st is not None else None,
+                            "signal": sig}}
+
+
+class RunningProcess:
+    """`--pid P --children`: P, already running, and its descendants."""
+
+    waits_for_end = False
+    end_reason = "process exited"
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        try:
+            self.pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            raise UsageError(f"--pid {pid}: no such process")
+        self.released = True
+        self._exited = False
+
+    def start(self):
+        pass
+
+    def roots(self):
+        return [self.pid]
+
+    def release(self):
+        pass
+
+    def exited(self) -> bool:
+        return self._exited
+
+    def reap(self):
+        self._exited = True      # not our child: no status to take
+
+    def forward(self, signum, from_terminal: bool) -> bool:
+        return False                      # not ours: a signal stops rbtrace
+
+    def abandon(self):
+        pass
+
+    def close(self):
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+
+    def summary(self) -> dict:
+        return {"followed_root": self.pid}
+
+
+def descendants(roots, proc="/proc") -> set:
+    """Processes whose parent chain reaches one of `roots`, from /proc."""
+    parent = {}
+    for name in os.listdir(proc):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"{proc}/{name}/stat", "rb") as f:
+                text = f.read()
+        except OSError:
+            continue                      # gone meanwhile
+        # pid (comm) state ppid ...: comm may hold spaces and parentheses.
+        after = text[text.rindex(b")") + 2:].split()
+        parent[int(name)] = int(after[1])
+    found = set(roots)
+    changed = True
+    while changed:
+        changed = False
+        for pid, ppid in parent.items():
+            if ppid in found and pid not in found:
+                found.add(pid)
+                changed = True
+    return found - set(roots)
+
+
+def signal_from_terminal(signum) -> bool:
+    """Whether a SIGINT/SIGQUIT most likely came from the terminal: rbtrace
+    is in the terminal's foreground process group (with CMD).  SIGTERM and
+    others never come from a terminal."""
+    if signum not in (signal.SIGINT, signal.SIGQUIT):
+        return False
+    try:
+        fd = os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY)
+    except OSError:
+        return False                      # no controlling terminal
+    try:
+        return os.tcgetpgrp(fd) == os.getpgrp()
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
