@@ -66,6 +66,7 @@ class Session:
         self.probe = probe
         self.follow = follow        # follow.Command or follow.RunningProcess
         self.command_error = None
+        self._followed_running = 0
         self.renderer = renderer
         self.ring_bytes = ring_bytes
         self.count = count
@@ -88,7 +89,8 @@ class Session:
         cflags = dict(self.probe.cflags())
         cflags["RING_PAGES"] = self.ring_bytes // mmap.PAGESIZE
         loaded = LoadedProbe(self.probe.source_path(), cflags,
-                             self.probe.event_structs, debug=self.debug)
+                             self.probe.event_structs, debug=self.debug,
+                             tracepoints=getattr(self.probe, "tracepoints", ()))
         ring = RingConsumer(loaded.ring_fd, self.ring_bytes, loaded.event_types)
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -119,6 +121,11 @@ class Session:
             if self.follow is not None:
                 self._release()
             self._loop(loaded, ring, poller)
+            if self.follow is not None:
+                # Descendants left running (daemons, orphans still busy when
+                # CMD ended): no longer traced, so said.  Counted before the
+                # exit hook is detached, while the map is still exact.
+                self._followed_running = loaded.followed_count()
             # Stop the producers, then deliver everything already in the ring.
             loaded.detach()
             if self.stop_reason not in ("count", "output closed"):
@@ -311,7 +318,5 @@ class Session:
         }
         if self.follow is not None:
             summary.update(self.follow.summary())
-            # Descendants left running (daemons, or orphans still busy when
-            # CMD ended): not traced further, so said.
-            summary["followed_running"] = loaded.followed_count()
+            summary["followed_running"] = self._followed_running
         return summary
