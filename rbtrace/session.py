@@ -134,14 +134,18 @@ class Session:
                 self._wait_for_command(poller)
             summary = self._summary(loaded)
         finally:
-            signal.set_wakeup_fd(old_wakeup)
-            for s, h in old_handlers.items():
-                signal.signal(s, h)
-            poller.close()
-            os.close(wake_r)
-            os.close(wake_w)
-            ring.close()
-            loaded.close()
+            # Our handlers stay until BCC has cleaned up: a SIGINT landing in
+            # the middle of its cleanup made it free a module twice (-11).
+            try:
+                poller.close()
+                ring.close()
+                loaded.close()
+            finally:
+                signal.set_wakeup_fd(old_wakeup)
+                for s, h in old_handlers.items():
+                    signal.signal(s, h)
+                os.close(wake_r)
+                os.close(wake_w)
         self.renderer.close(summary)
         self.summary = summary
         if self.command_error is not None:
