@@ -139,12 +139,14 @@ RAW_TRACEPOINT_PROBE(sched_process_fork)
     return 0;
 }
 
-/* Runs in the exiting task.  A raw tracepoint, so that a probe may still
- * use the sched_process_exit tracepoint for itself.  Since 6.16 the hook
- * passes group_dead (the last thread of the process is going, so its pid
- * can be reused and must not stay followed); before, only the thread
- * group leader's exit is known here. */
-RAW_TRACEPOINT_PROBE(sched_process_exit)
+/* Runs in the exiting task, on the raw sched_process_exit tracepoint.
+ * Not attached by BCC: rbtrace/bpf.py attaches it after every other
+ * program, because programs on one tracepoint run in the order they were
+ * attached, and a probe's own program there must still see the process
+ * as followed.  Since 6.16 the hook passes group_dead (the last thread of
+ * the process is going, so its pid can be reused and must not stay
+ * followed); before, only the thread group leader's exit is known. */
+int rbtrace_follow_exit(struct bpf_raw_tracepoint_args *ctx)
 {
     u64 pid_tgid = bpf_get_current_pid_tgid();
     u32 tgid = pid_tgid >> 32;

@@ -59,16 +59,66 @@ def captured_fds():
             captured.text = tmp.read().decode(errors="replace")
 
 
-def _compile_errors(text, source_name):
-    """The compiler's error lines, for a one-line message plus detail."""
-    lines = [ln for ln in text.splitlines() if re.search(r"\berror\b", ln)]
-    return lines or [ln for ln in text.splitlines() if ln.strip()][-5:]
+_VERIFIER_END = re.compile(r"^processed \d+ insns")
+_VERIFIER_INSN = re.compile(r"^\d+: \(")
+_VERIFIER_SOURCE = re.compile(r"^; (.*?) @ (\S+):(\d+)$")
+
+
+def _verifier_refusal(text, source):
+    """A ProbeError from the verifier's log in BCC's output, or None.
+
+    The log ends with the reason (after the last instruction, before
+    "processed N insns"); the source lines it quotes ("; code @ file:line",
+    from the program's BTF line info, which follows #line) say where."""
+    lines = text.splitlines()
+    ends = [i for i, ln in enumerate(lines) if _VERIFIER_END.match(ln)]
+    if not ends:
+        return None
+    end = start = ends[-1]
+    while start > 0 and not _VERIFIER_INSN.match(lines[start - 1]) \
+            and not lines[start - 1].startswith(";"):
+        start -= 1
+    why = "; ".join(ln.strip() for ln in lines[start:end] if ln.strip()) or "no reason given"
+    where = ""
+    for ln in reversed(lines[:start]):
+        m = _VERIFIER_SOURCE.match(ln)
+        if m:
+            code, name, number = m.groups()
+            if name == os.path.basename(str(source)):
+                name = str(source)
+            where = f"{name}:{number}: "
+            why += f" (at: {code.strip()})" if code.strip() else ""
+            break
+    bcc_hint = [ln[len("HINT:"):].strip() for ln in lines[end:] if ln.startswith("HINT:")]
+    return ProbeError(f"{where or str(source) + ': '}the kernel's verifier refused the "
+                      f"program: {why}",
+                      hint=bcc_hint[0] if bcc_hint else "run with --debug for the verifier's log")
+
+
+def _load_failure(failure, text, source) -> ProbeError:
+    """One line for BCC's failure: the verifier's reason, the compiler's
+    first error (file:line: error: ...), or BCC's own message with the last
+    line it printed (attach failures name the hook there)."""
+    refused = _verifier_refusal(text, source)
+    if refused is not None:
+        return refused
+    errors = [ln.strip() for ln in text.splitlines() if re.search(r"\berror\b", ln)]
+    if errors:
+        first = errors[0]
+        if not re.match(r"\S+:\d+:\d+: ", first):      # clang's own lines name the file
+            first = f"{source}: {first}"
+        return ProbeError(first, hint="run with --debug for the compiler's full output")
+    msg = (str(failure).strip().splitlines() or [type(failure).__name__])[0]
+    last = ([ln.strip() for ln in text.splitlines() if ln.strip()] or [""])[-1]
+    if last and last not in msg:
+        msg += f" ({last})"
+    return ProbeError(f"loading {source}: {msg}", hint="run with --debug for BCC's output")
 
 
 _CTYPE_TO_NUMPY = {
     ctypes.c_uint8: "u1", ctypes.c_int8: "i1", ctypes.c_uint16: "<u2", ctypes.c_int16: "<i2",
     ctypes.c_uint32: "<u4", ctypes.c_int32: "<i4", ctypes.c_uint64: "<u8", ctypes.c_int64: "<i8",
-    ctypes.c_char: "S1", ctypes.c_bool: "u1",
+    ctypes.c_char: "S1", ctypes.c_bool: "?",
 }
 
 
@@ -76,43 +126,71 @@ def dtype_from_ctypes(struct) -> np.dtype:
     """A flat numpy dtype with the same offsets as BCC's ctypes struct.
 
     BCC describes each table's C types exactly (from clang); nested structs
-    are flattened to their leaf names, char arrays become 'S<n>' columns.
+    are flattened to their leaf names (a name already taken gets its path,
+    "i.flags"), char arrays become 'S<n>' columns, other arrays sub-arrays,
+    and each element of an array of structs its own columns ("a[1].x").
+    `dtype.metadata["c_paths"]` maps each column to the member's path as C
+    spells it ("i.flags", "a[1].x"; members of an anonymous struct or union
+    have no segment for it), for decoders that show what the user wrote.
     """
-    names, formats, offsets = [], [], []
+    names, formats, offsets, paths = [], [], [], []
 
-    def walk(cls, base, prefix):
+    def add(leaf, path, fmt, off):
+        if leaf in names:
+            # The path is unique in C, but may be a top-level name already
+            # used by a flattened leaf: the header's `pid` and a member
+            # called `pid` after it.
+            leaf = path if path not in names else f"{path}#{len(names)}"
+        names.append(leaf)
+        paths.append(path)
+        formats.append(fmt)
+        offsets.append(off)
+
+    def walk(cls, base, cpath, by_path):
+        anonymous = set(getattr(cls, "_anonymous_", ()))
         for field in cls._fields_:
             name, ftype = field[0], field[1]
             if name.startswith("__pad"):
                 continue
+            path = cpath if name in anonymous else cpath + name
+            if len(field) > 2:
+                raise ProbeError(f"event member {path} is a bit-field, which rbtrace "
+                                 f"can't decode (BCC gives no bit offsets)",
+                                 hint="make it a whole integer")
             off = base + getattr(cls, name).offset
-            if hasattr(ftype, "_fields_"):
-                walk(ftype, off, prefix + name + ".")
+            shape, elem = [], ftype
+            while hasattr(elem, "_length_"):
+                shape.append(elem._length_)
+                elem = elem._type_
+            if hasattr(elem, "_fields_"):
+                if not shape:
+                    walk(elem, off, path + ("." if name not in anonymous else ""), by_path)
+                    continue
+                size = ctypes.sizeof(elem)
+                for i in range(int(np.prod(shape))):
+                    index = "".join(f"[{k}]" for k in np.unravel_index(i, shape))
+                    walk(elem, off + i * size, f"{path}{index}.", True)
                 continue
-            if hasattr(ftype, "_length_"):
-                elem = ftype._type_
-                if elem in (ctypes.c_char, ctypes.c_int8, ctypes.c_uint8):
-                    fmt = f"S{ftype._length_}"
-                else:
-                    fmt = (_numpy_scalar(elem), (ftype._length_,))
+            if len(shape) == 1 and elem in (ctypes.c_char, ctypes.c_int8, ctypes.c_uint8):
+                fmt = f"S{shape[0]}"
+            elif shape:
+                fmt = (_numpy_scalar(elem, path), tuple(shape))
             else:
-                fmt = _numpy_scalar(ftype)
-            leaf = name if name not in names else prefix + name
-            names.append(leaf)
-            formats.append(fmt)
-            offsets.append(off)
+                fmt = _numpy_scalar(elem, path)
+            add(path if by_path else name, path, fmt, off)
 
-    walk(struct, 0, "")
+    walk(struct, 0, "", False)
     return np.dtype({"names": names, "formats": formats, "offsets": offsets,
-                     "itemsize": ctypes.sizeof(struct)})
+                     "itemsize": ctypes.sizeof(struct)},
+                    metadata={"c_paths": dict(zip(names, paths))})
 
 
-def _numpy_scalar(ctype):
+def _numpy_scalar(ctype, path=""):
     for c, fmt in _CTYPE_TO_NUMPY.items():
         if ctype is c or (ctypes.sizeof(ctype) == ctypes.sizeof(c) and
-                          ctype._type_ == c._type_):
+                          getattr(ctype, "_type_", None) == c._type_):
             return fmt
-    raise ProbeError(f"event field of C type {ctype.__name__} is not supported")
+    raise ProbeError(f"event member {path or '?'} of C type {ctype.__name__} is not supported")
 
 
 def prepare():
@@ -164,10 +242,29 @@ def inline_local_includes(path, search=(), _seen=None) -> str:
     return "\n".join(out)
 
 
-# Hook kinds a BCC source can use besides tracepoints, by how BCC spells them.
+_C_TOKENS = re.compile(r'//[^\n]*|/\*.*?\*/|"(?:\\.|[^"\\\n])*"|\'(?:\\.|[^\'\\\n])*\'', re.S)
+
+
+def code_only(text: str) -> str:
+    """C source with comments blanked and string and character literals
+    emptied (their quotes kept), newlines kept: for looking for code with
+    regular expressions without being fooled by prose, on the same lines.
+    An `#include "x.h"` keeps its file name."""
+    def blank(m):
+        s = m.group(0)
+        if s.startswith("/"):
+            return " " if s.startswith("//") or "\n" not in s else "\n" * s.count("\n")
+        if text.rfind("#", 0, m.start()) > text.rfind("\n", 0, m.start()) and s[0] == '"':
+            return s                 # a preprocessor line's "file name"
+        return s[0] + " " * (len(s) - 2) + s[-1]
+    return _C_TOKENS.sub(blank, text)
+
+
+# Hook kinds a BCC source can use besides tracepoints, by how BCC spells them
+# (its helpers.h macros, and the function name prefixes it attaches by).
 _HOOK_USE = {
     "kprobe": re.compile(r"\b(kprobe__|kretprobe__)\w+\s*\("),
-    "fentry": re.compile(r"\b(KFUNC_PROBE|KRETFUNC_PROBE|KMOD_RET)\s*\("),
+    "fentry": re.compile(r"\b(KFUNC_PROBE|KRETFUNC_PROBE|KMOD_RET)\s*\(|\bk(ret)?func__\w+\s*\("),
 }
 
 
@@ -175,6 +272,7 @@ def _refuse_hooks_that_cannot_load(text, source):
     """Name a hook kind this kernel can't load (as `rbtrace doctor` finds it)
     instead of letting BCC fail with a traceback-shaped message."""
     from rbtrace.doctor import try_hook
+    text = code_only(text)
     for kind, pattern in _HOOK_USE.items():
         if pattern.search(text):
             ok, reason = try_hook(kind)
@@ -182,6 +280,29 @@ def _refuse_hooks_that_cannot_load(text, source):
                 raise ProbeError(f"{source}: uses {kind} hooks, which this kernel can't load: {reason}",
                                  hint="rbtrace doctor lists the hook kinds that load here; "
                                       "use tracepoints")
+
+
+# struct rb_header (probes/common.h) as numpy sees it at the start of a record.
+RB_HEADER = (("ts_ns", 0, "<u8"), ("seq", 8, "<u8"), ("pid", 16, "<u4"), ("tid", 20, "<u4"),
+             ("ppid", 24, "<u4"), ("uid", 28, "<u4"), ("comm", 32, "S16"))
+
+
+def check_event_types(event_types, source):
+    """Records in the ring are told apart by size only, and every one starts
+    with struct rb_header (time, seq, pid... for every decoder and filter)."""
+    by_size = {}
+    for et in event_types:
+        fields = et.dtype.fields
+        head = [(n, fields[n][1], fields[n][0].str if fields[n][0].kind != "S"
+                 else f"S{fields[n][0].itemsize}") for n in et.dtype.names[:len(RB_HEADER)]]
+        if tuple(head) != RB_HEADER:
+            raise ProbeError(f"{source}: struct {et.name} does not begin with struct rb_header",
+                             hint=f"declare it as struct {et.name} {{ struct rb_header h; ... }}")
+        other = by_size.setdefault(et.size, et)
+        if other is not et:
+            raise ProbeError(f"{source}: event structs {other.name} and {et.name} are both "
+                             f"{et.size} bytes, and records are told apart by their size",
+                             hint="make one of them larger (a member such as u8 pad[8])")
 
 
 _TRACEPOINT_USE = re.compile(r"^\s*TRACEPOINT_PROBE\s*\(\s*(\w+)\s*,\s*(\w+)\s*\)", re.M)
@@ -205,7 +326,9 @@ def _recursion_misses(prog_fd: int) -> int:
 class LoadedProbe:
     """A compiled probe with its tracepoints attached."""
 
-    def __init__(self, source, cflags: dict, event_structs, debug=False):
+    def __init__(self, source, cflags: dict, event_structs, debug=False, tracepoints=()):
+        """`tracepoints`: (function name, "category:event") pairs to load and
+        attach besides what BCC attaches by itself (see _attach_tracepoints)."""
         bcc, self.headers = prepare()
         flags = []
         if cflags.get("FOLLOW"):
@@ -214,7 +337,7 @@ class LoadedProbe:
             flags.append(f"-D{name}" if value is True else f"-D{name}={value}")
         self.cflags = flags
         text = inline_local_includes(source, [probes_dir()])
-        for category, event in _TRACEPOINT_USE.findall(text):
+        for category, event in _TRACEPOINT_USE.findall(code_only(text)):
             if not kernel.tracepoint_exists(category, event):
                 raise ProbeError(f"{source}: tracepoint {category}:{event} does not exist on this kernel",
                                  hint=f"ls {kernel.TRACEFS_UNDER_DEBUGFS}/events/{category}")
@@ -229,18 +352,131 @@ class LoadedProbe:
         if debug and text.strip():
             sys.stderr.write(text)
         if failure is not None:
-            detail = _compile_errors(text, source)
-            msg = str(failure)
-            if "compile" in msg.lower() or detail:
-                raise ProbeError(f"{source}: {detail[0].strip() if detail else msg}",
-                                 hint="run with --debug for the compiler's full output")
-            raise ProbeError(f"loading {source}: {msg}")
-        self.event_types = [
-            EventType(name, dtype_from_ctypes(self.bpf[f"layout_{name}".encode()].Leaf))
-            for name in event_structs]
+            raise _load_failure(failure, text, source)
+        try:
+            self.event_types = [self._event_type(bcc, name, source) for name in event_structs]
+            check_event_types(self.event_types, source)
+        except BaseException:
+            self.bpf.cleanup()
+            raise
         ring = self.bpf[b"events"]
         self.ring_fd = ring.map_fd
         self._stats = self.bpf[b"stats"]
+        self._tp_fds = []
+        if tracepoints:
+            self._attach_tracepoints(bcc, tracepoints, source, debug)
+        if cflags.get("FOLLOW"):
+            self._attach_follow_exit()
+
+    def _attach_follow_exit(self):
+        """common.h's hook that stops following a process when it exits,
+        attached last so that it runs after the probe's own programs on
+        sched_process_exit (the kernel calls them in attach order)."""
+        try:
+            with captured_fds() as output:
+                self.bpf.attach_raw_tracepoint(tp=b"sched_process_exit",
+                                               fn_name=b"rbtrace_follow_exit")
+        except Exception as e:  # BCC raises bare Exception
+            self.close()
+            raise ProbeError(f"cannot attach the raw tracepoint sched_process_exit: {e} "
+                             f"{output.text.strip()}".strip(), hint="rbtrace doctor")
+
+    def _attach_tracepoints(self, bcc, tracepoints, source, debug):
+        """Programs attached by name, for generated sources (rbtrace tp):
+        BCC attaches a tracepoint only for a function it can spell
+        tracepoint__CAT__EVENT, which not every name allows, and keys it
+        by tracepoint, so a second program on one (common.h's FOLLOW hooks
+        sched_process_exit) would replace the first in its table."""
+        from bcc.libbcc import lib
+        # Off while attaching, so that every tracepoint starts at once: the
+        # first ones would otherwise fill the ring before the last is on.
+        self._set_stop(1)
+        try:
+            for fn_name, tp in tracepoints:
+                with captured_fds() as output:
+                    try:
+                        fn = self.bpf.load_func(fn_name.encode(), bcc.BPF.TRACEPOINT)
+                        failure = None
+                    except Exception as e:  # BCC raises bare Exception
+                        failure = e
+                if debug and output.text.strip():
+                    sys.stderr.write(output.text)
+                if failure is not None:
+                    err = _load_failure(failure, output.text, source)
+                    raise ProbeError(f"{tp}: {err.message}", hint=err.hint)
+                category, _, event = tp.partition(":")
+                with captured_fds():
+                    fd = lib.bpf_attach_tracepoint(fn.fd, category.encode(), event.encode())
+                    errno = ctypes.get_errno()
+                if fd < 0:
+                    from rbtrace.doctor import try_hook
+                    ok, reason = try_hook("tracepoint")
+                    if not ok:
+                        raise ProbeError(f"{tp}: tracepoints can't be attached on this kernel: "
+                                         f"{reason}", hint="rbtrace doctor")
+                    raise ProbeError(f"cannot attach to tracepoint {tp}: {os.strerror(errno)}",
+                                     hint="some events (ftrace:*) exist in tracefs but "
+                                          "take no BPF program")
+                self._tp_fds.append(fd)
+            self._set_stop(0)
+        except BaseException:
+            self._close_tp_fds()
+            self.bpf.cleanup()
+            raise
+
+    def _close_tp_fds(self):
+        """Detach the programs attached by name.  Each close of a
+        tracepoint's perf event waits for RCU grace periods under the
+        kernel's event_mutex (perf_trace_event_unreg, 6.18): about 40-80 ms
+        each here.  Threads overlap the part outside the mutex (half)."""
+        fds, self._tp_fds = self._tp_fds, []
+        if len(fds) <= 4:
+            for fd in fds:
+                os.close(fd)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(os.close, fds))
+
+    def _stop_programs(self):
+        self._set_stop(1)
+
+    def _set_stop(self, value):
+        """Probes with many tracepoints declare `BPF_ARRAY(rbtrace_stop, u32,
+        1)` and return at once while it is set: detaching them takes seconds
+        (see _close_tp_fds), and nothing may be counted meanwhile."""
+        try:
+            table = self.bpf.get_table(b"rbtrace_stop")
+        except KeyError:
+            return
+        table[table.Key(0)] = table.Leaf(value)
+
+    def _event_type(self, bcc, name, source) -> EventType:
+        """The record layout of event struct `name`, from its layout_ map."""
+        table = f"layout_{name}".encode()
+        # BCC 0.26 has no ctypes type for "signed char" (s8) and fails on it.
+        bcc.BPF.str2ctype.setdefault("signed char", ctypes.c_byte)
+        try:
+            leaf = self.bpf[table].Leaf
+        except KeyError:
+            raise ProbeError(f"{source}: no event struct {name}: RBTRACE_EVENT({name}) is "
+                             f"missing or compiled out") from None
+        except Exception as e:  # BCC raises bare Exception (or KeyError) on types it lacks
+            raise ProbeError(f"{source}: BCC can't describe struct {name} ({e!r})") from e
+        try:
+            dtype = dtype_from_ctypes(leaf)
+        except ProbeError as e:
+            raise ProbeError(f"{source}: struct {name}: {e.message}", hint=e.hint) from None
+        lib = bcc.lib
+        lib.bpf_table_leaf_size.restype = ctypes.c_size_t
+        lib.bpf_table_leaf_size.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        size = lib.bpf_table_leaf_size(self.bpf.module, table)
+        if size != dtype.itemsize:
+            # BCC keeps only the first dimension of a multi-dimensional array.
+            raise ProbeError(f"{source}: struct {name} is {size} bytes but BCC describes "
+                             f"{dtype.itemsize}: multi-dimensional arrays are not supported",
+                             hint="declare them one-dimensional")
+        return EventType(name, dtype)
 
     def counters(self):
         """Per-CPU counters summed: submitted, ringbuf_full, map_full,
@@ -271,10 +507,13 @@ class LoadedProbe:
 
     def detach(self):
         """Stop the programs; maps and the ring stay readable."""
+        self._stop_programs()
+        self._close_tp_fds()
         for tp in list(self.bpf.tracepoint_fds):
             self.bpf.detach_tracepoint(tp)
         for tp in list(self.bpf.raw_tracepoint_fds):
             self.bpf.detach_raw_tracepoint(tp)
 
     def close(self):
+        self._close_tp_fds()
         self.bpf.cleanup()

@@ -327,6 +327,56 @@ def open_cmd(**opts):
     sys.exit(_run_probe("open", opts))
 
 
+@cli.command("tp", cls=TraceCommand)
+@trace_options
+@click.argument("tracepoints", nargs=-1, metavar="CATEGORY:EVENT...")
+@click.option("--list", "list_only", is_flag=True,
+              help="Print the tracepoints that exist (those matching the arguments, "
+                   "if any), one per line, and exit.")
+# The numbers are rbtrace/probes/tp.py's (tests/unit/test_tp_format.py holds them equal).
+@click.option("--max-tracepoints", type=click.IntRange(1, 2000), default=400, show_default=True,
+              metavar="N", help="Refuse to attach more than N tracepoints at once, 1 to 2000.")
+@click.option("--string-bytes", type=click.IntRange(16, 4096), default=256, show_default=True,
+              metavar="N", help="Bytes kept of each __data_loc string or array, 16 to 4096.")
+def tp_cmd(**opts):
+    """Any tracepoint, every field decoded from its format.
+
+    CATEGORY:EVENT names a tracepoint (sched:sched_process_fork); either
+    part may be a wildcard ('syscalls:sys_enter_*').  JSON lines have the
+    common fields (time, pid, tid, ppid, uid, user, comm), "event" (the
+    tracepoint) and "args", the tracepoint's own fields: integers as
+    numbers, pointers as "0x..." strings, char arrays and __data_loc
+    strings as text, other arrays as lists.
+    """
+    from rbtrace.probes import tp
+    if opts["list_only"]:
+        names = []
+        for pattern in opts["tracepoints"] or (None,):
+            found = tp.list_matching(pattern)
+            if not found:
+                raise UsageError(f"no tracepoint matches {pattern!r}")
+            names.extend(n for n in found if n not in names)
+        sys.stdout.write("".join(n + "\n" for n in names))
+        sys.stdout.flush()
+        sys.exit(0)
+    sys.exit(_run_probe("tp", opts))
+
+
+@cli.command("run", cls=TraceCommand)
+@trace_options
+@click.argument("file", metavar="FILE.bpf.c", type=click.Path(path_type=str))
+def run_cmd(**opts):
+    """A probe of your own: a BCC C file that includes "rbtrace.h".
+
+    Its event structs (each beginning with struct rb_header h, named with
+    RBTRACE_EVENT) are decoded from the C source; events are written with
+    rbtrace_reserve() and rbtrace_submit(), which apply -p, -u, -n and
+    -- CMD and count drops.  TRACEPOINT_PROBE and RAW_TRACEPOINT_PROBE
+    hooks are attached.  See rbtrace-run(8) for the API and examples.
+    """
+    sys.exit(_run_probe("run", opts))
+
+
 @cli.command("doctor")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def doctor_cmd(debug):

@@ -106,4 +106,7 @@ def shown_list(event: dict, name: str) -> list:
 def registry():
     from rbtrace.probes import exec as exec_probe
     from rbtrace.probes import open as open_probe
-    return {"exec": exec_probe.ExecProbe, "open": open_probe.OpenProbe}
+    from rbtrace.probes import tp as tp_probe
+    from rbtrace.probes import run as run_probe
+    return {"exec": exec_probe.ExecProbe, "open": open_probe.OpenProbe, "tp": tp_probe.TpProbe,
+            "run": run_probe.RunProbe}

@@ -89,6 +89,18 @@ def workload(tmp):
         pass
     run(b"/bin/true", b"arg-\xff")
     os.unlink(odd)
+    # kill(): a signal checked, sent and delivered; one to a process that is
+    # gone (ESRCH); a process that handles a signal itself.
+    child = subprocess.Popen(["sleep", "60"])
+    os.kill(child.pid, 0)
+    child.terminate()
+    child.wait()
+    try:
+        os.kill(child.pid, 0)
+    except ProcessLookupError:
+        pass
+    run(sys.executable, "-c", "import os, signal; signal.signal(signal.SIGUSR1, lambda *a: 0); "
+        "os.kill(os.getpid(), signal.SIGUSR1)")
 
 
 class Run:
@@ -97,7 +109,9 @@ class Run:
     all along so that a full pipe never makes it drop events."""
 
     def __init__(self, args, tmp, work=workload):
-        proc = subprocess.Popen([sys.executable, "-m", "rbtrace", *args], cwd=REPO,
+        # rbtrace-run(8)'s recipes run in the examples directory, as it says.
+        cwd = os.path.join(REPO, "examples") if args[:1] == ["run"] else REPO
+        proc = subprocess.Popen([sys.executable, "-m", "rbtrace", *args], cwd=cwd,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         chunks, started = [], threading.Event()
 
@@ -115,6 +129,13 @@ class Run:
                 f"rbtrace did not start: {proc.stderr.read().decode(errors='replace')}"
             work(tmp)
             time.sleep(0.3)
+            if "--" in args:
+                # With -- CMD, rbtrace ends with CMD: a SIGINT could land
+                # while it exits (after its handlers are restored).
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    pass
             if proc.poll() is None:
                 proc.send_signal(signal.SIGINT)
             self.returncode = proc.wait(timeout=120)
@@ -199,6 +220,7 @@ def _odd_workload(tmp):
 @pytest.mark.parametrize("command, extra", [
     ("exec", ["--max-arg-bytes", "64"]),
     ("open", ["--full-path"]),
+    ("tp", ["sched:sched_process_exec"]),
 ])
 def test_every_member_in_real_output_is_documented(command, extra, tmp_path, kernel_ok):
     run = Run([command, "--json", *extra], tmp_path, work=_odd_workload)
@@ -214,7 +236,8 @@ def test_every_member_in_real_output_is_documented(command, extra, tmp_path, ker
     events = [ln for ln in run.lines if ln["type"] == command]
     b64 = {k for e in events for k in e if k.endswith("_b64")}
     wanted = {"exec": {"argv_b64", "filename_b64", "comm_b64", "exe_b64"},
-              "open": {"path_b64", "full_path_b64"}}[command]
+              "open": {"path_b64", "full_path_b64"},
+              "tp": {"comm_b64"}}[command]
     assert wanted <= b64, f"the workload should have produced {wanted - b64}"
     for e in events:
         for k in b64 & set(e):
@@ -251,17 +274,24 @@ def _fuzz_records(dtype, n, rng):
 @pytest.mark.parametrize("command", docs.probe_commands())
 def test_members_of_synthetic_records_are_documented(command, kernel_ok):
     from rbtrace.bpf import LoadedProbe
-    from rbtrace.paths import probes_dir
     from rbtrace.probes import registry
     cmd = docs.cli.commands[command]
-    ctx = cmd.make_context(command, [], parent=docs._root_context())
+    # A command that takes a probe file is given an example; tp, tracepoints
+    # with every kind of field (__data_loc strings and arrays, char and
+    # integer arrays, pointers, syscall arguments stored wide).
+    arguments = {"run": [os.path.join(REPO, "examples", "kill.bpf.c")],
+                 "tp": ["sched:sched_process_fork", "syscalls:sys_enter_openat",
+                        "sched:sched_switch", "dma:dma_map_sg", "ipi:ipi_send_cpumask",
+                        "ras:non_standard_event", "raw_syscalls:sys_enter",
+                        "sock:inet_sock_set_state"]}.get(command, [])
+    ctx = cmd.make_context(command, list(arguments), parent=docs._root_context())
     opts = dict(ctx.params)
     for p in docs.command_params(cmd, command):
         if p.is_flag and p.name not in ("help", "debug", "failed"):
             opts[p.name] = True            # --full-path and the like: every member
     opts["filters_text"] = ""
     probe = registry()[command](opts)
-    loaded = LoadedProbe(probes_dir() / probe.source, {**probe.cflags(), "RING_PAGES": 1},
+    loaded = LoadedProbe(probe.source_path(), {**probe.cflags(), "RING_PAGES": 1},
                          probe.event_structs)
     try:
         event_types = list(loaded.event_types)

@@ -1,0 +1,330 @@
+"""rbtrace run: a probe of the user's own, FILE.bpf.c, decoded from its C.
+
+The file follows rbtrace's own probes' conventions through probes/rbtrace.h
+(the user-facing header, documented in man/rbtrace-run.8): it declares
+event structs that begin with `struct rb_header h`, names each with
+RBTRACE_EVENT(), and writes records with rbtrace_reserve() and
+rbtrace_submit(), which apply the filters and keep the loss counters.
+Everything else is the engine's: compile and load (bpf.LoadedProbe, with
+the user's includes pasted in and #line markers, so the compiler's and the
+verifier's messages name the user's file and lines), the ring, the
+accounting, the renderers.  Records are decoded by GenericProbe, with
+each member shown under "args" by its C path.
+
+Before anything is compiled, the source is read for what the compiler
+can't say (read_probe): the RBTRACE_EVENT names, the hooks (only those
+BCC attaches by itself load; uprobes and the like would sit unattached),
+and writes to the ring that bypass the counters.
+"""
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rbtrace.bpf import code_only
+from rbtrace.errors import ProbeError, UsageError
+from rbtrace.probes.generic import (HEADER_FIELDS, JSON_FIELDS, EventSpec, FieldSpec,
+                                    GenericProbe)
+
+__all__ = ["JSON_FIELDS", "RunProbe", "UserProbe", "read_probe", "ring_warnings", "counts_errors",
+           "examples_dir"]
+
+HEADER = "rbtrace.h"
+# The headers that declare the ring `events` and the counters.
+RING_HEADERS = (HEADER, "common.h")
+
+_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"]+)"', re.M)
+_EVENT = re.compile(r"\bRBTRACE_EVENT\s*\(\s*(\w+)\s*\)")
+_MARK = re.compile(r"\bRBTRACE_(HEX|BYTES)\s*\(\s*(\w+)\s*,\s*([^)]*?)\s*\)")
+_MARK_KINDS = {"HEX": "hex", "BYTES": "bytes"}
+
+# Hooks as BCC spells them: (kind, pattern giving the hook's name).  BCC
+# attaches functions by their name's prefix (BPF._trace_autoload in BCC
+# 0.26: kprobe__, kretprobe__, tracepoint__, raw_tracepoint__, kfunc__,
+# kretfunc__, lsm__); the macros of its helpers.h expand to those names.
+_HOOKS = (
+    ("tracepoint", re.compile(r"\bTRACEPOINT_PROBE\s*\(\s*(\w+\s*,\s*\w+)\s*\)")),
+    ("tracepoint", re.compile(r"\btracepoint__(\w+?__\w+)\s*\(")),
+    ("raw_tracepoint", re.compile(r"\bRAW_TRACEPOINT_PROBE\s*\(\s*(\w+)\s*\)")),
+    ("raw_tracepoint", re.compile(r"\braw_tracepoint__(\w+)\s*\(")),
+    ("kprobe", re.compile(r"\bk(?:ret)?probe__(\w+)\s*\(")),
+    ("fentry", re.compile(r"\bK(?:RET)?FUNC_PROBE\s*\(\s*(\w+)")),
+    ("fentry", re.compile(r"\bk(?:ret)?func__(\w+)\s*\(")),
+)
+# Program kinds rbtrace run refuses: what it is, and why.
+_REFUSED = (
+    (re.compile(r"\bLSM_PROBE\s*\(\s*(\w+)|\blsm__(\w+)\s*\("),
+     "an LSM program, which can refuse the operations it hooks: rbtrace run loads only "
+     "programs that observe"),
+    (re.compile(r"\bKMOD_RET\s*\(\s*(\w+)|\bkmod_ret__(\w+)\s*\("),
+     "a KMOD_RET program, which changes what the function returns: rbtrace run loads only "
+     "programs that observe"),
+    (re.compile(r"\bBPF_ITER\s*\(\s*(\w+)"),
+     "an iterator, which rbtrace run would never run"),
+)
+# A program for a uprobe, USDT probe or kprobe attached by name from user
+# space: a non-static function taking struct pt_regs *, which BCC leaves
+# unloaded unless told to attach it.
+_UNATTACHED = re.compile(r"^[ \t]*int[ \t]+(\w+)[ \t]*\([ \t]*struct[ \t]+pt_regs[ \t]*\*", re.M)
+_ATTACHED_PREFIXES = ("kprobe__", "kretprobe__", "tracepoint__", "raw_tracepoint__",
+                      "kfunc__", "kretfunc__", "lsm__")
+# Hooks common.h declares itself when following a command (FOLLOW=1).
+_FOLLOW_HOOKS = ("sched_process_fork", "sched_process_exit")
+
+_RING_CALL = re.compile(r"\b(\w+)\s*\.\s*(ringbuf_reserve|ringbuf_output|ringbuf_submit|"
+                        r"ringbuf_discard|perf_submit)\s*\(")
+
+
+def examples_dir() -> Path:
+    """The example probes: examples/ beside probes/ in a checkout, and
+    <prefix>/share/rbtrace/examples installed (setup.cfg's data_files)."""
+    from rbtrace.paths import probes_dir
+    return probes_dir().parent / "examples"
+
+
+@dataclass
+class Found:
+    """Something found in the source, and where."""
+    what: str
+    path: str          # as the user named it (the main file) or as included
+    line: int
+
+    def where(self):
+        return f"{self.path}:{self.line}"
+
+
+@dataclass
+class UserProbe:
+    path: Path                             # absolute, for the compiler
+    shown: str                             # as the user gave it, for messages
+    events: list = field(default_factory=list)       # Found(struct name)
+    marks: dict = field(default_factory=dict)        # (struct, C path) -> FieldSpec kind
+    hooks: list = field(default_factory=list)        # Found("kind name")
+    refused: list = field(default_factory=list)      # Found(reason)
+    unattached: list = field(default_factory=list)   # Found(function name)
+    ring_calls: list = field(default_factory=list)   # Found("map.call")
+    mentions: set = field(default_factory=set)       # identifiers used in the code
+    code: list = field(default_factory=list)         # each file's code, without comments
+    includes_ring: bool = False
+
+    @property
+    def event_names(self):
+        return tuple(f.what for f in self.events)
+
+
+def _read_text(path: str, shown: str) -> str:
+    """The file's text; a file that can't be read is a usage error."""
+    if os.path.isdir(path):
+        raise UsageError(f"{shown} is a directory, not a probe file")
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            return f.read()
+    except FileNotFoundError:
+        hint = None
+        example = examples_dir() / os.path.basename(path)
+        if os.sep not in shown and example.is_file():
+            hint = f"rbtrace's example is {example}"
+        raise UsageError(f"{shown}: no such file", hint=hint) from None
+    except OSError as e:
+        raise UsageError(f"cannot read {shown}: {e.strerror}") from None
+
+
+def _line(text, pos):
+    return text.count("\n", 0, pos) + 1
+
+
+def _user_files(path: str, shown: str):
+    """(path to show, text) of the user's file and the local headers it
+    includes, as bpf.inline_local_includes resolves them; rbtrace's own
+    headers are left out (but noted by name)."""
+    from rbtrace.paths import probes_dir
+    ours = probes_dir().resolve()
+    seen, todo, out, ring = set(), [(os.path.abspath(path), shown)], [], False
+    while todo:
+        p, name = todo.pop(0)
+        if p in seen:
+            continue
+        seen.add(p)
+        text = _read_text(p, name)
+        out.append((name, text))
+        for inc in _INCLUDE.findall(code_only(text)):
+            for d in (os.path.dirname(p), str(ours)):
+                candidate = os.path.abspath(os.path.join(d, inc))
+                if os.path.isfile(candidate):
+                    break
+            else:
+                continue                  # <...> or not found: the compiler's to say
+            if os.path.basename(inc) in RING_HEADERS:
+                ring = True
+            if Path(candidate).resolve().parent == ours:
+                continue                  # rbtrace's own header
+            todo.append((candidate, inc))
+    return out, ring
+
+
+def read_probe(path, follow=False) -> UserProbe:
+    """What rbtrace needs to know of a probe file before compiling it.
+
+    Raises UsageError when the file can't be read, ProbeError when it
+    can't work as an rbtrace probe (nothing would be attached, no event
+    struct, no ring)."""
+    shown = os.fspath(path)
+    probe = UserProbe(Path(os.path.abspath(shown)), shown)
+    files, probe.includes_ring = _user_files(shown, shown)
+    for name, text in files:
+        code = code_only(text)
+        # A #define line (RBTRACE_EVENT's own, or a wrapper) declares nothing.
+        plain = re.sub(r"^[ \t]*#(?:\\\n|\\.|[^\\\n])*", lambda m: "\n" * m.group(0).count("\n"),
+                       code, flags=re.M)
+        probe.code.append(plain)
+        probe.mentions.update(re.findall(r"\b[A-Za-z_]\w*\b", plain))
+        for m in _EVENT.finditer(plain):
+            probe.events.append(Found(m.group(1), name, _line(plain, m.start())))
+        for m in _MARK.finditer(plain):
+            member = re.sub(r"\s+", "", m.group(3))
+            probe.marks[(m.group(2), member)] = _MARK_KINDS[m.group(1)]
+        for kind, pattern in _HOOKS:
+            for m in pattern.finditer(plain):
+                hook = m.group(1)
+                if kind == "tracepoint":               # "syscalls:sys_enter_kill"
+                    hook = re.sub(r"\s*,\s*|__", ":", hook)
+                probe.hooks.append(Found(f"{kind} {hook}", name, _line(plain, m.start())))
+        for pattern, why in _REFUSED:
+            for m in pattern.finditer(plain):
+                what = re.sub(r"\s+", "", m.group(0)) + ")"      # "BPF_ITER(task)", "lsm__f()"
+                probe.refused.append(Found(f"{what} is {why}", name, _line(plain, m.start())))
+        for m in _UNATTACHED.finditer(plain):
+            if not m.group(1).startswith(_ATTACHED_PREFIXES):
+                probe.unattached.append(Found(m.group(1), name, _line(plain, m.start())))
+        for m in _RING_CALL.finditer(plain):
+            probe.ring_calls.append(Found(f"{m.group(1)}.{m.group(2)}", name,
+                                          _line(plain, m.start())))
+    _check(probe, follow)
+    return probe
+
+
+def _check(probe: UserProbe, follow: bool):
+    see = "see rbtrace-run(8)"
+    if probe.refused:
+        f = probe.refused[0]
+        raise ProbeError(f"{f.where()}: {f.what}", hint=see)
+    if probe.unattached:
+        f = probe.unattached[0]
+        raise ProbeError(f"{f.where()}: {f.what}(struct pt_regs *) would never be attached: "
+                         f"rbtrace run attaches tracepoints and raw tracepoints, not uprobes "
+                         f"or USDT probes", hint=see)
+    if not probe.hooks:
+        raise ProbeError(f"{probe.shown} hooks nothing: rbtrace run attaches the functions "
+                         f"declared with TRACEPOINT_PROBE(category, event) and "
+                         f"RAW_TRACEPOINT_PROBE(event)", hint=see)
+    if not probe.includes_ring:
+        raise ProbeError(f'{probe.shown} does not #include "{HEADER}", which declares the '
+                         f"ring buffer rbtrace reads", hint=see)
+    if not probe.events:
+        raise ProbeError(f"{probe.shown} declares no event struct: name each struct it "
+                         f"writes to the ring with RBTRACE_EVENT(name) after it", hint=see)
+    seen = {}
+    for f in probe.events:
+        if f.what in seen:
+            raise ProbeError(f"{f.where()}: RBTRACE_EVENT({f.what}) again (first at "
+                             f"{seen[f.what].where()})")
+        seen[f.what] = f
+    if follow:
+        for f in probe.hooks:
+            kind, _, name = f.what.partition(" ")
+            if kind == "raw_tracepoint" and name in _FOLLOW_HOOKS:
+                raise UsageError(f"{f.where()}: RAW_TRACEPOINT_PROBE({name}) is also what "
+                                 f"rbtrace uses to follow processes (-- CMD, --children)",
+                                 hint=f"hook TRACEPOINT_PROBE(sched, {name}) instead")
+
+
+def ring_warnings(probe: UserProbe) -> list:
+    """One-line warnings about records rbtrace can't account for: written
+    to the ring without the counters rbtrace_reserve() and rbtrace_submit()
+    keep (unless the file keeps them itself), or written elsewhere."""
+    out = []
+    direct = [f for f in probe.ring_calls if f.what.startswith("events.")]
+    uncounted = []
+    if "STAT_RINGBUF_FULL" not in probe.mentions:
+        uncounted += [(f, "dropped") for f in direct if f.what.endswith(("_reserve", "_output"))]
+    if "STAT_SUBMITTED" not in probe.mentions:
+        uncounted += [(f, "sent") for f in direct if f.what.endswith(("_submit", "_output"))]
+    if uncounted:
+        calls = sorted({f.what + "()" for f, _ in uncounted})
+        kinds = sorted({k for _, k in uncounted})
+        out.append(f"{uncounted[0][0].where()}: {' and '.join(calls)} called directly: records "
+                   f"{' and '.join(kinds)} are not counted, so loss accounting is off "
+                   f"(rbtrace_reserve() and rbtrace_submit() count them)")
+    other = [f for f in probe.ring_calls if not f.what.startswith("events.")]
+    if other:
+        f = other[0]
+        out.append(f"{f.where()}: {f.what}() writes where rbtrace does not read: rbtrace "
+                   f"reads the ring buffer `events` only")
+    return out
+
+
+# A member `ret` declared with one of these is a system call's result, and
+# its negative values are counted as errors (session.Tally compares the
+# column with 0, which a text column can't be).
+_SIGNED = {"s8", "s16", "s32", "s64", "__s8", "__s16", "__s32", "__s64", "int8_t", "int16_t",
+           "int32_t", "int64_t", "short", "int", "long", "ssize_t"}
+_RET_MEMBER = re.compile(r"\b(\w+)\s+ret\s*(\[|;)")
+
+
+def counts_errors(probe: UserProbe) -> bool:
+    """Whether every member called `ret` is a signed integer (not an array)."""
+    found = [m for text in probe.code for m in _RET_MEMBER.finditer(text)
+             if m.group(1) not in ("return", "goto", "case")]         # `return ret;`
+    return bool(found) and all(m.group(1) in _SIGNED and m.group(2) == ";" for m in found)
+
+
+class RunProbe(GenericProbe):
+    name = "run"
+    tally = (("commands", "comm"),)
+
+    def __init__(self, options):
+        super().__init__(options)
+        self.user = None
+        self._described = set()
+        if options.get("file") is None:
+            return                      # described, not run (docs and tests)
+        self.user = read_probe(options["file"], follow=bool(options.get("follow")))
+        if options.get("failed") and not ({"rbtrace_ret_wanted", "FILTER_FAILED"}
+                                          & self.user.mentions):
+            raise UsageError(f"-x/--failed: {self.user.shown} does not say which calls "
+                             f"failed (it never calls rbtrace_ret_wanted())")
+        if counts_errors(self.user):
+            self.tally = (("commands", "comm"), ("errors", "ret"))
+        self.events = {name: EventSpec(label=name) for name in self.user.event_names}
+        self.event_structs = self.user.event_names
+        for line in ring_warnings(self.user):
+            sys.stderr.write(f"rbtrace run: warning: {line}\n")
+        sys.stderr.flush()
+
+    def source_path(self):
+        return self.user.path
+
+    def _describe(self, event_type):
+        """The struct's members under "args" by their C paths ("in.a",
+        "ins[1].b"), shown as RBTRACE_HEX / RBTRACE_BYTES asked."""
+        paths = (event_type.dtype.metadata or {}).get("c_paths", {})
+        marks = self.user.marks if self.user else {}
+        fields = {}
+        for column in event_type.dtype.names:
+            if column in HEADER_FIELDS:
+                continue
+            path = paths.get(column, column)
+            kind = "auto"
+            for (struct, member), k in marks.items():
+                if struct == event_type.name and (
+                        path == member or path.startswith((member + ".", member + "["))):
+                    kind = k
+            fields[column] = FieldSpec(kind=kind, label=path)
+        self.events[event_type.name] = EventSpec(label=event_type.name, fields=fields)
+        self._described.add(event_type.name)
+
+    def decode(self, event_type, records, offsets, data):
+        if event_type.name not in self._described:
+            self._describe(event_type)
+        return super().decode(event_type, records, offsets, data)
