@@ -9,6 +9,7 @@ already has.
 A command's failure to start is reported the way a shell reports it:
 127 when it is not found, 126 when it can't be executed.
 """
+import ctypes
 import errno
 import os
 import signal
@@ -59,6 +60,25 @@ def _check_file(path: str) -> str:
     return path
 
 
+def initial_environment() -> dict:
+    """The environment rbtrace was started with, for CMD.
+
+    Python changes its own at start-up: with no locale set it adds
+    LC_CTYPE=C.UTF-8 (PEP 538 locale coercion), which CMD must not inherit.
+    /proc/self/environ still holds what exec gave the process."""
+    try:
+        with open("/proc/self/environ", "rb") as f:
+            block = f.read()
+    except OSError:
+        return dict(os.environb)
+    env = {}
+    for item in block.split(b"\0"):
+        key, sep, value = item.partition(b"=")
+        if sep and key:
+            env[key] = value
+    return env
+
+
 def shell_status(wait_status: int) -> int:
     """A wait status as a shell's $?: the exit code, or 128 + signal."""
     code = os.waitstatus_to_exitcode(wait_status)
@@ -80,6 +100,7 @@ class Command:
         self.released = False
 
     def start(self):
+        env = initial_environment()
         go_r, go_w = os.pipe()
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         sys.stdout.flush()
@@ -93,10 +114,11 @@ class Command:
                 # Python ignores these at start-up; exec would keep them ignored.
                 for sig in (signal.SIGPIPE, signal.SIGXFSZ):
                     signal.signal(sig, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_SETMASK, ())   # exec keeps a mask
                 if os.read(go_r, 1) == b"g":
                     os.close(go_r)
                     try:
-                        os.execv(self.path, self.argv)
+                        os.execve(self.path, self.argv, env)
                     except OSError as e:
                         code = NOT_FOUND if e.errno == errno.ENOENT else NOT_EXECUTABLE
                         os.write(err_w, f"{e.errno}".encode())
@@ -136,13 +158,14 @@ class Command:
             _, self.wait_status = os.waitpid(self.pid, 0)
         return self.wait_status
 
-    def forward(self, signum, from_terminal: bool) -> bool:
+    def forward(self, signum, from_kernel: bool) -> bool:
         """Give a signal meant to stop rbtrace to CMD instead, as a shell
-        does with its foreground job.  A Ctrl-C on the terminal already
-        reached CMD (same process group): it is not sent twice."""
+        does with its foreground job.  One the kernel sent (a terminal's
+        Ctrl-C) went to CMD's process group too: it is not sent twice.
+        False once CMD has exited: then the signal is rbtrace's."""
         if self.exited():
             return False
-        if not from_terminal:
+        if not from_kernel:
             try:
                 os.kill(self.pid, signum)
             except ProcessLookupError:
@@ -203,8 +226,6 @@ class RunningProcess:
     def reap(self):
         self._exited = True      # not our child: no status to take
 
-    def forward(self, signum, from_terminal: bool) -> bool:
-        return False                      # not ours: a signal stops rbtrace
 
     def abandon(self):
         pass
@@ -243,19 +264,49 @@ def descendants(roots, proc="/proc") -> set:
     return found - set(roots)
 
 
-def signal_from_terminal(signum) -> bool:
-    """Whether a SIGINT/SIGQUIT most likely came from the terminal: rbtrace
-    is in the terminal's foreground process group (with CMD).  SIGTERM and
-    others never come from a terminal."""
-    if signum not in (signal.SIGINT, signal.SIGQUIT):
-        return False
-    try:
-        fd = os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY)
-    except OSError:
-        return False                      # no controlling terminal
-    try:
-        return os.tcgetpgrp(fd) == os.getpgrp()
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
+SI_KERNEL = 0x80           # si_code of a signal the kernel sent: a terminal's Ctrl-C
+_SIGSET_BYTES = 128        # sizeof(sigset_t) in glibc
+_SIGINFO_BYTES = 128       # sizeof(struct signalfd_siginfo)
+
+
+class SignalFd:
+    """SIGINT and SIGTERM as a pollable fd, with who sent them.
+
+    A Ctrl-C on the terminal goes to the whole foreground process group,
+    CMD included, and arrives with si_code SI_KERNEL; one sent with
+    kill(2) (by timeout(1), a supervisor, a user) comes as SI_USER and
+    reached rbtrace alone.  Python's signal handlers can't tell them apart,
+    signalfd(2) can.  While it is open the signals are blocked and come
+    only through it."""
+
+    def __init__(self, signals=(signal.SIGINT, signal.SIGTERM)):
+        from rbtrace.kernel import libc
+        self.signals = set(signals)
+        mask = ctypes.create_string_buffer(_SIGSET_BYTES)
+        bits = sum(1 << (int(s) - 1) for s in self.signals)
+        mask[:8] = bits.to_bytes(8, "little")
+        signal.pthread_sigmask(signal.SIG_BLOCK, self.signals)
+        fd = libc().signalfd(-1, mask, os.O_NONBLOCK | os.O_CLOEXEC)
+        if fd < 0:
+            err = ctypes.get_errno()
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, self.signals)
+            raise OSError(err, f"signalfd: {os.strerror(err)}")
+        self.fd = fd
+
+    def read(self):
+        """[(signal number, sent by the kernel?)] of the signals waiting."""
+        out = []
+        while True:
+            try:
+                info = os.read(self.fd, _SIGINFO_BYTES)
+            except BlockingIOError:
+                return out
+            signo = int.from_bytes(info[0:4], "little")
+            code = int.from_bytes(info[8:12], "little", signed=True)
+            out.append((signo, code == SI_KERNEL))
+
+    def close(self):
+        """Unblock the signals.  Any still waiting are delivered to the
+        handlers in place, as if they had just arrived."""
+        os.close(self.fd)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, self.signals)

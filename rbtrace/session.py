@@ -79,10 +79,15 @@ class Session:
         self.batch_bytes = ring_bytes // 64      # "little is waiting" below this
 
     def _on_signal(self, signum, frame):
-        from rbtrace.follow import signal_from_terminal
-        if self.follow is not None and self.follow.forward(signum, signal_from_terminal(signum)):
-            return                  # CMD decides; rbtrace goes on until it exits
         self.stop_reason = self.stop_reason or signum
+
+    def _on_command_signals(self):
+        """SIGINT/SIGTERM while following `-- CMD` (see follow.SignalFd):
+        CMD's to decide, as a shell leaves them to its foreground job;
+        rbtrace goes on until CMD exits.  Once it has, they stop rbtrace."""
+        for signum, from_kernel in self._sigfd.read():
+            if not self.follow.forward(signum, from_kernel):
+                self.stop_reason = self.stop_reason or signum
 
     def run(self) -> int:
         import mmap
@@ -109,11 +114,15 @@ class Session:
                 poller.register(self._out_fd, 0)
             except OSError:       # a regular file or tty can't be polled that way
                 self._out_fd = None
-        self._pidfd = None
+        self._pidfd = self._sigfd = None
         if self.follow is not None:
             self._seed(loaded)
             self._pidfd = self.follow.pidfd
             poller.register(self._pidfd, select.EPOLLIN)
+        if self.follow is not None and self.follow.waits_for_end:
+            from rbtrace.follow import SignalFd
+            self._sigfd = SignalFd()
+            poller.register(self._sigfd.fd, select.EPOLLIN)
         self.started = time.monotonic()
         try:
             self.renderer.start({"probe": self.probe.name, "ring_bytes": self.ring_bytes,
@@ -141,6 +150,8 @@ class Session:
                 ring.close()
                 loaded.close()
             finally:
+                if self._sigfd is not None:
+                    self._sigfd.close()     # what is still waiting goes to _on_signal
                 signal.set_wakeup_fd(old_wakeup)
                 for s, h in old_handlers.items():
                     signal.signal(s, h)
@@ -187,7 +198,9 @@ class Session:
         exit status is still CMD's, so wait for it, still forwarding signals."""
         while not self.follow.exited():
             for fd, _ in poller.poll(1.0):
-                if fd == self._pidfd:
+                if fd == self._sigfd.fd:
+                    self._on_command_signals()
+                elif fd == self._pidfd:
                     self.follow.reap()
 
     def _loop(self, loaded, ring, poller):
@@ -209,6 +222,8 @@ class Session:
                 elif fd == self._out_fd and ev & (select.EPOLLERR | select.EPOLLHUP):
                     self.stop_reason = "output closed"
                     self.renderer.output_gone()
+                elif self._sigfd is not None and fd == self._sigfd.fd:
+                    self._on_command_signals()
                 elif fd == self._pidfd:
                     self.follow.reap()
                     self.stop_reason = self.stop_reason or self.follow.end_reason
