@@ -284,8 +284,11 @@ class OpenProbe(Probe):
         newrun[1:] |= sec_arr[1:] != sec_arr[:-1]
         starts = np.flatnonzero(newrun).tolist()
         ends = starts[1:] + [n]
-        numbers = np.column_stack((records["seq"].astype("u8"), wall % 1_000_000_000,
-                                   records["ts_ns"].astype("u8"))).ravel().tolist()
+        # All int64: with a uint64 column numpy would promote to float64,
+        # exact only below 2**53 (ts_ns passes that after 104 days up).
+        numbers = np.column_stack((records["seq"].astype(np.int64),
+                                   (wall % 1_000_000_000).astype(np.int64),
+                                   records["ts_ns"].astype(np.int64))).ravel().tolist()
         out = []
         for s0, e0 in zip(starts, ends):
             key = bytes(data[lo[s0]:hi[s0]])

@@ -309,3 +309,18 @@ def test_json_fields_lists_every_member_decode_makes():
     seen = {k for e in plain + full for k in e}
     assert seen <= set(op.JSON_FIELDS)
     assert {"path_b64", "comm_b64", "full_path"} <= seen
+
+
+def test_json_lines_keep_big_numbers_exact():
+    """ts_ns past 2**53 (104 days of uptime) and a large seq come out to
+    the unit, as decode() has them: no trip through float64."""
+    import orjson
+    big = 2**53 + 1
+    rows = [{"path": b"/a", "ts_ns": big + k, "seq": big + 7 * k} for k in range(3)]
+    probe = op.OpenProbe({})
+    probe.clock = fields.Clock(offset_ns=0)
+    recs, offsets, data = records(SHORT, rows)
+    want = b"".join(orjson.dumps(e) + b"\n" for e in probe.decode(SHORT, recs, offsets, data))
+    got = probe.json_lines(SHORT, recs, offsets, data)
+    assert got == want
+    assert [orjson.loads(ln)["ts_ns"] for ln in got.splitlines()] == [big, big + 1, big + 2]
