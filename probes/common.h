@@ -204,6 +204,21 @@ static __always_inline int comm_wanted(const char *comm)
 static __always_inline int comm_wanted(const char *comm) { return 1; }
 #endif
 
+/* task_wanted() and comm_wanted() for the current task: the filters a
+ * probe checks first, before it stores or reserves anything. */
+static __always_inline int current_wanted(void)
+{
+    if (!task_wanted(bpf_get_current_pid_tgid(), (u32)bpf_get_current_uid_gid()))
+        return 0;
+#ifdef FILTER_COMM
+    char comm[16];
+    bpf_get_current_comm(comm, sizeof(comm));
+    if (!comm_wanted(comm))
+        return 0;
+#endif
+    return 1;
+}
+
 static __always_inline void fill_header(struct rb_header *h, u64 seq)
 {
     u64 pid_tgid = bpf_get_current_pid_tgid();

@@ -168,15 +168,9 @@ static __always_inline int read_how(struct open_state_long *s)
 static __always_inline int enter(u16 syscall, s32 dirfd, const char *upath,
                                  u64 flags, u64 mode, const void *how, u64 usize)
 {
+    if (!current_wanted())
+        return 0;
     u64 pid_tgid = bpf_get_current_pid_tgid();
-    if (!task_wanted(pid_tgid, (u32)bpf_get_current_uid_gid()))
-        return 0;
-#ifdef FILTER_COMM
-    char comm[16];
-    bpf_get_current_comm(comm, sizeof(comm));
-    if (!comm_wanted(comm))
-        return 0;
-#endif
     int zero = 0;
     struct open_state_long *s = scratch.lookup(&zero);
     if (!s)

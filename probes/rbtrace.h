@@ -51,15 +51,7 @@
  * entry hook keeping arguments for the exit hook). */
 static __always_inline int rbtrace_task_wanted(void)
 {
-    if (!task_wanted(bpf_get_current_pid_tgid(), (u32)bpf_get_current_uid_gid()))
-        return 0;
-#ifdef FILTER_COMM
-    char comm[16];
-    bpf_get_current_comm(comm, sizeof(comm));
-    if (!comm_wanted(comm))
-        return 0;
-#endif
-    return 1;
+    return current_wanted();
 }
 
 /* Does a call's return value pass -x (only failed calls, ret < 0)? */

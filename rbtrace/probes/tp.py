@@ -559,15 +559,8 @@ int {fn}(void *ctx)
 {{
     if (rbtp_stopped())
         return 0;
-    u64 pid_tgid = bpf_get_current_pid_tgid();
-    if (!task_wanted(pid_tgid, (u32)bpf_get_current_uid_gid()))
+    if (!current_wanted())
         return 0;
-#ifdef FILTER_COMM
-    char comm[16];
-    bpf_get_current_comm(comm, sizeof(comm));
-    if (!comm_wanted(comm))
-        return 0;
-#endif
     u64 seq = next_seq();
     struct {struct} *e = events.ringbuf_reserve(sizeof(struct {struct}));
     if (!e) {{

@@ -179,7 +179,7 @@ def test_each_program_filters_before_reserving_and_accounts_like_open():
     for fn, _ in g.tracepoints:
         body = program(g.source, fn)
         order = [body.index(s) for s in (
-            "rbtp_stopped()", "task_wanted(pid_tgid", "comm_wanted(comm)", "next_seq()",
+            "rbtp_stopped()", "current_wanted()", "next_seq()",
             ".ringbuf_reserve(", "count(STAT_RINGBUF_FULL)", "fill_header(&e->h, seq)",
             ".ringbuf_submit(e, 0)", "count(STAT_SUBMITTED)")]
         assert order == sorted(order), fn
