@@ -51,9 +51,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-RESULTS = os.path.join(HERE, "results")
 sys.path.insert(0, HERE)
-from run import _cpu_model, code_state, cpu_ns, log, quiet_machine  # noqa: E402
+from run import _cpu_model, code_state, cpu_ns, log, quiet_machine, save  # noqa: E402
 
 # The build's environment, the same for every variant: nothing of the
 # caller's (a MAKEFLAGS from `make bench` would change make -j).
@@ -351,7 +350,7 @@ def main():
                                                    if "delivered" in row else ""))
     except BaseException as e:
         result["error"] = f"{type(e).__name__}: {e}"
-        save(result, stamp)
+        save(result, stamp, prefix="follow-")
         bench.close()
         raise
     bench.close()
@@ -374,16 +373,7 @@ def main():
             table(summary, startup, args)]
     result["tables_markdown"] = "\n".join(text)
     print("\n".join(text))
-    save(result, stamp)
-
-
-def save(result, stamp):
-    os.makedirs(RESULTS, exist_ok=True)
-    for name in (f"follow-{stamp}.json", "follow-latest.json"):
-        with open(os.path.join(RESULTS, name), "w") as f:
-            json.dump(result, f, indent=1)
-    log(f"wrote benchmarks/results/follow-{stamp}.json and follow-latest.json"
-        + (" (partial: " + result["error"] + ")" if result.get("error") else ""))
+    save(result, stamp, prefix="follow-")
 
 
 if __name__ == "__main__":

@@ -1061,12 +1061,13 @@ def main():
     save(result, stamp)
 
 
-def save(result, stamp):
+def save(result, stamp, prefix=""):
+    """benchmarks/results/<prefix><stamp>.json and <prefix>latest.json."""
     os.makedirs(RESULTS, exist_ok=True)
-    for name in (f"{stamp}.json", "latest.json"):
+    for name in (f"{prefix}{stamp}.json", f"{prefix}latest.json"):
         with open(os.path.join(RESULTS, name), "w") as f:
             json.dump(result, f, indent=1)
-    log(f"wrote benchmarks/results/{stamp}.json and latest.json"
+    log(f"wrote benchmarks/results/{prefix}{stamp}.json and {prefix}latest.json"
         + (" (partial: " + result["error"] + ")" if result.get("error") else ""))
 
 
