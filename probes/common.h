@@ -24,6 +24,9 @@
 #ifndef FILTER_UID
 #define FILTER_UID 0xffffffff         /* (u32)-1: any user */
 #endif
+#ifndef SELF_PID
+#define SELF_PID 0                    /* rbtrace's own tgid: never reported */
+#endif
 #ifndef FILTER_FAILED
 #define FILTER_FAILED 0               /* 1: only calls that returned < 0 */
 #endif
@@ -173,6 +176,10 @@ static __always_inline int follow_wanted(u32 tgid) { return 1; }
  * state is stored or any ring space is reserved. */
 static __always_inline int task_wanted(u64 pid_tgid, u32 uid)
 {
+    /* rbtrace's own work (its writes, its opens) would otherwise feed
+     * back into what it traces: tp on a write path loops on itself. */
+    if (SELF_PID && (u32)(pid_tgid >> 32) == SELF_PID)
+        return 0;
     if (!follow_wanted(pid_tgid >> 32))
         return 0;
     if (FILTER_PID && (u32)(pid_tgid >> 32) != FILTER_PID)

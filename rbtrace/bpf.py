@@ -208,6 +208,9 @@ def prepare():
 _LOCAL_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"]+)"[ \t]*$')
 
 
+_TRACEPOINT_HEAD = re.compile(r"^(\s*TRACEPOINT_PROBE\s*\(\s*\w+\s*,\s*\w+\s*\))(.*)$")
+
+
 def inline_local_includes(path, search=(), _seen=None) -> str:
     """The probe's source with its `#include "x.h"` files pasted in.
 
@@ -232,8 +235,18 @@ def inline_local_includes(path, search=(), _seen=None) -> str:
                     candidate = os.path.abspath(os.path.join(d, m.group(1)))
                     break
         if candidate is None:
-            if number > 1 and not lines[number - 2].endswith("\\"):
+            continued = number > 1 and lines[number - 2].endswith("\\")
+            if number > 1 and not continued:
                 out.append(f'#line {number} "{path}"')
+            tp = None if continued else _TRACEPOINT_HEAD.match(line)
+            if tp and tp.group(2).strip():
+                # BCC inserts the tracepoint's argument struct (several
+                # lines) just before TRACEPOINT_PROBE: code after it on the
+                # same line would be reported that many lines further on.
+                # It goes on a line of its own, at the same column.
+                out += [tp.group(1), f'#line {number} "{path}"',
+                        " " * len(tp.group(1)) + tp.group(2)]
+                continue
             out.append(line)
             continue
         if candidate not in _seen:      # not ours: left to the compiler
@@ -349,6 +362,7 @@ class LoadedProbe:
         flags = []
         if cflags.get("FOLLOW"):
             cflags = {**cflags, "EXIT_HAS_GROUP_DEAD": int(kernel.exit_has_group_dead())}
+        cflags = {"SELF_PID": os.getpid(), **cflags}
         for name, value in {**kernel.task_offsets(), **cflags}.items():
             flags.append(f"-D{name}" if value is True else f"-D{name}={value}")
         self.cflags = flags

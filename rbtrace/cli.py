@@ -167,6 +167,8 @@ def _follow_target(opts):
     if command and opts.get("pid"):
         raise UsageError("--pid can't be combined with a command after --: "
                          "the command's own process tree is followed")
+    if opts.get("pid"):
+        follow.check_process(opts["pid"])
     if command:
         return follow.Command(command)        # 127/126 now, before any probe loads
     if opts.get("children"):

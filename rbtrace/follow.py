@@ -115,8 +115,10 @@ class Command:
                 for sig in (signal.SIGPIPE, signal.SIGXFSZ):
                     signal.signal(sig, signal.SIG_DFL)
                 signal.pthread_sigmask(signal.SIG_SETMASK, ())   # exec keeps a mask
+                # Nothing between the release and the exec: CMD is followed
+                # from here on, and a close() here would be traced as CMD's.
+                # go_r is close-on-exec (PEP 446), like err_w.
                 if os.read(go_r, 1) == b"g":
-                    os.close(go_r)
                     try:
                         os.execve(self.path, self.argv, env)
                     except OSError as e:
@@ -196,6 +198,25 @@ class Command:
                             "signal": sig}}
 
 
+def check_process(pid: int, option="--pid"):
+    """UsageError unless `pid` is a running process (a thread group id):
+    a filter on a pid that is not one would trace nothing, silently."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            status = f.read()
+    except FileNotFoundError:
+        raise UsageError(f"{option} {pid}: no such process")
+    except OSError as e:
+        raise UsageError(f"{option} {pid}: cannot read /proc/{pid}/status: {e.strerror}")
+    for line in status.splitlines():
+        if line.startswith(b"Tgid:"):
+            tgid = int(line.split()[1])
+            if tgid != pid:
+                raise UsageError(f"{option} {pid} is a thread of process {tgid}: "
+                                 f"{option} takes a process id")
+            return
+
+
 class RunningProcess:
     """`--pid P --children`: P, already running, and its descendants."""
 
@@ -204,9 +225,11 @@ class RunningProcess:
 
     def __init__(self, pid: int):
         self.pid = pid
+        check_process(pid)
         try:
             self.pidfd = os.pidfd_open(pid)
-        except ProcessLookupError:
+        except OSError:                   # gone since, or not a process leader
+            check_process(pid)
             raise UsageError(f"--pid {pid}: no such process")
         self.released = True
         self._exited = False

@@ -844,3 +844,33 @@ def test_pid_children_follows_a_running_tree_and_ends_with_it(rbtrace, tmp_path,
         "pre-existing", "child", "subshell", "orphan")), got
     (pre,) = [e for e in r.events if e["argv"][1].startswith("pre-existing")]
     assert {pre["pid"], pre["ppid"]} & {int(k) for k in kids.split()}
+
+
+def test_cmds_closes_are_its_own_and_nothing_of_rbtraces(kernel_ok, tmp_path):
+    """`tp 'syscalls:sys_enter_close*' -- CMD` sees the calls strace -f
+    sees: nothing from the held child between its release and its exec (a
+    close() there once showed), nothing of rbtrace's own."""
+    cmd = ["/bin/sh", "-c", "cat /etc/hostname >/dev/null; ls / >/dev/null"]
+    p, r = traced("tp", tmp_path / "tp.json", cmd, extra=["syscalls:sys_enter_close*"])
+    assert p.returncode == 0, p.stderr.decode()
+    assert r.summary["dropped"] == 0 and r.summary["missed_by_kernel"] == 0
+    ours = collections.Counter((e["event"].split(":")[1][len("sys_enter_"):], e["args"]["fd"])
+                               for e in r.events if e["event"].endswith("close"))
+    log = tmp_path / "strace.log"
+    assert strace_run(log, cmd, "close").returncode == 0
+    theirs = collections.Counter(("close", int(m[1])) for m in
+                                 re.finditer(r"^\d+ +close\((\d+)\)", log.read_text(), re.M))
+    assert ours == theirs and sum(theirs.values()) > 5
+
+
+def test_rbtrace_never_reports_itself(rbtrace, tmp_path):
+    """rbtrace's own opens (its user-name lookup in /etc/passwd among them)
+    are not events: on a write path they would feed back into the trace."""
+    marker = tmp_path / ("self-" + uuid.uuid4().hex[:8])
+    t = rbtrace("open", "--json")
+    for _ in range(3):
+        subprocess.run(["/bin/cat", str(marker)], stderr=subprocess.DEVNULL)
+        time.sleep(0.2)
+    r = t.stop()
+    assert [e["path"] for e in r.events if e["path"] == str(marker)] == [str(marker)] * 3
+    assert not [e for e in r.events if e["pid"] == t.proc.pid]

@@ -303,6 +303,14 @@ TRACEPOINT_PROBE(syscalls, sys_exit_kill)
     return 0;
 }
 """, 12, "invalid application of 'sizeof' to an incomplete type 'struct evx'"),
+    # A whole probe on the line of its TRACEPOINT_PROBE: BCC's struct is
+    # inserted before it on that very line.
+    "one-line": ("""#include "rbtrace.h"
+struct ev { struct rb_header h; s32 sig; };
+RBTRACE_EVENT(ev);
+
+TRACEPOINT_PROBE(syscalls, sys_enter_kill) { return args->signal; }
+""", 5, "no member named 'signal' in 'struct tracepoint__syscalls__sys_enter_kill'"),
 }
 
 

@@ -104,3 +104,30 @@ def test_usage_shows_the_command():
     from rbtrace.cli import cli
     out = CliRunner().invoke(cli, ["exec", "--help"]).output
     assert "[-- CMD [ARGS]...]" in out.splitlines()[0]
+
+
+def test_pid_must_be_a_running_process_not_a_thread():
+    """--pid on a thread id or a pid that doesn't exist would trace nothing,
+    silently: it is refused instead (exit 2), with or without --children."""
+    import threading
+    done = threading.Event()
+    t = threading.Thread(target=done.wait)
+    t.start()
+    try:
+        tid = t.native_id
+        for argv in (["exec", "--pid", str(tid)], ["open", "--pid", str(tid), "--children"]):
+            with pytest.raises(SystemExit) as e:
+                main(argv)
+            assert e.value.code == Exit.USAGE
+        with pytest.raises(Exception) as e:
+            follow.check_process(tid)
+        assert f"is a thread of process {os.getpid()}" in str(e.value)
+    finally:
+        done.set()
+        t.join()
+    follow.check_process(os.getpid())
+    free = max(int(p) for p in os.listdir("/proc") if p.isdigit()) + 1
+    while os.path.exists(f"/proc/{free}"):
+        free += 1
+    with pytest.raises(Exception, match="no such process"):
+        follow.check_process(free)
