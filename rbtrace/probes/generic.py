@@ -378,6 +378,8 @@ class GenericProbe(Probe):
                     text += "…"
             elif kind == "array":
                 text = "[" + ",".join(map(str, value)) + "]"
+            elif isinstance(value, bool):
+                text = "true" if value else "false"      # as in the JSON
             else:
                 text = str(value)
             parts.append(f"{fmt.escape_str(label)}={text}")

@@ -389,7 +389,7 @@ def _c_comment(text: str) -> str:
     return text.replace("*/", "* /")
 
 
-_C_SIZE = {"char": 1, "u8": 1, "s8": 1, "u16": 2, "s16": 2, "u32": 4, "s32": 4,
+_C_SIZE = {"char": 1, "bool": 1, "u8": 1, "s8": 1, "u16": 2, "s16": 2, "u32": 4, "s32": 4,
            "u64": 8, "s64": 8}
 
 
@@ -441,7 +441,9 @@ def layout(fmt: TpFormat, string_bytes: int) -> Layout:
     def add_field(f, note=""):
         cname = member_name("f_", f)
         comment = f"{f.type} {f.name}{note}"
-        if f.kind in ("int", "pointer"):
+        if f.kind == "int" and f.type in ("bool", "_Bool") and f.size == 1:
+            members.append(Member(cname, "bool", 0, comment))    # JSON true/false
+        elif f.kind in ("int", "pointer"):
             members.append(Member(cname, _C_INT[f.elem], 0, comment))
         elif f.kind == "chars":
             members.append(Member(cname, "char", f.count, comment))

@@ -245,7 +245,7 @@ class RbHeader(ctypes.Structure):
                 ("comm", ctypes.c_char * 16)]
 
 
-_CT = {"char": ctypes.c_char, "u8": ctypes.c_uint8, "s8": ctypes.c_int8,
+_CT = {"char": ctypes.c_char, "bool": ctypes.c_bool, "u8": ctypes.c_uint8, "s8": ctypes.c_int8,
        "u16": ctypes.c_uint16, "s16": ctypes.c_int16, "u32": ctypes.c_uint32,
        "s32": ctypes.c_int32, "u64": ctypes.c_uint64, "s64": ctypes.c_int64}
 
@@ -336,7 +336,7 @@ def test_arrays_bytes_and_odd_types():
     view, offs, data = records(et, [row])
     (e,) = probe.decode(et, view, offs, data)
     assert e["args"] == {
-        "saddr": [127, 0, 0, 1], "sysctl_mem": [1, -2, 3], "ino": 2**63, "dir": 2, "ok": 1,
+        "saddr": [127, 0, 0, 1], "sysctl_mem": [1, -2, 3], "ino": 2**63, "dir": 2, "ok": True,
         "c": -1, "big": bytes(range(16)).hex(), "header": "0xffff888000001000",
         "name": "kworker/0:1", "addrs": [0x1000, 2**64 - 1], "cpumask": [3, 128], "note": "hi"}
     cell = probe.args_cell(e)
