@@ -10,7 +10,7 @@ from rbtrace import paths
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def test_wheel_installs_probes_and_man_pages(tmp_path):
+def test_wheel_installs_probes_examples_and_man_pages(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
                     "-w", str(tmp_path), REPO], check=True, capture_output=True, timeout=300)
     (wheel,) = glob.glob(str(tmp_path / "rbtrace-*.whl"))
@@ -20,6 +20,8 @@ def test_wheel_installs_probes_and_man_pages(tmp_path):
         assert f"share/man/man8/{page}" in data
     for src in os.listdir(os.path.join(REPO, "probes")):
         assert f"share/rbtrace/probes/{src}" in data
+    for example in os.listdir(os.path.join(REPO, "examples")):
+        assert f"share/rbtrace/examples/{example}" in data     # rbtrace-run(8) points there
 
 
 def test_installed_probes_are_found_under_the_prefix(tmp_path, monkeypatch):
