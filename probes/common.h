@@ -238,4 +238,26 @@ static __always_inline void fill_header(struct rb_header *h, u64 seq)
     bpf_get_current_comm(h->comm, sizeof(h->comm));
 }
 
+/* A record of `size` bytes (a constant: the verifier wants one) that
+ * starts with struct rb_header, the header filled in; 0 when the ring is
+ * full, counted as a drop.  `seq` is taken by the caller before asking
+ * for space, so that a gap in the delivered numbers is a refused record. */
+static __always_inline void *reserve_event(u32 size, u64 seq)
+{
+    struct rb_header *h = events.ringbuf_reserve(size);
+    if (!h) {
+        count(STAT_RINGBUF_FULL);
+        return 0;
+    }
+    fill_header(h, seq);
+    return h;
+}
+
+/* Send a record from reserve_event(), and count it. */
+static __always_inline void submit_event(void *record)
+{
+    events.ringbuf_submit(record, 0);
+    count(STAT_SUBMITTED);
+}
+
 #endif

@@ -227,30 +227,23 @@ static __always_inline void emit(struct open_info *i, const char *path, long ret
     u32 len = i->path_len;
     u64 seq = next_seq();
     if (len < SHORT_PATH) {
-        struct open_event_short *e = events.ringbuf_reserve(sizeof(struct open_event_short));
-        if (!e) {
-            count(STAT_RINGBUF_FULL);
+        struct open_event_short *e = reserve_event(sizeof(*e), seq);
+        if (!e)
             return;
-        }
-        fill_header(&e->h, seq);
         e->ret = ret;
         __builtin_memcpy(&e->i, i, sizeof(e->i));
         /* path and its NUL: at most SHORT_PATH bytes */
         bpf_probe_read_kernel(e->path, (len & (SHORT_PATH - 1)) + 1, path);
-        events.ringbuf_submit(e, 0);
+        submit_event(e);
     } else {
-        struct open_event_long *e = events.ringbuf_reserve(sizeof(struct open_event_long));
-        if (!e) {
-            count(STAT_RINGBUF_FULL);
+        struct open_event_long *e = reserve_event(sizeof(*e), seq);
+        if (!e)
             return;
-        }
-        fill_header(&e->h, seq);
         e->ret = ret;
         __builtin_memcpy(&e->i, i, sizeof(e->i));
         bpf_probe_read_kernel(e->path, (len & (LONG_PATH - 1)) + 1, path);
-        events.ringbuf_submit(e, 0);
+        submit_event(e);
     }
-    count(STAT_SUBMITTED);
 }
 
 /* An entry whose path or open_how could not be read at entry: read them

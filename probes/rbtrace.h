@@ -69,13 +69,7 @@ static __always_inline void *rbtrace_reserve_bytes(u32 size)
     /* The number is taken before asking for space, so that a gap in the
      * delivered numbers is a record the full ring refused. */
     u64 seq = next_seq();
-    struct rb_header *h = events.ringbuf_reserve(size);
-    if (!h) {
-        count(STAT_RINGBUF_FULL);
-        return 0;
-    }
-    fill_header(h, seq);
-    return h;
+    return reserve_event(size, seq);
 }
 
 /* rbtrace_reserve(NAME): a struct NAME * ready to fill, or 0. */
@@ -85,8 +79,7 @@ static __always_inline void *rbtrace_reserve_bytes(u32 size)
 /* Send a record from rbtrace_reserve() to rbtrace, and count it. */
 static __always_inline void rbtrace_submit(void *record)
 {
-    events.ringbuf_submit(record, 0);
-    count(STAT_SUBMITTED);
+    submit_event(record);
 }
 
 /* How rbtrace shows a member, when not as a number or a string:

@@ -564,15 +564,11 @@ int {fn}(void *ctx)
     if (!current_wanted())
         return 0;
     u64 seq = next_seq();
-    struct {struct} *e = events.ringbuf_reserve(sizeof(struct {struct}));
-    if (!e) {{
-        count(STAT_RINGBUF_FULL);
+    struct {struct} *e = reserve_event(sizeof(struct {struct}), seq);
+    if (!e)
         return 0;
-    }}
-    fill_header(&e->h, seq);
 {fills}{zero_pad}
-    events.ringbuf_submit(e, 0);
-    count(STAT_SUBMITTED);
+    submit_event(e);
     return 0;
 }}
 """)
