@@ -224,8 +224,7 @@ class RunningProcess:
     end_reason = "process exited"
 
     def __init__(self, pid: int):
-        self.pid = pid
-        check_process(pid)
+        self.pid = pid                    # checked by the CLI (check_process)
         try:
             self.pidfd = os.pidfd_open(pid)
         except OSError:                   # gone since, or not a process leader
