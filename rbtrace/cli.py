@@ -391,7 +391,18 @@ def _debug_requested(argv):
     return "--debug" in argv or os.environ.get("RBTRACE_DEBUG") == "1"
 
 
+def _usr1_ignored(signum, frame):
+    """SIGUSR1 is kept for reopening the -o file after a log rotation; until
+    then it is ignored, and said to be, rather than killing rbtrace."""
+    try:                     # os.write: the handler may interrupt a write to sys.stderr
+        os.write(2, b"rbtrace: SIGUSR1 ignored (reopening the output file is not supported yet)\n")
+    except OSError:
+        pass
+
+
 def main(argv=None):
+    import signal
+    signal.signal(signal.SIGUSR1, _usr1_ignored)
     argv = sys.argv[1:] if argv is None else argv
     debug = _debug_requested(argv)
     try:

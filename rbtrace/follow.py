@@ -292,7 +292,8 @@ _SIGINFO_BYTES = 128       # sizeof(struct signalfd_siginfo)
 
 
 class SignalFd:
-    """SIGINT and SIGTERM as a pollable fd, with who sent them.
+    """Signals (the session's stop signals: SIGINT, SIGTERM, SIGHUP,
+    SIGQUIT, SIGALRM) as a pollable fd, with who sent them.
 
     A Ctrl-C on the terminal goes to the whole foreground process group,
     CMD included, and arrives with si_code SI_KERNEL; one sent with
