@@ -33,7 +33,7 @@ class SizeType(click.ParamType):
         except ValueError as e:
             self.fail(str(e), param, ctx)
         if not fields.is_pow2_pages(n, mmap.PAGESIZE):
-            self.fail(f"{value!r} is not a power of two and a whole number of "
+            self.fail(f"'{fields.for_message(value)}' is not a power of two and a whole number of "
                       f"{mmap.PAGESIZE}-byte pages (try 4M, 16M, 64M)", param, ctx)
         return n
 
@@ -56,9 +56,9 @@ class CommType(click.ParamType):
     name = "COMM"
 
     def convert(self, value, param, ctx):
-        raw = value.encode()
+        raw = os.fsencode(value)        # argv bytes that are not UTF-8 included
         if not raw or len(raw) >= TASK_COMM_LEN or b"\0" in raw:
-            self.fail(f"{value!r}: a command name is 1 to {TASK_COMM_LEN - 1} bytes "
+            self.fail(f"'{fields.for_message(value)}': a command name is 1 to {TASK_COMM_LEN - 1} bytes "
                       f"(the kernel truncates longer names)", param, ctx)
         return value
 
@@ -197,7 +197,7 @@ def _run_probe(probe_name, opts):
         filters.append(f"command={os.path.basename(target.argv[0])}")
     if opts.get("comm"):
         # Padded to the kernel's 15 bytes: common.h compares whole words.
-        opts["comm_literal"] = c_string_literal(opts["comm"].encode().ljust(TASK_COMM_LEN - 1, b"\0"))
+        opts["comm_literal"] = c_string_literal(os.fsencode(opts["comm"]).ljust(TASK_COMM_LEN - 1, b"\0"))
     opts["filters_text"] = " ".join(filters)
     probe = registry()[probe_name](opts)
 
@@ -206,7 +206,7 @@ def _run_probe(probe_name, opts):
         try:
             out_file = open(opts["output"], "wb")
         except OSError as e:
-            raise UsageError(f"cannot open {opts['output']}: {e.strerror}")
+            raise UsageError(f"cannot open {fields.for_message(opts['output'])}: {e.strerror}")
     out = out_file or sys.stdout.buffer
     try:
         if opts.get("json_out"):
@@ -253,7 +253,7 @@ def _print_summary(s):
         line += "; top errors: " + ", ".join(f"{k} {v}" for k, v in s["top_errors"].items())
     command = s.get("command")
     if command and command["status"] is not None:
-        name = os.path.basename(command["argv"][0])
+        name = fields.for_message(os.path.basename(command["argv"][0]))
         how = (f"killed by {command['signal']} ({command['status']})" if command["signal"]
                else f"exited with status {command['status']}")
         line += f"; {name} {how}"
@@ -273,7 +273,7 @@ def _exec_arg_bytes(ctx, param, value):
         raise click.BadParameter(str(e), ctx, param)
     lo, hi = exec_probe.MIN_ARG_BYTES, exec_probe.LIMIT_ARG_BYTES
     if not lo <= n <= hi:
-        raise click.BadParameter(f"{value!r} is not between {lo} and {hi} (1M) bytes", ctx, param)
+        raise click.BadParameter(f"'{fields.for_message(value)}' is not between {lo} and {hi} (1M) bytes", ctx, param)
     return n
 
 
@@ -356,7 +356,7 @@ def tp_cmd(**opts):
         for pattern in opts["tracepoints"] or (None,):
             found = tp.list_matching(pattern)
             if not found:
-                raise UsageError(f"no tracepoint matches {pattern!r}")
+                raise UsageError(f"no tracepoint matches '{fields.for_message(pattern)}'")
             names.extend(n for n in found if n not in names)
         sys.stdout.write("".join(n + "\n" for n in names))
         sys.stdout.flush()
@@ -416,7 +416,7 @@ def main(argv=None):
         # One line: click's own message, and where to look.
         ctx = getattr(e, "ctx", None)
         where = f" (see '{ctx.command_path} --help')" if ctx else ""
-        sys.stderr.write(f"rbtrace: {e.format_message()}{where}\n")
+        sys.stderr.write(fields.safe_message(f"rbtrace: {e.format_message()}{where}") + "\n")
         code = Exit.USAGE
     except click.exceptions.Abort:
         code = Exit.INTERRUPTED
@@ -429,13 +429,13 @@ def main(argv=None):
     except RbtraceError as e:
         if debug:
             traceback.print_exc()
-        sys.stderr.write(f"rbtrace: {e}\n")
+        sys.stderr.write(fields.safe_message(f"rbtrace: {e}") + "\n")
         code = e.exit_code
     except Exception as e:  # a bug: say so in one line, traceback with --debug
         if debug:
             traceback.print_exc()
-        sys.stderr.write(f"rbtrace: internal error: {type(e).__name__}: {e} "
-                         f"(run with --debug for the traceback)\n")
+        sys.stderr.write(fields.safe_message(f"rbtrace: internal error: {type(e).__name__}: {e} "
+                                             f"(run with --debug for the traceback)") + "\n")
         code = Exit.ERROR
     sys.exit(int(code))
 

@@ -17,6 +17,7 @@ import stat
 import sys
 
 from rbtrace.errors import CommandError, Exit, UsageError
+from rbtrace.fields import for_message
 
 NOT_FOUND, NOT_EXECUTABLE = Exit.NOT_FOUND, Exit.CANNOT_EXECUTE
 
@@ -44,19 +45,19 @@ def resolve(name: str, path_env=None) -> str:
         denied = denied or candidate
     if denied:
         return _check_file(denied)
-    raise CommandError(f"{name}: command not found", NOT_FOUND)
+    raise CommandError(f"{for_message(name)}: command not found", NOT_FOUND)
 
 
 def _check_file(path: str) -> str:
     try:
         st = os.stat(path)
     except OSError as e:
-        raise CommandError(f"{path}: {e.strerror}",
+        raise CommandError(f"{for_message(path)}: {e.strerror}",
                            NOT_FOUND if e.errno in (errno.ENOENT, errno.ENOTDIR) else NOT_EXECUTABLE)
     if stat.S_ISDIR(st.st_mode):
-        raise CommandError(f"{path}: Is a directory", NOT_EXECUTABLE)
+        raise CommandError(f"{for_message(path)}: Is a directory", NOT_EXECUTABLE)
     if not os.access(path, os.X_OK) or not stat.S_ISREG(st.st_mode):
-        raise CommandError(f"{path}: Permission denied", NOT_EXECUTABLE)
+        raise CommandError(f"{for_message(path)}: Permission denied", NOT_EXECUTABLE)
     return path
 
 
@@ -145,7 +146,7 @@ class Command:
         if report:
             self.wait()
             err = int(report)
-            raise CommandError(f"{self.path}: {os.strerror(err)}",
+            raise CommandError(f"{for_message(self.path)}: {os.strerror(err)}",
                                NOT_FOUND if err == errno.ENOENT else NOT_EXECUTABLE)
 
     def exited(self) -> bool:
