@@ -16,7 +16,7 @@ import signal
 import stat
 import sys
 
-from rbtrace.errors import CommandError, Exit, UsageError
+from rbtrace.errors import CommandError, EnvironmentProblem, Exit, UsageError
 from rbtrace.fields import for_message
 
 NOT_FOUND, NOT_EXECUTABLE = Exit.NOT_FOUND, Exit.CANNOT_EXECUTE
@@ -131,7 +131,13 @@ class Command:
         os.close(err_w)
         self.pid = pid
         self._go, self._err = go_w, err_r
-        self.pidfd = os.pidfd_open(pid)
+        try:
+            self.pidfd = os.pidfd_open(pid)
+        except OSError as e:             # ENOSYS before Linux 5.3, EMFILE...
+            self.abandon()               # held, never exec'd: kill and reap it
+            raise EnvironmentProblem(f"pidfd_open: {e.strerror}",
+                                     hint="following a command needs Linux 5.3 or later"
+                                     if e.errno == errno.ENOSYS else None) from e
 
     def roots(self):
         return [self.pid]
@@ -228,8 +234,12 @@ class RunningProcess:
         self.pid = pid                    # checked by the CLI (check_process)
         try:
             self.pidfd = os.pidfd_open(pid)
-        except OSError:                   # gone since, or not a process leader
-            check_process(pid)
+        except OSError as e:
+            if e.errno not in (errno.ESRCH, errno.EINVAL):
+                raise EnvironmentProblem(f"pidfd_open: {e.strerror}",
+                                         hint="--children needs Linux 5.3 or later"
+                                         if e.errno == errno.ENOSYS else None) from e
+            check_process(pid)            # gone since, or not a process leader
             raise UsageError(f"--pid {pid}: no such process")
         self.released = True
         self._exited = False
