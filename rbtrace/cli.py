@@ -246,6 +246,8 @@ def _print_summary(s):
         line += f" (ring full {s['ringbuf_full']}, state map full {s['map_full']}; try a larger --ring-size)"
     if s.get("not_delivered_count_reached"):
         line += f", {s['not_delivered_count_reached']} more not shown after --count"
+    if s.get("missed_by_kernel"):
+        line += f", {s['missed_by_kernel']} probe runs skipped by the kernel (events may be lost)"
     if s.get("not_followed"):
         line += f", {s['not_followed']} child processes not followed (their events are lost)"
     line += f", {s['duration_s']:.1f}s"
