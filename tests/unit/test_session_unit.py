@@ -178,10 +178,10 @@ def test_tally_fast_path_matches_unique_path_on_the_same_values():
 # --- missed_by_kernel ------------------------------------------------------------------
 
 def test_missed_by_kernel_is_reported_as_it_grows_and_in_the_summary():
-    """The kernel's recursion_misses (a tracing program not run because
-    another BPF program was running on that CPU) can't be provoked on
-    purpose from a test without a second tracer racing ours; the reporting
-    path is driven here with a fake loaded probe instead."""
+    """The reporting path, step by step, with a fake loaded probe: a lost
+    record for each growth, none when nothing changed, the totals in the
+    summary.  tests/kernel/test_missed_by_kernel.py provokes real
+    recursion_misses."""
     s = make_session()
     loaded = FakeLoaded(submitted=0, misses=0)
     s._report(loaded, FakeRing(), 1.0)
