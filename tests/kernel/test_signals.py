@@ -21,6 +21,7 @@ import uuid
 import pytest
 
 from conftest import REPO, parse_json_lines
+from test_follow import _run_in_terminal, _tmux, tmux_shell  # noqa: F401 (a fixture)
 
 RBTRACE = [sys.executable, "-m", "rbtrace"]
 PYTHON = "/usr/bin/python3"
@@ -290,3 +291,30 @@ def test_sighup_ignored_at_start_stays_ignored(kernel_ok, tmp_path):
     assert r.returncode == 130, r.stderr
     _complete(r)
     assert _paths(r) == _record(tmp_path)
+
+
+def test_ctrl_backslash_on_a_terminal_reaches_cmd_once(tmux_shell, tmp_path):
+    """Ctrl-\\ sends SIGQUIT to the terminal's foreground process group,
+    rbtrace and CMD alike, from the kernel: rbtrace must not send CMD a
+    second copy, nor die of it; it traces on until CMD exits."""
+    mark = uuid.uuid4().hex
+    (tmp_path / "cmd.py").write_text(CMD)
+    status, out = tmp_path / "status", tmp_path / "out.json"
+    _run_in_terminal(tmux_shell, f"{' '.join(RBTRACE)} open --json -o {out} "
+                                 f"--path /nonexistent/{mark}/ -- {PYTHON} {tmp_path}/cmd.py "
+                                 f"SIGQUIT {tmp_path} {mark} 2>{tmp_path}/err; echo $? >{status}")
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "ready").exists():
+        assert time.monotonic() < deadline, (tmp_path / "err").read_text()
+        time.sleep(0.05)
+    _tmux("send-keys", "-t", tmux_shell, "C-\\")
+    while not (status.exists() and status.read_text().endswith("\n")):
+        assert time.monotonic() < deadline + 60, "rbtrace never ended"
+        time.sleep(0.05)
+    assert (tmp_path / "count").read_text() == "1\n", "CMD got Ctrl-\\'s SIGQUIT more or less than once"
+    assert status.read_text() == "41\n", (tmp_path / "err").read_text()
+    r = parse_json_lines(out.read_text())
+    r.stderr, r.returncode = (tmp_path / "err").read_text(), 41
+    _complete(r)
+    assert r.summary["command"]["status"] == 41
+    assert _paths(r) == _record(tmp_path) and len(r.events) == 100
