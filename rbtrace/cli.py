@@ -198,7 +198,9 @@ def _run_probe(probe_name, opts):
     if opts.get("comm"):
         # Padded to the kernel's 15 bytes: common.h compares whole words.
         opts["comm_literal"] = c_string_literal(os.fsencode(opts["comm"]).ljust(TASK_COMM_LEN - 1, b"\0"))
-    opts["filters_text"] = " ".join(filters)
+    # Text for the start record and the footer: argv bytes that are not
+    # UTF-8 (a --comm, a --path, CMD's name) can't go into JSON as they are.
+    opts["filters_text"] = os.fsencode(" ".join(filters)).decode("utf-8", "replace")
     probe = registry()[probe_name](opts)
 
     out_file = None

@@ -200,7 +200,10 @@ class Command:
         sig = None
         if st is not None and os.WIFSIGNALED(st):
             sig = signal.Signals(os.WTERMSIG(st)).name
-        return {"command": {"argv": self.argv, "pid": self.pid,
+        # Valid UTF-8 for JSON: an argument that is not shows U+FFFD (CMD's
+        # exec event has the exact bytes, as argv_b64).
+        argv = [os.fsencode(a).decode("utf-8", "replace") for a in self.argv]
+        return {"command": {"argv": argv, "pid": self.pid,
                             "status": shell_status(st) if st is not None else None,
                             "signal": sig}}
 

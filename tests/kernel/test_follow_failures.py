@@ -150,3 +150,27 @@ def test_exec_of_a_garbage_file_fails_at_release_with_126(kernel_ok, tmp_path):
     sh = subprocess.run(["/bin/bash", "-c", '"$0" arg', str(garbage)], env=ENV,
                         capture_output=True)
     assert sh.returncode == 126, sh
+
+
+def test_cmd_and_comm_names_that_are_not_utf8(kernel_ok, tmp_path):
+    """argv bytes that are not UTF-8 (CMD's name, a --comm) were an internal
+    error when the start and summary records were written as JSON."""
+    import base64
+    d = tmp_path / "bin"
+    d.mkdir()
+    name = os.fsdecode(b"t\xff\x1b")
+    shutil.copy("/bin/true", d / name)
+    p = subprocess.run([*RBTRACE, "exec", "--json", "--", str(d / name), "x"],
+                       cwd=REPO, env=ENV, capture_output=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    r = parse_json_lines(p.stdout.decode("utf-8"))
+    assert r.lines[0]["filters"] == "command=t\ufffd\x1b"
+    [e] = r.events
+    assert [base64.b64decode(a) for a in e["argv_b64"]] == [os.fsencode(d / name), b"x"]
+    assert r.summary["command"]["argv"] == [os.fsencode(d / name).decode("utf-8", "replace"), "x"]
+    err = p.stderr.decode()
+    assert err.count("\n") == 1 and err[:-1].isprintable(), err
+    p = subprocess.run([*RBTRACE, "exec", "--json", "-d", "0.5", "--comm", name],
+                       cwd=REPO, env=ENV, capture_output=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout.splitlines()[0])["filters"] == "comm=t\ufffd\x1b"
