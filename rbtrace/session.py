@@ -113,6 +113,13 @@ class Session:
         ring = RingConsumer(loaded.ring_fd, self.ring_bytes, loaded.event_types)
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signals = stop_signals()
+        self._pidfd = self._sigfd = None
+        if self.follow is not None and self.follow.waits_for_end:
+            # Blocked before any handler is in place: no stop signal can end
+            # the run between here and CMD's release, letting CMD go untraced;
+            # each waits in the fd and is forwarded once CMD runs.
+            from rbtrace.follow import SignalFd
+            self._sigfd = SignalFd(signals)
         old_handlers = {s: signal.signal(s, self._on_signal) for s in signals}
         old_wakeup = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
         poller = select.epoll()
@@ -129,14 +136,11 @@ class Session:
                 poller.register(self._out_fd, 0)
             except OSError:       # a regular file or tty can't be polled that way
                 self._out_fd = None
-        self._pidfd = self._sigfd = None
         if self.follow is not None:
             self._seed(loaded)
             self._pidfd = self.follow.pidfd
             poller.register(self._pidfd, select.EPOLLIN)
-        if self.follow is not None and self.follow.waits_for_end:
-            from rbtrace.follow import SignalFd
-            self._sigfd = SignalFd(signals)
+        if self._sigfd is not None:
             poller.register(self._sigfd.fd, select.EPOLLIN)
         self.started = time.monotonic()
         try:

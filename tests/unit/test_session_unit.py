@@ -4,6 +4,7 @@ exactly: --count's cut and its text, Tally's two paths, missed_by_kernel
 reporting, the bounded drain after detach, and signal forwarding while
 waiting for CMD."""
 import collections
+import os
 import select
 import signal
 
@@ -313,3 +314,97 @@ def test_sighup_ignored_at_start_is_left_out(monkeypatch):
     finally:
         signal.signal(signal.SIGHUP, old)
     assert signal.SIGHUP in session.stop_signals()
+
+
+# --- a stop signal before CMD is released ---------------------------------------------------
+
+class RunProbe(FakeProbe):
+    event_structs = ()
+
+    def cflags(self):
+        return {}
+
+    def source_path(self):
+        return "fake.bpf.c"
+
+
+class RunRenderer(FakeRenderer):
+    def start(self, info):
+        pass
+
+    def input_fds(self):
+        return []
+
+    def output_fd(self):
+        return None
+
+    def close(self, summary):
+        self.summary = summary
+
+
+def test_a_stop_signal_before_cmd_is_released_goes_to_cmd_which_stays_traced(
+        monkeypatch, tmp_path):
+    """SIGHUP arrives while the session is being set up (here: while the
+    followed pid is put in the map), before CMD is released.  It must not
+    end the run with CMD then let go untraced: CMD gets it, and the probes
+    stay attached until CMD has exited."""
+    from rbtrace import follow
+    log = []
+    ring_r, ring_w = os.pipe()
+
+    class Loaded:
+        ring_fd, event_types = ring_r, ()
+
+        def __init__(self, *a, **k):
+            pass
+
+        def follow(self, pids):
+            os.kill(os.getpid(), signal.SIGHUP)           # the signal, mid set-up
+            log.append("seeded")
+
+        def counters(self):
+            return [0, 0, 0, 0]
+
+        def prog_misses(self):
+            return 0
+
+        def followed_count(self):
+            return 0
+
+        def detach(self):
+            log.append(("detach", "cmd exited" if cmd.exited() else "cmd running"))
+
+        def close(self):
+            pass
+
+    class Ring(FakeRing):
+        fd = ring_r
+
+        def __init__(self, *a):
+            super().__init__()
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(session, "LoadedProbe", Loaded)
+    monkeypatch.setattr(session, "RingConsumer", Ring)
+    got = tmp_path / "got"
+    cmd = follow.Command(["/bin/sh", "-c", f"trap 'echo HUP >{got}; exit 5' HUP; "
+                                           f"i=0; while [ $i -lt 100 ]; do sleep 0.05; "
+                                           f"i=$((i+1)); done; exit 9"])
+    old = signal.getsignal(signal.SIGHUP)
+    try:
+        cmd.start()
+        s = Session(RunProbe(), RunRenderer(), 1 << 20, follow=cmd)
+        code = s.run()
+    finally:
+        cmd.abandon()
+        cmd.close()
+        os.close(ring_r)
+        os.close(ring_w)
+        signal.signal(signal.SIGHUP, old)
+    assert log == ["seeded", ("detach", "cmd exited")], "CMD ran with the probes detached"
+    # CMD got the SIGHUP: in its trap (5), or before sh had set the trap (129).
+    assert code in (5, 129) and s.summary["command"]["status"] == code
+    assert got.exists() == (code == 5)
+    assert s.summary["stopped_by"] == "command exited"
