@@ -332,7 +332,8 @@ class Session:
         for a moment; wait for it (bounded) rather than lose it."""
         for _ in range(200):
             self._drain(ring)
-            if loaded.counters()[0] == self.delivered or self.stop_reason in ("count", "output closed"):
+            if (loaded.counters()[0] == self.delivered
+                    or self.stop_reason in ("count", "output closed", "output error")):
                 return
             time.sleep(0.001)
 
