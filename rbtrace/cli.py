@@ -209,7 +209,7 @@ def _run_probe(probe_name, opts):
             raise UsageError(f"cannot open {fields.escape_str(opts['output'])}: {e.strerror}")
         out = Output(out_fd, opts["output"])
     else:
-        out = Output(sys.stdout.fileno() if sys.stdout else 1, "standard output")
+        out = Output(1, "standard output")
     try:
         if opts.get("json_out"):
             renderer = JsonRenderer(out, probe)
