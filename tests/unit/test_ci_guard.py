@@ -159,3 +159,19 @@ def test_the_counting_pytest_ignores_an_inherited_inventory_request(tmp_path):
     finally:
         del os.environ["RBTRACE_KERNEL_INVENTORY"]
     assert rc != 0 and f"0 of {ALL_KERNEL} kernel tests ran" in out, out
+
+
+def test_ci_run_sets_ci_and_runs_make_test_only(tmp_path):
+    """.ci/run with a `make` that records how it was called."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    record = tmp_path / "record"
+    make = bin_dir / "make"
+    make.write_text(f'#!/bin/sh\necho "$* CI=$CI ADDOPTS=${{PYTEST_ADDOPTS-unset}}" >> {record}\n')
+    make.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "CI"}
+    env.update(PATH=f"{bin_dir}:{env['PATH']}", PYTEST_ADDOPTS="--noconftest")
+    p = subprocess.run([str(TESTS.parent / ".ci" / "run")], env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert record.read_text() == "test CI=true ADDOPTS=unset\n"
