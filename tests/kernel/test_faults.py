@@ -213,15 +213,33 @@ def test_missing_tracepoint_is_named(kernel_ok, tmp_path):
 
 
 def test_hook_kind_that_cannot_load_is_named(kernel_ok, tmp_path):
+    """A built-in probe using a hook kind that can't load (forced, so the
+    refusal is tested whatever this kernel has) ends with one line."""
+    env = _probe_copy(tmp_path, lambda s: s + "\nint kprobe__do_sys_openat2(void *ctx) { return 0; }\n")
+    env["RBTRACE_FORCE_UNLOADABLE"] = "kprobe"
+    p = subprocess.run([*RBTRACE, "exec", "--json", "-d", "1"], cwd=REPO, env=env,
+                       capture_output=True, timeout=60)
+    assert p.returncode == 1 and p.stdout == b"", p.stderr
+    src = os.path.join(env["RBTRACE_PROBES_DIR"], "exec.bpf.c")
+    assert p.stderr.decode() == (
+        f"rbtrace: {src}: uses kprobe hooks, which this kernel can't load: refused by "
+        f"RBTRACE_FORCE_UNLOADABLE (a testing aid) (hint: rbtrace doctor lists the hook kinds "
+        f"that load here; use tracepoints)\n")
+
+
+def test_kprobe_refusal_names_the_missing_kernel_option(kernel_ok, tmp_path):
+    """Unforced: the reason says why kprobes can't load, from sysfs rather
+    than from a failed load's text.  (A kernel with kprobes loads it.)"""
     env = _probe_copy(tmp_path, lambda s: s + "\nint kprobe__do_sys_openat2(void *ctx) { return 0; }\n")
     p = subprocess.run([*RBTRACE, "exec", "--json", "-d", "1"], cwd=REPO, env=env,
                        capture_output=True, timeout=60)
     err = p.stderr.decode()
     if os.path.exists("/sys/bus/event_source/devices/kprobe"):
-        assert p.returncode == 0, err          # a kernel with kprobes loads it
+        assert p.returncode == 0 and parse_json_lines(p.stdout.decode()).summary, err
         return
-    assert p.returncode == 1 and p.stdout == b"" and len(err.strip().splitlines()) == 1, err
-    assert "uses kprobe hooks, which this kernel can't load" in err and "CONFIG_KPROBES" in err
+    assert p.returncode == 1 and p.stdout == b"" and len(err.splitlines()) == 1, err
+    assert ("uses kprobe hooks, which this kernel can't load: the kernel has no kprobe support "
+            "(CONFIG_KPROBES is off)") in err
 
 
 @pytest.mark.parametrize("length, truncated", [(4095, False), (4096, True)])
