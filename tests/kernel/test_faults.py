@@ -53,7 +53,11 @@ def _loaded_ids():
 
 
 def _start(*args):
-    p = subprocess.Popen([*RBTRACE, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # Unbuffered: communicate() reads the pipe's fd itself, so lines that a
+    # buffered readline() had taken in past the first would be lost (and a
+    # line cut in two), whenever events come right after the start line.
+    p = subprocess.Popen([*RBTRACE, *args], cwd=REPO, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, bufsize=0)
     first = p.stdout.readline()
     assert json.loads(first)["type"] == "start", first
     return p
