@@ -260,9 +260,10 @@ class TableRenderer:
     """
 
     tail = 200            # events decoded per batch: more than any screen shows
+    shows_tally = True    # the summary view: the session counts table_tally too
     history = 10000       # rows kept for the filter and for scrolling back
     wants_bytes = False
-    KEYS = "q quit  space pause  ↑↓ PgUp PgDn scroll  s summary  / filter"
+    KEYS = "q quit  space pause  ↑↓ scroll  s summary  / filter"
 
     # Escape sequences of the keys that scroll: arrows, PgUp/PgDn, Home/End
     # (both the CSI and the SS3 forms terminals send).

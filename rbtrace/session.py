@@ -45,6 +45,15 @@ class Tally:
             if not len(col):
                 continue
             counter = self.counts[name]
+            if column == "path":
+                # Only the bytes before the NUL are the path: the rest of the
+                # slot is whatever the ring held before, so np.unique would
+                # see one path as many.  Counted only for the live table.
+                for v, c in collections.Counter(col.tolist()).items():
+                    key = cstr(v)
+                    if key:
+                        counter[key] += c
+                continue
             first = col[0]
             if bool((col == first).all()):
                 # A storm repeats one value: skip the sort np.unique does.
@@ -75,7 +84,10 @@ class Session:
         self.delivered = 0
         self.stop_reason = None
         self._reported = {}         # losses already reported, by kind
-        self.tally = Tally(probe.tally)
+        # What only the live table's summary view shows costs more per
+        # event than the other modes can spend (see OpenProbe.table_tally).
+        self.tally = Tally(probe.tally + (getattr(probe, "table_tally", ())
+                                          if getattr(renderer, "shows_tally", False) else ()))
         self.batch_bytes = ring_bytes // 64      # "little is waiting" below this
 
     def _on_signal(self, signum, frame):

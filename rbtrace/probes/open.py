@@ -158,9 +158,11 @@ class OpenProbe(Probe):
     name = "open"
     source = "open.bpf.c"
     event_structs = ("open_event_short", "open_event_long")
-    # No ("files", "path"): counting the path column with np.unique costs
-    # over 1 us per event, more than decoding it, and storms are the point.
     tally = (("commands", "comm"), ("errors", "ret"))
+    # Top files for the table's summary view only: counting the path column
+    # costs about a microsecond per event, more than decoding it, and in
+    # JSON or plain mode storms are the point.
+    table_tally = (("files", "path"),)
     columns = (
         # priority: which columns a narrow terminal drops first (highest)
         time_column(priority=5),
