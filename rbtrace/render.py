@@ -444,11 +444,12 @@ class TableRenderer:
             keys = f"filter: {fields.escape_str(self.editing)}_  (Enter apply, Esc clear)"
         else:
             keys = (f"filter '{fields.escape_str(self.text_filter)}' | " if self.text_filter else "") + self.KEYS
-        line1 = (f"{state}{self.probe.name}{' ' + self.filters if self.filters else ''} | "
-                 f"{elapsed:.0f}s | {self._recent_rate():.0f}/s | events {s.get('delivered', 0)} | "
+        # The counts first: on a narrow terminal the filters are what is cut.
+        line1 = (f"{state}{self.probe.name} | events {s.get('delivered', 0)} | "
                  f"dropped {s.get('dropped', 0)}"
                  + (f" | kernel-skipped {s['missed_by_kernel']}" if s.get("missed_by_kernel") else "")
-                 + f" | ring {s.get('ring_fill', 0) * 100:.0f}%")
+                 + f" | {self._recent_rate():.0f}/s | ring {s.get('ring_fill', 0) * 100:.0f}% | "
+                 f"{elapsed:.0f}s{' | ' + self.filters if self.filters else ''}")
         style = "bold red reverse" if s.get("dropped") else "reverse"
         return [Text(_cut(line1, width), style=style, no_wrap=True),
                 Text(_cut(keys, width), style="dim", no_wrap=True)]
@@ -465,14 +466,16 @@ class TableRenderer:
         tops = [tally.top(name, max(1, height - 1)) for name in names]
         lines = [Text(" ".join(_pad(_cut(f"top {name}", col_w), col_w, "left") for name in names)
                       .rstrip(), style="bold", no_wrap=True)]
+        digits = [len(str(t[0][1])) if t else 1 for t in tops]
         for i in range(max((len(t) for t in tops), default=0)):
             cells = []
-            for t in tops:
+            for name, t, d in zip(names, tops, digits):
                 text = ""
                 if i < len(t):
                     key, n = t[i]
                     key = fields.escape_text(key) if isinstance(key, bytes) else fields.escape_str(key)
-                    text = _cut(f"{n:>8} {key}", col_w, "start")
+                    # The count whole; a file keeps the end of its path.
+                    text = f"{n:>{d}} " + _cut(key, col_w - d - 1, "end" if name == "files" else "start")
                 cells.append(_pad(text, col_w, "left"))
             lines.append(Text(" ".join(cells).rstrip(), no_wrap=True))
         return [Text(_cut(ln.plain, width)) if ln.cell_len > width else ln for ln in lines]
