@@ -247,6 +247,7 @@ def test_pause_while_filtered_freezes_the_matches_and_counting_goes_on(keyed):
     keys.send(table, "/f/4\r")
     keys.send(table, " ")
     before = frame()
+    assert sorted(_pids(before)) == [1004] + list(range(1040, 1050))
     table.events([_open_event(1100, "/f/4-new")])
     table.tick({"delivered": 51})
     after = frame()
@@ -287,7 +288,7 @@ def test_q_quits_and_s_shows_top_files():
     for i, (comm, ret, path, junk) in enumerate([
             (b"cat", 3, b"/etc/hosts", b"xyz"), (b"cat", -2, b"/nope", b""),
             (b"ls", 3, b"/etc/hosts", b"q"), (b"ls", -13, b"/root/x", b"garbage"),
-            (b"ls", -2, b"/nope", b"zz"), (b"cat", 4, b"/etc/hosts", b"")]):
+            (b"ls", -2, b"/nope", b"zz"), (b"cat", -14, b"", b"\x01junk")]):
         recs[i] = (comm, ret, len(path), path + b"\0" + junk)
     tally.add(recs)
     table.tick({"tally": tally})
@@ -295,10 +296,25 @@ def test_q_quits_and_s_shows_top_files():
     keys.send(table, "s")
     lines = _frame(table, console, out)
     assert lines[0].split() == ["top", "commands", "top", "errors", "top", "files"]
-    assert lines[1].split() == ["3", "cat", "2", "ENOENT", "3", "/etc/hosts"]
-    assert lines[2].split() == ["3", "ls", "1", "EACCES", "2", "/nope"]
-    assert lines[3].split() == ["1", "/root/x"]
+    assert lines[1].split() == ["3", "cat", "2", "ENOENT", "2", "/etc/hosts"]
+    row2, row3 = lines[2].split(), lines[3].split()
+    assert row2[:2] + row2[4:] == ["3", "ls", "2", "/nope"]
+    assert row3[:1] + row3[2:] == ["1", "1", "/root/x"]             # no empty path
+    assert {row2[3], row3[1]} == {"EACCES", "EFAULT"} and row2[2] == "1"
+    assert lines[4] == ""                                           # 3 files, no more
     assert keys.send(table, "q") == "quit"
+
+
+def test_the_session_counts_files_only_for_the_table():
+    from rbtrace.session import Session
+    probe = OpenProbe({})
+    table, _, _ = _table(probe, 80, 10)
+    assert [n for n, _ in Session(probe, table, 4096).tally.spec] == ["commands", "errors", "files"]
+    plain = PlainRenderer(io.BytesIO(), probe)
+    assert [n for n, _ in Session(probe, plain, 4096).tally.spec] == ["commands", "errors"]
+    exec_probe = ExecProbe({})
+    table, _, _ = _table(exec_probe, 80, 10)
+    assert [n for n, _ in Session(exec_probe, table, 4096).tally.spec] == ["commands", "errors"]
 
 
 # --- deferred frames ------------------------------------------------------------
