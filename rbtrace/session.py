@@ -46,13 +46,7 @@ class Tally:
                 continue
             counter = self.counts[name]
             if column == "path":
-                # Only the bytes before the NUL are the path: the rest of the
-                # slot is whatever the ring held before, so np.unique would
-                # see one path as many.  Counted only for the live table.
-                for v, c in collections.Counter(col.tolist()).items():
-                    key = cstr(v)
-                    if key:
-                        counter[key] += c
+                self._add_paths(counter, col, records["path_len"])
                 continue
             first = col[0]
             if bool((col == first).all()):
@@ -63,6 +57,27 @@ class Tally:
                 pairs = zip(values.tolist(), counts.tolist())
             for v, c in pairs:
                 key = fields.errno_name(v) if column == "ret" else cstr(v)
+                counter[key] += c
+
+    @staticmethod
+    def _add_paths(counter, col, lengths):
+        """Count paths: the bytes before path_len.  The rest of a ring slot
+        is whatever the ring held before, so the column as numpy has it would
+        tell one path from itself.  Counted only for the live table: a copy
+        of the used bytes, and one comparison when a storm repeats a path."""
+        lengths = lengths.astype(np.int64)
+        width = int(lengths.max()) if len(lengths) else 0
+        if width == 0:
+            return
+        used = col.astype(f"S{width}")             # the first `width` bytes of each
+        grid = used.view(np.uint8).reshape(len(used), width)
+        grid[np.arange(width) >= lengths[:, None]] = 0
+        if bool((grid == grid[0]).all()):
+            pairs = [(used[0].tobytes().rstrip(b"\0"), len(used))]
+        else:
+            pairs = collections.Counter(used.tolist()).items()
+        for key, c in pairs:
+            if key:                                  # an unreadable path is no file
                 counter[key] += c
 
     def top(self, name, n=5):
