@@ -1,7 +1,6 @@
 """The live table without a terminal: layout(), _cut(), whole frames drawn
 into a fake console of a given size, the keys, and deferred frames; also
 PlainRenderer.lost, the ARGV quoting and the table's TIME."""
-import collections
 import io
 import random
 import re
