@@ -115,6 +115,8 @@ struct open_state_long {
     char path[DATA_BYTES];
 #if FULL_PATH
     char spill[NAME_BYTES];        /* a name read past DIR_BYTES lands here */
+    u64 walk_dentry;               /* dir_path()'s loop state: see there */
+    u64 walk_mnt;                  /* struct mount * */
 #endif
 };
 
@@ -254,7 +256,6 @@ static __always_inline void dir_path(struct open_state_long *s)
     }
     if (!vfsmnt || !dentry)
         return;
-    void *mnt = (char *)vfsmnt - MOUNT_MNT_OFF;        /* container_of */
 
     /* d_unlinked(): unhashed, and not the root of its tree.  The walk still
      * gives where it was (its d_parent is kept), as /proc adds
@@ -263,21 +264,25 @@ static __always_inline void dir_path(struct open_state_long *s)
     if (!pprev && read_ptr(dentry, DENTRY_D_PARENT_OFF) != dentry)
         s->i.status |= ST_DIR_DELETED;
 
-    u64 base = s->i.path_len + 1;
-    OPAQUE(base);
-    if (base > LONG_PATH)
-        base = LONG_PATH;                                 /* never: for the verifier */
+    /* The loop's state (where the walk is, how many bytes are kept) lives
+     * in the map value, not in registers: loaded back as unknown values,
+     * every way into an iteration (cwd or dirfd, a mount crossed or a
+     * dentry climbed) is one verifier state, and the verifier walks each
+     * iteration once (~170 instructions) instead of once per way in. */
+    s->walk_dentry = (u64)dentry;
+    s->walk_mnt = (u64)vfsmnt - MOUNT_MNT_OFF;           /* container_of */
 #pragma clang loop unroll(disable)
     for (int depth = 0; depth < DIR_DEPTH; depth++) {
-        if (dentry == read_ptr(vfsmnt, VFSMOUNT_MNT_ROOT_OFF)) {
+        dentry = (void *)s->walk_dentry;
+        void *mnt = (void *)s->walk_mnt;
+        if (dentry == read_ptr(mnt, MOUNT_MNT_OFF + VFSMOUNT_MNT_ROOT_OFF)) {
             void *parent = read_ptr(mnt, MOUNT_MNT_PARENT_OFF);
             if (!parent || parent == mnt) {
                 s->i.status |= ST_DIR;                    /* the namespace's root */
                 return;
             }
-            dentry = read_ptr(mnt, MOUNT_MNT_MOUNTPOINT_OFF);
-            mnt = parent;
-            vfsmnt = (char *)mnt + MOUNT_MNT_OFF;
+            s->walk_dentry = (u64)read_ptr(mnt, MOUNT_MNT_MOUNTPOINT_OFF);
+            s->walk_mnt = (u64)parent;
             continue;
         }
         void *up = read_ptr(dentry, DENTRY_D_PARENT_OFF);
@@ -285,18 +290,20 @@ static __always_inline void dir_path(struct open_state_long *s)
             s->i.status |= ST_DIR;   /* a root that is not a mount's root: d_path stops too */
             return;
         }
-        const char *name = read_ptr(dentry, DENTRY_D_NAME_OFF + QSTR_NAME_OFF);
-        u64 used = s->i.dir_len;
-        OPAQUE(used);
-        if (used > DIR_BYTES)
-            used = DIR_BYTES;                             /* never: for the verifier */
-        /* Read first, into the spill past the end if need be; keep the
-         * name only if it fits. */
-        long n = bpf_probe_read_kernel_str(&s->path[base + used], NAME_BYTES, name);
-        if (n <= 0 || used + n > DIR_BYTES)
+        /* Where the name goes: after the path, its NUL and the names so
+         * far.  A branch that leaves the loop bounds it for the verifier
+         * (a clamp would split every later iteration in two states). */
+        u64 at = (u64)s->i.path_len + 1 + s->i.dir_len;
+        if (at >= DATA_BYTES)
             break;
-        s->i.dir_len = used + n;
-        dentry = up;
+        const char *name = read_ptr(dentry, DENTRY_D_NAME_OFF + QSTR_NAME_OFF);
+        /* Read first, into the spill past the end if need be; keep the
+         * name only if it fits in DIR_BYTES. */
+        long n = bpf_probe_read_kernel_str(&s->path[at], NAME_BYTES, name);
+        if (n <= 0 || (u64)s->i.dir_len + n > DIR_BYTES)
+            break;
+        s->i.dir_len += n;
+        s->walk_dentry = (u64)up;
     }
     s->i.status |= ST_DIR_TRUNCATED;
 }
