@@ -15,7 +15,15 @@ median and the range of the storm's own ns/open):
                   --full-path when there is nothing to walk
 
 Each traced run has a 256 MiB ring, which holds 700,000 short records, so
-that a busy consumer drops nothing.  rbtrace's output goes through a pipe to a thread that keeps only the first
+that a busy consumer drops nothing.  The storm's own ns/open is what a traced program feels, but on a busy
+2-core VM it varies by tens of percent between runs.  So the probe's own
+time is measured too: the kernel's BPF run-time statistics (BPF_ENABLE_STATS,
+on only while this script holds its fd), summed over the programs the run
+loaded (the prog ids that appeared when it started), taken just before and
+just after the storm, divided by the storm's opens.  Other processes' opens
+in that window add their (rejected, short) runs to it.
+
+rbtrace's output goes through a pipe to a thread that keeps only the first
 line (start: the probes are attached) and the last (the summary), which
 must say that every open was delivered and none dropped.  Also measured:
 start-up (launch to the start line) of both commands, --startup-repeat
@@ -24,6 +32,7 @@ times.
   .venv/bin/python benchmarks/full_path.py [--opens N] [--repeat K] [--depth D]
 """
 import argparse
+import ctypes
 import json
 import os
 import shutil
@@ -40,6 +49,48 @@ COMM = "rbstorm-fullp"
 REL = "nonexistent-rbtrace-bench/file"
 RBTRACE = [sys.executable, "-m", "rbtrace"]
 RING = "256M"
+
+
+# bpf(2) commands and struct bpf_prog_info offsets (uapi, stable).
+BPF_PROG_GET_NEXT_ID, BPF_PROG_GET_FD_BY_ID, BPF_OBJ_GET_INFO_BY_FD, BPF_ENABLE_STATS = 11, 13, 15, 32
+INFO_SIZE, RUN_TIME_OFF, RUN_CNT_OFF = 232, 192, 200
+
+
+def bpf(cmd, attr):
+    from rbtrace.doctor import SYS_BPF
+    from rbtrace.kernel import libc
+    return libc().syscall(SYS_BPF, cmd, ctypes.byref(attr), ctypes.sizeof(attr))
+
+
+def prog_ids():
+    ids, attr = set(), (ctypes.c_uint32 * 4)()
+    while bpf(BPF_PROG_GET_NEXT_ID, attr) == 0:
+        ids.add(attr[1])
+        attr[0] = attr[1]
+    return ids
+
+
+def run_time_ns(ids):
+    """Sum of run_time_ns over these programs (0 for one that is gone)."""
+    total = 0
+    for i in ids:
+        attr = (ctypes.c_uint32 * 4)(i)
+        fd = bpf(BPF_PROG_GET_FD_BY_ID, attr)
+        if fd < 0:
+            continue
+        info = ctypes.create_string_buffer(INFO_SIZE)
+        a = (ctypes.c_uint64 * 2)(fd | (INFO_SIZE << 32), ctypes.addressof(info))
+        if bpf(BPF_OBJ_GET_INFO_BY_FD, a) == 0:
+            total += int.from_bytes(info.raw[RUN_TIME_OFF:RUN_TIME_OFF + 8], "little")
+        os.close(fd)
+    return total
+
+
+def enable_stats():
+    fd = bpf(BPF_ENABLE_STATS, (ctypes.c_uint32 * 2)(0))     # BPF_STATS_RUN_TIME
+    if fd < 0:
+        raise SystemExit("BPF_ENABLE_STATS failed")
+    return fd
 
 
 class Reader(threading.Thread):
@@ -75,6 +126,8 @@ def storm(exe, n, path, cwd):
 
 
 def traced(exe, n, path, cwd, extra):
+    """(storm ns/open, probe ns/open)."""
+    before = prog_ids()
     # A ring that holds the whole storm: an event dropped would skip the
     # copy and make a variant look cheaper.
     p = subprocess.Popen([*RBTRACE, "open", "--json", "--comm", COMM, "--ring-size", RING, *extra],
@@ -85,7 +138,10 @@ def traced(exe, n, path, cwd, extra):
     if r.first is None:
         p.kill()
         raise SystemExit(f"rbtrace did not start: {p.stderr.read().decode(errors='replace')}")
+    ours = prog_ids() - before
+    t0 = run_time_ns(ours)
     ns = storm(exe, n, path, cwd)
+    probe_ns = (run_time_ns(ours) - t0) / n
     time.sleep(0.5)                       # let it drain
     p.send_signal(signal.SIGINT)
     p.wait(120)
@@ -95,7 +151,7 @@ def traced(exe, n, path, cwd, extra):
     # storm's n opens, plus the loader's (ld.so.cache, libc)
     if s["dropped"] or s["delivered"] < n:
         raise SystemExit(f"{extra}: delivered {s['delivered']}, dropped {s['dropped']}")
-    return ns
+    return ns, probe_ns
 
 
 def startup(extra, repeat):
@@ -127,16 +183,25 @@ def main():
         cwd = os.path.join(tmp, *[f"level{i}" for i in range(a.depth)])
         os.makedirs(cwd)
         variants = {
-            "untraced": lambda: storm(exe, a.opens, REL, cwd),
+            "untraced": lambda: (storm(exe, a.opens, REL, cwd), None),
             "open": lambda: traced(exe, a.opens, REL, cwd, []),
             "open-full": lambda: traced(exe, a.opens, REL, cwd, ["--full-path"]),
             "open-full-abs": lambda: traced(exe, a.opens, "/" + REL, cwd, ["--full-path"]),
         }
         got = {k: [] for k in variants}
-        for rnd in range(a.repeat):
-            for k, run in variants.items():
-                got[k].append(run())
-                print(f"round {rnd + 1} {k}: {got[k][-1]:.0f} ns/open", file=sys.stderr)
+        probe = {k: [] for k in variants}
+        stats_fd = enable_stats()
+        try:
+            for rnd in range(a.repeat):
+                for k, run in variants.items():
+                    ns, pns = run()
+                    got[k].append(ns)
+                    probe[k].append(pns)
+                    print(f"round {rnd + 1} {k}: {ns:.0f} ns/open"
+                          + (f", probe {pns:.0f} ns/open" if pns is not None else ""),
+                          file=sys.stderr)
+        finally:
+            os.close(stats_fd)
         start = {k: startup(x, a.startup_repeat)
                  for k, x in (("open", []), ("open-full", ["--full-path"]))}
     finally:
@@ -145,12 +210,19 @@ def main():
     print(f"\n{a.opens:,} failing opens per run, cwd {a.depth + 2} levels deep "
           f"(/tmp/{os.path.basename(tmp)}/level0/...), {a.repeat} rounds, "
           f"kernel {os.uname().release}\n")
-    print("| variant | ns/open, median (min-max) | vs untraced | vs open |")
-    print("|---|---:|---:|---:|")
+    pmed = {k: statistics.median(v) for k, v in probe.items() if k != "untraced"}
+    print("| variant | storm ns/open, median (min-max) | vs untraced | vs open "
+          "| probe ns/open (BPF stats), median (min-max) | vs open |")
+    print("|---|---:|---:|---:|---:|---:|")
     for k, v in got.items():
-        vs_open = "" if k == "untraced" else f"{med[k] / med['open']:.2f}x"
+        if k == "untraced":
+            tail = " | | |"
+        else:
+            p = probe[k]
+            tail = (f" {med[k] / med['open']:.2f}x | {pmed[k]:.0f} ({min(p):.0f}-{max(p):.0f}) | "
+                    f"{pmed[k] / pmed['open']:.2f}x |")
         print(f"| {k} | {med[k]:.0f} ({min(v):.0f}-{max(v):.0f}) | "
-              f"{med[k] / med['untraced']:.2f}x | {vs_open} |")
+              f"{med[k] / med['untraced']:.2f}x |" + tail)
     print("\n| start-up, launch to start line | median (min-max) |")
     print("|---|---:|")
     for k, v in start.items():
