@@ -177,10 +177,11 @@ JSON_FIELDS = ("type", "seq", "time", "ts_ns", "pid", "tid", "ppid", "uid", "use
                "full_path", "full_path_b64", "full_path_truncated", "full_path_deleted")
 
 
-def _used(records):
+def _used(event_type, records):
     """Bytes used in each record's path area: the path, its NUL, then the
-    directory's components (--full-path), as int64."""
-    return records["path_len"].astype(np.int64) + 1 + records["dir_len"].astype(np.int64)
+    directory's components (--full-path), as int64; never past the area."""
+    used = records["path_len"].astype(np.int64) + 1 + records["dir_len"].astype(np.int64)
+    return np.minimum(used, event_type.dtype.fields["path"][0].itemsize)
 
 
 class OpenProbe(Probe):
@@ -235,7 +236,7 @@ class OpenProbe(Probe):
         layout = event_type.dtype.fields
         key_off, path_off = layout["pid"][1], layout["path"][1]
         lo = (offsets + key_off).tolist()
-        hi = (offsets + path_off + _used(records)).tolist()
+        hi = (offsets + path_off + _used(event_type, records)).tolist()
         seqs = records["seq"].tolist()
         stamps = records["ts_ns"].tolist()
         clock = self.clock
@@ -280,7 +281,7 @@ class OpenProbe(Probe):
             return b""
         layout = event_type.dtype.fields
         key_off, path_off = layout["pid"][1], layout["path"][1]
-        used = _used(records)
+        used = _used(event_type, records)
         lo = (offsets + key_off).tolist()
         hi = (offsets + path_off + used).tolist()
         clock = self.clock
