@@ -143,6 +143,8 @@ def trace_options(f):
         click.option("-x", "--failed", is_flag=True, help="Only failed calls."),
         click.option("--ring-size", type=SizeType(), default=DEFAULT_RING, show_default=True,
                      help="Ring buffer size: a power of two, whole pages (4M, 16M, 64M)."),
+        click.option("--utc", is_flag=True,
+                     help="TIME in UTC instead of local time (JSON time is always UTC)."),
         click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True),
                      metavar="FILE", help="Write events to FILE instead of stdout."),
         click.option("--debug", is_flag=True, help="Show tracebacks and compiler output."),

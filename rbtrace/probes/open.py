@@ -11,7 +11,7 @@ import numpy as np
 from typing import NamedTuple, Optional
 
 from rbtrace import fields
-from rbtrace.probes import Column, Probe, cstr, put_text, shown
+from rbtrace.probes import Column, Probe, cstr, pid_column, put_text, shown, time_column
 
 SYSCALLS = ("open", "openat", "openat2", "creat")
 SYSCALL_OPENAT2 = 2
@@ -188,16 +188,19 @@ class OpenProbe(Probe):
     name = "open"
     source = "open.bpf.c"
     event_structs = ("open_event_short", "open_event_long")
-    # No ("files", "path"): counting the path column with np.unique costs
-    # over 1 us per event, more than decoding it, and storms are the point.
     tally = (("commands", "comm"), ("errors", "ret"))
+    # Top files for the table's summary view only: counting the path column
+    # costs about a microsecond per event, more than decoding it, and in
+    # JSON or plain mode storms are the point.
+    table_tally = (("files", "path"),)
     columns = (
-        Column("TIME", lambda e: e["time"][11:23], width=12),
-        Column("PID", lambda e: str(e["pid"]), width=7, justify="right"),
-        Column("COMM", lambda e: shown(e, "comm"), width=15),
-        Column("FD/ERR", _fd_or_error, width=12, justify="right"),
-        Column("FLAGS", _flags_cell, width=24),
-        Column("PATH", _path_cell, min_width=10, keep="end"),
+        # priority: which columns a narrow terminal drops first (highest)
+        time_column(priority=5),
+        pid_column(priority=1),
+        Column("COMM", lambda e: shown(e, "comm"), width=15, min_width=6, priority=4),
+        Column("FD/ERR", _fd_or_error, width=6, justify="right", priority=3, whole=True),
+        Column("FLAGS", _flags_cell, width=24, min_width=8, priority=6),
+        Column("PATH", _path_cell, min_width=16, keep="end", priority=2),
     )
 
     def __init__(self, options):

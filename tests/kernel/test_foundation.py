@@ -131,7 +131,7 @@ def test_plain_lines_when_stdout_is_not_a_tty(rbtrace):
     assert header.split()[:3] == ["TIME", "PID", "PPID"]
     lines = [ln for ln in out.decode().splitlines() if mark in ln]
     assert len(lines) == 1
-    assert f"/bin/echo /bin/echo {mark} two words" in lines[0]
+    assert f"/bin/echo /bin/echo {mark} 'two words'" in lines[0]
     assert "\x1b" not in out.decode()
 
 

@@ -203,8 +203,8 @@ def test_full_path_rules():
 # --- columns ----------------------------------------------------------------
 
 def cells(**changes):
-    _, [e] = decode([changes])
-    return {c.header: c.value(e) for c in op.OpenProbe.columns}
+    probe, [e] = decode([changes])
+    return {c.header: c.value(e) for c in probe.columns}
 
 
 def test_columns():
