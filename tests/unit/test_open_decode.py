@@ -257,6 +257,21 @@ def test_cflags():
     assert "FILTER_FLAGS" not in op.OpenProbe({"flags": "rdonly"}).cflags()
 
 
+def test_cflags_of_full_path():
+    """--full-path builds the directory walk, with the running kernel's
+    offsets (the 6.1 headers' layouts are wrong on this kernel); without
+    it, none of that is compiled."""
+    flags = op.OpenProbe({"full_path": True}).cflags()
+    assert flags["FULL_PATH"] == 1
+    assert set(op.STRUCT_OFFSETS) <= set(flags)
+    from rbtrace.btf import BTF
+    btf = BTF.from_file()
+    for macro, (struct, member) in op.STRUCT_OFFSETS.items():
+        assert flags[macro] == btf.member_offset(struct, member), macro
+    plain = op.OpenProbe({}).cflags()
+    assert "FULL_PATH" not in plain and not set(op.STRUCT_OFFSETS) & set(plain)
+
+
 def test_path_prefix_is_bytes():
     assert op.parse_path_prefix("/tmp/\udcff") == b"/tmp/\xff"      # undecodable argv byte
     assert op.c_bytes_literal(b"\xff\0") == '"\\377\\000"'
