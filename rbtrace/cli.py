@@ -325,7 +325,7 @@ def exec_cmd(**opts):
               help="Only opens with all these flags set, e.g. O_WRONLY or wronly,creat.")
 @click.option("--full-path", is_flag=True,
               help="Also report full_path: relative paths joined to the caller's cwd or dirfd, "
-                   "read from /proc when the event is decoded.")
+                   "read in the kernel at the call.")
 def open_cmd(**opts):
     """Every file open on the host (open, openat, openat2, creat), with its result."""
     sys.exit(_run_probe("open", opts))
