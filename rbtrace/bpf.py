@@ -370,7 +370,7 @@ class LoadedProbe:
         for category, event in _TRACEPOINT_USE.findall(code_only(text)):
             if not kernel.tracepoint_exists(category, event):
                 raise ProbeError(f"{source}: tracepoint {category}:{event} does not exist on this kernel",
-                                 hint=f"ls {kernel.TRACEFS_UNDER_DEBUGFS}/events/{category}")
+                                 hint=f"ls {kernel.tracefs_dir()}/events/{category}")
         _refuse_hooks_that_cannot_load(text, source)
         with captured_fds() as output:
             try:
