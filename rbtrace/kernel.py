@@ -101,6 +101,15 @@ def ensure_privileges():
                  f"--ambient-caps={SETPRIV_CAPS} ...)")
 
 
+# --- BPF ring buffer ------------------------------------------------------
+
+# The largest BPF ring buffer: its size is the map's max_entries, a __u32
+# that must be a power of two (kernel/bpf/ringbuf.c), so 2 GiB; a 2 GiB
+# ring was created on this machine (Linux 6.18, 24 GiB), and BCC wraps
+# 4 GiB to 0 ("Invalid argument").
+RINGBUF_MAX_BYTES = 1 << 31
+
+
 # --- kernel headers ------------------------------------------------------
 
 @dataclass
