@@ -29,15 +29,15 @@ class Check:
         return text
 
 
-def _try_ringbuf() -> tuple:
-    """Create a 4 KiB BPF ring buffer map with the raw syscall."""
+def _try_ringbuf(size=4096) -> tuple:
+    """Create a BPF ring buffer map of `size` bytes with the raw syscall."""
     if SYS_BPF is None:
         return False, f"unknown bpf syscall number on {platform.machine()}"
     attr = (ctypes.c_uint32 * 32)()
     attr[0] = BPF_MAP_TYPE_RINGBUF   # map_type
     attr[1] = 0                      # key_size
     attr[2] = 0                      # value_size
-    attr[3] = 4096                   # max_entries: data size
+    attr[3] = size                   # max_entries: data size
     fd = kernel.libc().syscall(SYS_BPF, BPF_MAP_CREATE, ctypes.byref(attr), ctypes.sizeof(attr))
     if fd < 0:
         err = ctypes.get_errno()

@@ -1,0 +1,58 @@
+"""Limits and filters checked against the real kernel and real processes.
+
+The usage errors themselves (zombie, kernel thread, --tid, -d, a ring
+over the limit) are in tests/unit/test_validation_unit.py, with real
+processes too; here: the ring size rbtrace names as the largest is one
+the kernel creates, and a process rbtrace must not refuse (its leader
+thread exited, the others run) is traced for real."""
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+from rbtrace import doctor, kernel
+
+
+def test_the_largest_ring_size_named_is_created_by_the_kernel(kernel_ok):
+    ok, detail = doctor._try_ringbuf(kernel.RINGBUF_MAX_BYTES)
+    assert ok, detail
+    # Twice as much is 2**32, which max_entries (a __u32) can't hold.
+    assert kernel.RINGBUF_MAX_BYTES * 2 == 1 << 32
+
+
+LEADER_EXITS = textwrap.dedent("""
+    import ctypes, os, sys, threading, time
+    def opener():
+        sys.stdout.write(f"{threading.get_native_id()}\\n"); sys.stdout.flush()
+        while True:
+            try:
+                os.open("/nonexistent-rbtrace-leader-exited", os.O_RDONLY)
+            except OSError:
+                pass
+            time.sleep(0.05)
+    threading.Thread(target=opener).start()
+    time.sleep(0.2)
+    ctypes.CDLL(None).pthread_exit(None)
+""")
+
+
+def test_a_process_whose_leader_exited_is_traced_by_pid(kernel_ok, tmp_path):
+    script = tmp_path / "leader.py"
+    script.write_text(LEADER_EXITS)
+    w = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE)
+    try:
+        tid = int(w.stdout.readline())
+        while open(f"/proc/{w.pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
+            time.sleep(0.01)                      # until the leader has exited
+        p = subprocess.run([sys.executable, "-m", "rbtrace", "open", "--json", "--pid", str(w.pid),
+                            "-c", "2", "--path", "/nonexistent-rbtrace-leader"],
+                           capture_output=True, timeout=120)
+        assert p.returncode == 0, p.stderr.decode()
+        from conftest import parse_json_lines
+        r = parse_json_lines(p.stdout.decode())
+        assert [(e["pid"], e["tid"], e["path"], e["errno"]) for e in r.events] == \
+            [(w.pid, tid, "/nonexistent-rbtrace-leader-exited", "ENOENT")] * 2
+    finally:
+        w.kill()
+        w.wait()
