@@ -181,6 +181,8 @@ def _args_text(e):
 class ExecProbe(Probe):
     name = "exec"
     source = "exec.bpf.c"
+    # The argv loops are what the verifier walks (rbtrace/bpf.py _too_large).
+    cost_hint = "lower --max-args or --max-arg-bytes"
     columns = (
         Column("TIME", lambda e: e["time"][11:23], width=12),
         Column("PID", lambda e: str(e["pid"]), width=7, justify="right"),

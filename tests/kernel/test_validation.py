@@ -56,3 +56,52 @@ def test_a_process_whose_leader_exited_is_traced_by_pid(kernel_ok, tmp_path):
     finally:
         w.kill()
         w.wait()
+
+
+HEAVY = textwrap.dedent("""
+    #include "rbtrace.h"
+
+    struct heavy_event {
+        struct rb_header h;
+        u64 sum;
+    };
+    RBTRACE_EVENT(heavy_event);
+
+    /* 4 million iterations, each a branch on a value the verifier can't
+       know: it walks them all and gives up at 1,000,000 instructions,
+       though the program is about 130 instructions long. */
+    TRACEPOINT_PROBE(syscalls, sys_enter_getppid)
+    {
+        u64 sum = 0;
+        u64 seed = bpf_ktime_get_ns();
+        for (int i = 0; i < 2000; i++) {
+            for (int j = 0; j < 2000; j++) {
+                if ((seed >> (j & 31)) & 1)
+                    sum += i ^ j;
+            }
+        }
+        struct heavy_event *e = rbtrace_reserve(heavy_event);
+        if (!e)
+            return 0;
+        e->sum = sum;
+        rbtrace_submit(e);
+        return 0;
+    }
+""")
+
+
+def test_the_verifier_complexity_limit_is_named(kernel_ok, tmp_path):
+    probe = tmp_path / "heavy.bpf.c"
+    probe.write_text(HEAVY)
+    p = subprocess.run([sys.executable, "-m", "rbtrace", "run", "--json", "-d", "1", str(probe)],
+                       capture_output=True, timeout=300)
+    err = p.stderr.decode()
+    assert p.returncode == 1 and p.stdout == b""
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"rbtrace: {probe}: the kernel's verifier gave up: it checked "
+                          f"1,000,001 instructions along the program's paths, past its "
+                          f"complexity limit of 1,000,000 (the program itself is "), err
+    assert "at most 4096" not in err
+    assert "(hint: make the probe's loops shorter" in err
+    n = int(err.split("the program itself is ")[1].split()[0].replace(",", ""))
+    assert n < 4096                                 # far below any size limit

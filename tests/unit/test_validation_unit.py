@@ -3,6 +3,7 @@ one line), found before anything loads; and the verifier's refusals say
 which of its limits was hit.  No root needed: a zombie and a kernel
 thread are real processes any user can point at."""
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -136,3 +137,70 @@ def test_a_process_whose_leader_thread_exited_is_still_running(tmp_path):
     finally:
         p.send_signal(signal.SIGKILL)
         p.wait()
+
+
+# --- the verifier's limits (rbtrace/bpf.py _too_large) -------------------------
+
+# What BCC 0.26 prints for any E2BIG from BPF_PROG_LOAD, whatever the cause.
+BCC_E2BIG = "bpf: Argument list too long. Program  too large ({n} insns), at most 4096 insns\n\n"
+# The verifier's log at BPF_LOG_STATS for the same load (6.18), as
+# rbtrace/bpf.py _verifier_log gets it.
+PROCESSED_LOG = ("BPF program is too large. Processed 1000001 insn\n"
+                 "verification time 851681 usec\nstack depth 0\n"
+                 "processed 1000001 insns (limit 1000000) max_states_per_insn 4 "
+                 "total_states 8665 peak_states 8665 mark_read 0\n")
+JUMPS_LOG = ("The sequence of 8193 jumps is too complex.\nverification time 77808 usec\n"
+             "stack depth 64\nprocessed 156616 insns (limit 1000000) max_states_per_insn 8 "
+             "total_states 1754 peak_states 1712 mark_read 12\n")
+FAILURE = Exception("Failed to load BPF program b'tracepoint__syscalls__sys_enter_getppid': "
+                    "Argument list too long")
+
+
+def test_complexity_limit_from_the_verifier_log_is_named_with_its_numbers():
+    e = bpf._load_failure(FAILURE, BCC_E2BIG.format(n=132) + PROCESSED_LOG, "p.bpf.c",
+                          "lower --max-args or --max-arg-bytes")
+    assert e.message == ("p.bpf.c: the kernel's verifier gave up: it checked 1,000,001 "
+                         "instructions along the program's paths, past its complexity limit "
+                         "of 1,000,000 (the program itself is 132 instructions: its size is "
+                         "not the problem)")
+    assert e.hint == "lower --max-args or --max-arg-bytes"
+    assert "4096" not in str(e)
+
+
+def test_jump_sequence_limit_is_named():
+    e = bpf._load_failure(FAILURE, BCC_E2BIG.format(n=2000) + JUMPS_LOG, "p.bpf.c")
+    assert "had 8,193 branches pending, past its complexity limit of 8,192" in e.message
+    assert "the program itself is 2,000 instructions" in e.message
+    assert "4096" not in str(e)
+
+
+def test_without_the_log_a_small_program_hit_a_complexity_limit_not_the_size_limit():
+    e = bpf._load_failure(FAILURE, BCC_E2BIG.format(n=104), "exec.bpf.c",
+                          "lower --max-args or --max-arg-bytes")
+    assert "reached a complexity limit (1,000,000 instructions checked along all paths, " \
+           "or 8,192 branches pending)" in e.message
+    assert "the program itself is 104 instructions" in e.message
+    assert "4096" not in str(e) and e.hint == "lower --max-args or --max-arg-bytes"
+
+
+def test_a_program_over_the_size_limit_is_said_to_be_too_large():
+    e = bpf._load_failure(FAILURE, BCC_E2BIG.format(n=1_200_000), "p.bpf.c")
+    assert e.message == ("p.bpf.c: the program is 1,200,000 instructions, more than the "
+                         "kernel's size limit of 1,000,000")
+
+
+def test_other_refusals_are_not_taken_for_limits():
+    log = ("0: (b7) r1 = 0\n; x = *(u64 *)0; @ p.bpf.c:9\n1: (79) r2 = *(u64 *)(r1 +0)\n"
+           "R1 invalid mem access 'scalar'\nprocessed 2 insns (limit 1000000) "
+           "max_states_per_insn 0 total_states 0 peak_states 0 mark_read 0\n")
+    e = bpf._load_failure(Exception("Failed to load BPF program b'f': Permission denied"),
+                          log, "p.bpf.c")
+    assert "invalid mem access" in e.message and "complexity" not in e.message
+
+
+def test_the_cost_hints_name_real_options():
+    from rbtrace.cli import cli
+    from rbtrace.probes.exec import ExecProbe
+    options = {o for p in cli.commands["exec"].params for o in p.opts}
+    named = set(re.findall(r"--[a-z-]+", ExecProbe.cost_hint))
+    assert named == {"--max-args", "--max-arg-bytes"} and named <= options
