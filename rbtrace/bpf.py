@@ -105,6 +105,7 @@ VERIFIER_MAX_JMP_SEQ = 8192         # BPF_COMPLEXITY_LIMIT_JMP_SEQ: pending bran
 _BCC_E2BIG = re.compile(r"Program \S* ?too large \((\d+) insns\), at most \d+ insns")
 _PROCESSED = re.compile(r"BPF program is too large\. Processed (\d+) insn")
 _JMP_SEQ = re.compile(r"The sequence of (\d+) jumps is too complex")
+_MAP_FAILURE = re.compile(r"could not open bpf map: (\w+), error: ([^\n]+)")
 _FAILED_FN = re.compile(r"Failed to load BPF program b'(\w+)'")
 
 # For a probe of the user's own (rbtrace run); the built-in probes name
@@ -193,6 +194,16 @@ def _load_failure(failure, text, source, cost_hint=None) -> ProbeError:
     refused = _verifier_refusal(text, source)
     if refused is not None:
         return refused
+    bad_map = _MAP_FAILURE.search(text)
+    if bad_map:
+        # BCC reports this among the compiler's errors, but it is the kernel
+        # refusing to create a map (memory, most often, for a large ring).
+        name, why = bad_map.groups()
+        if name == "events":
+            return ProbeError(f"the kernel could not create the ring buffer: {why}",
+                              hint="try a smaller --ring-size")
+        return ProbeError(f"{source}: the kernel could not create BPF map {name}: {why}",
+                          hint="make the map smaller")
     errors = [ln.strip() for ln in text.splitlines() if re.search(r"\berror\b", ln)]
     if errors:
         first = errors[0]

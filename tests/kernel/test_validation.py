@@ -105,3 +105,40 @@ def test_the_verifier_complexity_limit_is_named(kernel_ok, tmp_path):
     assert "(hint: make the probe's loops shorter" in err
     n = int(err.split("the program itself is ")[1].split()[0].replace(",", ""))
     assert n < 4096                                 # far below any size limit
+
+
+def _memory_cgroup(name, limit):
+    """A memory cgroup limited to `limit` bytes: (its procs file, remover).
+    The machines here are hybrid (memory under cgroup v1); a v2-only
+    machine has memory.max instead."""
+    v1 = "/sys/fs/cgroup/memory"
+    if os.path.isdir(v1):
+        path = os.path.join(v1, name)
+        os.makedirs(path, exist_ok=True)
+        with open(os.path.join(path, "memory.limit_in_bytes"), "w") as f:
+            f.write(str(limit))
+    else:
+        root = "/sys/fs/cgroup"
+        with open(os.path.join(root, "cgroup.controllers")) as f:
+            assert "memory" in f.read().split(), "no memory cgroup controller"
+        path = os.path.join(root, name)
+        os.makedirs(path, exist_ok=True)
+        with open(os.path.join(path, "memory.max"), "w") as f:
+            f.write(str(limit))
+    return os.path.join(path, "cgroup.procs"), lambda: os.rmdir(path)
+
+
+def test_a_ring_the_kernel_cannot_allocate_is_named(kernel_ok):
+    """BPF memory is charged to the memory cgroup: a 1G ring in a cgroup
+    limited to 400M can't be created, and the message says so instead of
+    showing BCC's map error as a compiler error."""
+    procs, remove = _memory_cgroup(f"rbtrace-test-ring-{os.getpid()}", 400 << 20)
+    try:
+        p = subprocess.run(["sh", "-c", f'echo $$ > {procs} && exec "$0" -m rbtrace exec --json '
+                            f"--ring-size 1G -c 1 -- /bin/true", sys.executable],
+                           capture_output=True, timeout=300)
+    finally:
+        remove()
+    assert p.returncode == 1 and p.stdout == b""
+    assert p.stderr.decode() == ("rbtrace: the kernel could not create the ring buffer: Cannot "
+                                 "allocate memory (hint: try a smaller --ring-size)\n")

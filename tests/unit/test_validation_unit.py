@@ -204,3 +204,45 @@ def test_the_cost_hints_name_real_options():
     options = {o for p in cli.commands["exec"].params for o in p.opts}
     named = set(re.findall(r"--[a-z-]+", ExecProbe.cost_hint))
     assert named == {"--max-args", "--max-arg-bytes"} and named <= options
+
+
+def test_a_ring_the_kernel_cannot_allocate_is_not_blamed_on_the_compiler():
+    text = ("could not open bpf map: events, error: Cannot allocate memory\n"
+            "Failed to compile BPF module <text>\n")
+    e = bpf._load_failure(Exception("Failed to compile BPF module <text>"), text, "exec.bpf.c")
+    assert e.message == "the kernel could not create the ring buffer: Cannot allocate memory"
+    assert e.hint == "try a smaller --ring-size"
+    assert "compiler" not in str(e)
+
+
+# --- privileges and tracefs (rbtrace/kernel.py) --------------------------------
+
+def bits(*ns):
+    return sum(1 << n for n in ns)
+
+
+def test_missing_capabilities_are_named():
+    assert kernel.missing_caps(0) == ["CAP_BPF", "CAP_PERFMON", "CAP_DAC_READ_SEARCH"]
+    assert kernel.missing_caps(bits(kernel.CAP_BPF, kernel.CAP_PERFMON,
+                                    kernel.CAP_DAC_READ_SEARCH)) == []
+    # CAP_SYS_ADMIN stands in for CAP_BPF and CAP_PERFMON, not for reading tracefs.
+    assert kernel.missing_caps(bits(kernel.CAP_SYS_ADMIN)) == ["CAP_DAC_READ_SEARCH"]
+    assert kernel.missing_caps(bits(kernel.CAP_BPF, kernel.CAP_DAC_OVERRIDE)) == ["CAP_PERFMON"]
+
+
+def test_tracefs_state_never_raises(tmp_path):
+    (tmp_path / "mounted" / "events" / "sched").mkdir(parents=True)
+    (tmp_path / "empty").mkdir()
+    assert kernel.tracefs_state(tmp_path / "mounted") == (tmp_path / "mounted", "ok")
+    assert kernel.tracefs_state(tmp_path / "empty") == (tmp_path / "empty", "unmounted")
+    assert kernel.tracefs_state(tmp_path / "nowhere")[1] == "unmounted"
+
+
+def test_bcc_tracefs_is_chosen_as_bcc_chooses_it(monkeypatch):
+    """libbcc takes /sys/kernel/debug/tracing when access(2) finds it."""
+    seen = []
+    monkeypatch.setattr(os, "access", lambda path, mode: seen.append((str(path), mode)) or False)
+    assert kernel.tracefs_dir() == kernel.TRACEFS
+    assert seen == [("/sys/kernel/debug/tracing", os.F_OK)]
+    monkeypatch.setattr(os, "access", lambda path, mode: True)
+    assert kernel.tracefs_dir() == kernel.TRACEFS_UNDER_DEBUGFS
