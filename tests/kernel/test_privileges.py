@@ -31,8 +31,8 @@ CAP_NAME = {"bpf": "CAP_BPF", "perfmon": "CAP_PERFMON", "dac_read_search": "CAP_
 # Everything but the setpriv call: a private mount namespace in which
 # rbtrace's root code mounts tracefs itself (kernel.ensure_tracefs).
 SCRIPT = """
-umount /sys/kernel/tracing 2>/dev/null
-"$PY" -c 'from rbtrace import kernel; kernel.ensure_tracefs()' || exit 99
+while umount /sys/kernel/tracing 2>/dev/null; do :; done
+{prepare}
 exec setpriv --reuid={uid} --regid={uid} --clear-groups --inh-caps={caps} --ambient-caps={caps} \
     "$PY" -m rbtrace "$@"
 """
@@ -78,8 +78,11 @@ def as_user(kernel_ok):
     subprocess.run([sys.executable, "-c", "from rbtrace import kernel; kernel.find_headers()"],
                    cwd=REPO, check=True)
 
-    def run(*args, caps=ALL, timeout=180):
-        script = SCRIPT.format(uid=UID, caps=",".join(f"+{c}" for c in caps) or "-all")
+    def run(*args, caps=ALL, timeout=180, root_first=True):
+        prepare = ("\"$PY\" -c 'from rbtrace import kernel; kernel.ensure_tracefs()' || exit 99"
+                   if root_first else "")
+        script = SCRIPT.format(uid=UID, caps=",".join(f"+{c}" for c in caps) or "-all",
+                               prepare=prepare)
         return subprocess.run(["unshare", "--mount", "--propagation", "private",
                                "sh", "-c", script, "sh", *args],
                               cwd=tmp, env=env, capture_output=True, timeout=timeout)
@@ -211,3 +214,13 @@ def test_tp_and_run_as_a_user_with_the_capabilities(as_user):
         raise AssertionError(p.stderr.decode())
     r = parse_json_lines(p.stdout.decode())
     assert [(e["pid"], e["args"]["code"]) for e in r.events] == [(r.summary["command"]["pid"], 3)]
+
+
+def test_tracefs_not_mounted_for_the_user_is_named(as_user):
+    """Before root has run rbtrace, /sys/kernel/tracing is not mounted:
+    one line that says where and how."""
+    p = as_user("exec", "--json", "-c", "1", "--", "/bin/true", root_first=False)
+    assert p.returncode == 1 and p.stdout == b""
+    assert p.stderr.decode() == (
+        "rbtrace: tracefs is not mounted on /sys/kernel/tracing (hint: as root: mount -t "
+        "tracefs none /sys/kernel/tracing (or run rbtrace doctor as root once))\n")
