@@ -57,6 +57,7 @@ def as_user(kernel_ok):
     for key in ("RBTRACE_CACHE_DIR", "RBTRACE_KERNEL_HEADERS"):
         if key in os.environ:
             env[key] = os.environ[key]
+    env["PYTHONPATH"] = REPO             # this checkout's rbtrace, whatever is installed
     top = REPO
     if not _user_can_import(sys.executable, env):
         top = copy = os.path.join(tmp, "rbtrace")
