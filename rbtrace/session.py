@@ -123,7 +123,8 @@ class Session:
         cflags["RING_PAGES"] = self.ring_bytes // mmap.PAGESIZE
         loaded = LoadedProbe(self.probe.source_path(), cflags,
                              self.probe.event_structs, debug=self.debug,
-                             tracepoints=getattr(self.probe, "tracepoints", ()))
+                             tracepoints=getattr(self.probe, "tracepoints", ()),
+                             cost_hint=getattr(self.probe, "cost_hint", None))
         ring = self._ring = RingConsumer(loaded.ring_fd, self.ring_bytes, loaded.event_types)
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}

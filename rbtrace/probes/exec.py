@@ -184,6 +184,8 @@ def _args_text(e):
 class ExecProbe(Probe):
     name = "exec"
     source = "exec.bpf.c"
+    # The argv loops are what the verifier walks (rbtrace/bpf.py _too_large).
+    cost_hint = "lower --max-args or --max-arg-bytes"
     columns = (
         # priority: which columns a narrow terminal drops first (highest)
         time_column(priority=5),
