@@ -277,6 +277,8 @@ def _print_summary(s):
         line += f", {s['not_delivered_count_reached']} more not shown after --count"
     if s.get("not_followed"):
         line += f", {s['not_followed']} child processes not followed (their events are lost)"
+    if s.get("discarded"):
+        line += f", {s['discarded']} records discarded by the probe"
     line += f", {s['duration_s']:.1f}s"
     if s.get("top_errors"):
         line += "; top errors: " + ", ".join(f"{k} {v}" for k, v in s["top_errors"].items())

@@ -59,7 +59,17 @@ _HOOK_PROGRAMS = {
 }
 
 
+# A testing aid: RBTRACE_FORCE_UNLOADABLE=kprobe,fentry makes those hook
+# kinds fail as on a kernel that lacks them, so that the refusal can be
+# tested on any kernel, with a reason that doesn't come from this function's
+# own reading of the kernel.
+FORCE_UNLOADABLE = "RBTRACE_FORCE_UNLOADABLE"
+FORCED_REASON = f"refused by {FORCE_UNLOADABLE} (a testing aid)"
+
+
 def try_hook(kind) -> tuple:
+    if kind in os.environ.get(FORCE_UNLOADABLE, "").split(","):
+        return False, FORCED_REASON
     from rbtrace.bpf import captured_fds, prepare
     bcc, _ = prepare()
     text, prog_type, attach = _HOOK_PROGRAMS[kind]

@@ -103,6 +103,7 @@ class Session:
         # event than the other modes can spend (see OpenProbe.table_tally).
         self.tally = Tally(probe.tally + (getattr(probe, "table_tally", ())
                                           if getattr(renderer, "shows_tally", False) else ()))
+        self._ring = None
         self.batch_bytes = ring_bytes // 64      # "little is waiting" below this
 
     def _on_signal(self, signum, frame):
@@ -124,7 +125,7 @@ class Session:
                              self.probe.event_structs, debug=self.debug,
                              tracepoints=getattr(self.probe, "tracepoints", ()),
                              cost_hint=getattr(self.probe, "cost_hint", None))
-        ring = RingConsumer(loaded.ring_fd, self.ring_bytes, loaded.event_types)
+        ring = self._ring = RingConsumer(loaded.ring_fd, self.ring_bytes, loaded.event_types)
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         old_wakeup = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
@@ -359,6 +360,7 @@ class Session:
             "map_full": map_full,
             "missed_by_kernel": losses["missed_by_kernel"],
             "not_followed": losses["not_followed"],
+            "discarded": self._ring.discarded if self._ring is not None else 0,
             "duration_s": round(time.monotonic() - self.started, 3),
             "stopped_by": stop or "end",
             "top_errors": dict(self.tally.top("errors")) if "errors" in self.tally.counts else {},
