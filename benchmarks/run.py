@@ -1059,6 +1059,9 @@ def main():
     result["tables_markdown"] = "\n".join(text)
     print("\n".join(text))
     save(result, stamp)
+    if not args.no_extras:
+        # Reaction times and the long storm, moved out of the functional tests.
+        subprocess.run([sys.executable, os.path.join(HERE, "timing.py")], check=True)
 
 
 def save(result, stamp, prefix=""):

@@ -6,6 +6,7 @@ and Exit.ERROR or Exit.USAGE.  `--debug` (or RBTRACE_DEBUG=1) shows the
 traceback instead.
 """
 import functools
+import math
 import mmap
 import os
 import sys
@@ -35,7 +36,31 @@ class SizeType(click.ParamType):
         if not fields.is_pow2_pages(n, mmap.PAGESIZE):
             self.fail(f"'{fields.for_message(value)}' is not a power of two and a whole number of "
                       f"{mmap.PAGESIZE}-byte pages (try 4M, 16M, 64M)", param, ctx)
+        from rbtrace.kernel import RINGBUF_MAX_BYTES
+        if n > RINGBUF_MAX_BYTES:
+            self.fail(f"'{fields.for_message(value)}' is larger than the largest ring buffer the kernel "
+                      f"accepts, {RINGBUF_MAX_BYTES >> 30}G (its size is a 32-bit "
+                      f"count of bytes)", param, ctx)
         return n
+
+
+class DurationType(click.ParamType):
+    """Seconds: a finite number greater than zero (nan and inf would never
+    end, or end at once)."""
+
+    name = "SECONDS"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float):
+            return value
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"'{fields.for_message(value)}' is not a number of seconds", param, ctx)
+        if not math.isfinite(seconds) or seconds <= 0:
+            self.fail(f"'{fields.for_message(value)}' is not a number of seconds greater than 0 "
+                      f"(finite, e.g. 0.5 or 60)", param, ctx)
+        return seconds
 
 
 class UserType(click.ParamType):
@@ -129,7 +154,7 @@ def trace_options(f):
                      help="One JSON object per line (for jq) instead of the table."),
         click.option("-c", "--count", type=click.IntRange(min=1), metavar="N",
                      help="Stop after N events."),
-        click.option("-d", "--duration", type=click.FloatRange(min=0, min_open=True),
+        click.option("-d", "--duration", type=DurationType(),
                      metavar="SECONDS", help="Stop after SECONDS."),
         click.option("-p", "--pid", type=click.IntRange(1, 2**22), metavar="PID",
                      help="Only this process (thread group id)."),
@@ -143,6 +168,8 @@ def trace_options(f):
         click.option("-x", "--failed", is_flag=True, help="Only failed calls."),
         click.option("--ring-size", type=SizeType(), default=DEFAULT_RING, show_default=True,
                      help="Ring buffer size: a power of two, whole pages (4M, 16M, 64M)."),
+        click.option("--utc", is_flag=True,
+                     help="TIME in UTC instead of local time (JSON time is always UTC)."),
         click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True),
                      metavar="FILE", help="Write events to FILE instead of stdout."),
         click.option("--debug", is_flag=True, help="Show tracebacks and compiler output."),
@@ -169,6 +196,8 @@ def _follow_target(opts):
                          "the command's own process tree is followed")
     if opts.get("pid"):
         follow.check_process(opts["pid"])
+    if opts.get("tid"):
+        follow.check_process(opts["tid"], "--tid", thread=True)
     if command:
         return follow.Command(command)        # 127/126 now, before any probe loads
     if opts.get("children"):
@@ -180,7 +209,7 @@ def _follow_target(opts):
 
 def _run_probe(probe_name, opts):
     from rbtrace.probes import registry
-    from rbtrace.render import JsonRenderer, PlainRenderer, TableRenderer
+    from rbtrace.render import JsonRenderer, Output, PlainRenderer, TableRenderer
     from rbtrace.session import Session
 
     target = _follow_target(opts)
@@ -203,19 +232,21 @@ def _run_probe(probe_name, opts):
     opts["filters_text"] = os.fsencode(" ".join(filters)).decode("utf-8", "replace")
     probe = registry()[probe_name](opts)
 
-    out_file = None
+    out_fd = None
     if opts.get("output"):
         try:
-            out_file = open(opts["output"], "wb")
+            out_fd = os.open(opts["output"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
         except OSError as e:
             raise UsageError(f"cannot open {fields.for_message(opts['output'])}: {e.strerror}")
-    out = out_file or sys.stdout.buffer
+        out = Output(out_fd, opts["output"])
+    else:
+        out = Output(1, "standard output")
     try:
         if opts.get("json_out"):
             renderer = JsonRenderer(out, probe)
         # With `-- CMD` the terminal is CMD's (its output, its keys): plain
         # lines then, as strace prints them, and -o keeps the two apart.
-        elif out_file is None and sys.stdout.isatty() and not getattr(target, "waits_for_end", False):
+        elif out_fd is None and os.isatty(out.fd) and not getattr(target, "waits_for_end", False):
             from rich.console import Console
             keys = sys.stdin.fileno() if sys.stdin.isatty() else None
             renderer = TableRenderer(Console(), probe, opts["filters_text"], keys_fd=keys)
@@ -232,11 +263,15 @@ def _run_probe(probe_name, opts):
                 target.abandon()
             raise
     finally:
-        if out_file:
-            out_file.close()
+        if out_fd is not None:
+            os.close(out_fd)
         if target is not None:
             target.close()
+    # The summary reaches stderr even when the output failed; then one line
+    # says which file and why (main), and the exit status is Exit.OUTPUT.
     _print_summary(session.summary)
+    if session.output_error is not None:
+        raise session.output_error
     if session.command_error is not None:
         raise session.command_error
     return code
@@ -250,16 +285,24 @@ def _print_summary(s):
         line += f", {s['not_delivered_count_reached']} more not shown after --count"
     if s.get("missed_by_kernel"):
         line += f", {s['missed_by_kernel']} probe runs skipped by the kernel (events may be lost)"
+    if s.get("stopped_by") == "output error" and s.get("not_delivered_output_closed"):
+        line += f", {s['not_delivered_output_closed']} not written after the output failed"
     if s.get("not_followed"):
         line += f", {s['not_followed']} child processes not followed (their events are lost)"
+    if s.get("discarded"):
+        line += f", {s['discarded']} records discarded by the probe"
     line += f", {s['duration_s']:.1f}s"
     if s.get("top_errors"):
         line += "; top errors: " + ", ".join(f"{k} {v}" for k, v in s["top_errors"].items())
     command = s.get("command")
-    if command and command["status"] is not None:
+    if command:
         name = fields.for_message(os.path.basename(command["argv"][0]))
-        how = (f"killed by {command['signal']} ({command['status']})" if command["signal"]
-               else f"exited with status {command['status']}")
+        if command["status"] is None:
+            how = "was not started"
+        elif command["signal"]:
+            how = f"killed by {command['signal']} ({command['status']})"
+        else:
+            how = f"exited with status {command['status']}"
         line += f"; {name} {how}"
     if s.get("followed_running"):
         line += f"; {s['followed_running']} followed processes still running, no longer traced"
@@ -327,7 +370,7 @@ def exec_cmd(**opts):
               help="Only opens with all these flags set, e.g. O_WRONLY or wronly,creat.")
 @click.option("--full-path", is_flag=True,
               help="Also report full_path: relative paths joined to the caller's cwd or dirfd, "
-                   "read from /proc when the event is decoded.")
+                   "read in the kernel at the call.")
 def open_cmd(**opts):
     """Every file open on the host (open, openat, openat2, creat), with its result."""
     sys.exit(_run_probe("open", opts))
@@ -404,10 +447,32 @@ def _usr1_ignored(signum, frame):
         pass
 
 
+def _hold_standard_fds():
+    """A standard fd the caller closed (`>&-`) is held by /dev/null opened
+    read-only and close-on-exec: rbtrace's own files (the -o file, BPF
+    maps) then never land on fd 0-2, where CMD would inherit them; CMD
+    still finds it closed; and a write to it fails with EBADF, as it
+    would on the closed fd, so a closed stdout is a write error."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            held = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+            if held != fd:
+                os.dup2(held, fd, inheritable=False)
+                os.close(held)
+    # Python starts with None for a closed stdout or stderr.
+    if sys.stdout is None:
+        sys.stdout = open(1, "w", closefd=False)
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w")
+
+
 def main(argv=None):
     import signal
     signal.signal(signal.SIGUSR1, _usr1_ignored)
     argv = sys.argv[1:] if argv is None else argv
+    _hold_standard_fds()
     debug = _debug_requested(argv)
     try:
         cli.main(args=argv, prog_name="rbtrace", standalone_mode=False)

@@ -55,6 +55,7 @@ class FakeRing:
     """Hands out queued batches, one per segments() call."""
 
     data = None
+    discarded = 0
 
     def __init__(self, batches=()):
         self.batches = collections.deque(batches)
@@ -370,6 +371,9 @@ def test_a_stop_signal_before_cmd_is_released_goes_to_cmd_which_stays_traced(
 
         def followed_count(self):
             return 0
+
+        def followed_pids(self):
+            return set()
 
         def detach(self):
             log.append(("detach", "cmd exited" if cmd.exited() else "cmd running"))
