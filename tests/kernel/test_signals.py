@@ -20,7 +20,7 @@ import uuid
 
 import pytest
 
-from conftest import REPO, parse_json_lines
+from conftest import REPO, bpf_ids_held, parse_json_lines, still_loaded
 from test_follow import _run_in_terminal, _tmux, tmux_shell  # noqa: F401 (a fixture)
 
 RBTRACE = [sys.executable, "-m", "rbtrace"]
@@ -80,37 +80,6 @@ with open(f"{d}/count", "w") as f:
     f.write(f"{n}\n")
 sys.exit(40 + n)
 """
-
-
-def _loaded_ids():
-    ids = []
-    for kind in ("prog", "map"):
-        out = subprocess.run(["bpftool", kind, "list", "--json"], capture_output=True,
-                             check=True).stdout
-        ids.append({x["id"] for x in json.loads(out or b"[]")})
-    return ids
-
-
-def _bpf_ids_of(pid):
-    """The programs and maps process `pid` holds, from its fds' fdinfo: ours
-    alone, while other tracers come and go."""
-    progs, maps = set(), set()
-    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
-        try:
-            info = open(f"/proc/{pid}/fdinfo/{fd}").read()
-        except OSError:
-            continue
-        for line in info.splitlines():
-            key, _, value = line.partition(":")
-            if key == "prog_id":
-                progs.add(int(value))
-            elif key == "map_id":
-                maps.add(int(value))
-    return progs, maps
-
-
-def _left_loaded(ours):
-    return [o & now for o, now in zip(ours, _loaded_ids())]
 
 
 def _start(args, **kw):
@@ -175,7 +144,7 @@ def _complete(r):
 def test_stop_signal_drains_summarises_and_exits_128_plus_signal(kernel_ok, tmp_path, sig):
     mark = uuid.uuid4().hex
     p, first = _start(["open", "--json", "--path", f"/nonexistent/{mark}/"])
-    ours = _bpf_ids_of(p.pid)
+    ours = bpf_ids_held(p.pid)
     assert ours[0] and ours[1], ours
     subprocess.run([PYTHON, "-c", OPENS, str(tmp_path), mark, "300"], check=True, env=ENV)
     p.send_signal(sig)                  # at once: what is still in the ring must be drained
@@ -185,7 +154,7 @@ def test_stop_signal_drains_summarises_and_exits_128_plus_signal(kernel_ok, tmp_
     assert r.summary["stopped_by"] == sig.name
     assert _paths(r) == _record(tmp_path)
     assert len(r.events) == 300
-    assert _left_loaded(ours) == [set(), set()], "programs or maps left loaded"
+    assert still_loaded(ours) == [set(), set()], "programs or maps left loaded"
 
 
 @pytest.mark.parametrize("sig", NEW_STOP_SIGNALS, ids=lambda s: s.name)
@@ -195,11 +164,11 @@ def test_stop_signal_is_passed_on_to_cmd_once_and_tracing_goes_on_until_it_exits
     p, first = _start(["open", "--json", "--path", f"/nonexistent/{mark}/", "--",
                        PYTHON, "-c", CMD, sig.name, str(tmp_path), mark])
     cmd_pid = int(_wait_file(tmp_path / "ready", p))
-    ours = _bpf_ids_of(p.pid)
-    assert _bpf_ids_of(cmd_pid) == (set(), set()), "CMD holds rbtrace's BPF objects"
+    ours = bpf_ids_held(p.pid)
+    assert bpf_ids_held(cmd_pid) == (set(), set()), "CMD holds rbtrace's BPF objects"
     p.send_signal(sig)
     r = _finish(p, first)
-    assert _left_loaded(ours) == [set(), set()], "programs or maps left loaded"
+    assert still_loaded(ours) == [set(), set()], "programs or maps left loaded"
     left = not _gone(cmd_pid)
     if left:
         os.kill(cmd_pid, signal.SIGKILL)
