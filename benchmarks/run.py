@@ -57,6 +57,12 @@ READY_TIMEOUT = 120.0
 IDLE_S = 1.0
 STOP_TIMEOUT = 120.0
 
+# --smoke: every row, each in a few seconds (tests/kernel/test_bench_smoke.py
+# runs it so that a broken baseline is caught; the numbers mean nothing).
+SMOKE = {"opens": 20_000, "strace_opens": 2_000, "latency_opens": 2_000,
+         "latency_rate": 20_000, "startup_repeat": 1, "sustain_rates": "20000",
+         "sustain_seconds": 0.5, "quiet_wait": 0}
+
 VARIANTS = ("untraced", "rbtrace-json", "rbtrace-table", "rbtrace-nomatch",
             "bcc-ringbuf", "bcc-perf", "bpftrace", "strace")
 
@@ -959,7 +965,19 @@ def main():
                     help="... for at most this many seconds, then run anyway and flag it")
     ap.add_argument("--sustain-rates", default="10000,100000,300000,500000,700000,900000")
     ap.add_argument("--sustain-seconds", type=float, default=4.0)
+    ap.add_argument("--smoke", action="store_true",
+                    help="a few seconds per row, to check that every row runs (not a "
+                         "measurement): tiny storms, one start-up, one sustained rate, "
+                         "no waiting for a quiet machine; the explicit options still win")
+    ap.add_argument("--results", metavar="DIR", default=RESULTS,
+                    help="where to write <timestamp>.json and latest.json "
+                         "(default benchmarks/results)")
     args = ap.parse_args()
+    if args.smoke:
+        given = {a.split("=", 1)[0] for a in sys.argv[1:] if a.startswith("--")}
+        for name, value in SMOKE.items():
+            if "--" + name.replace("_", "-") not in given:
+                setattr(args, name, value)
 
     if os.geteuid() != 0:
         sys.exit("run.py: needs root (BPF)")
@@ -1062,12 +1080,13 @@ def main():
 
 
 def save(result, stamp, prefix=""):
-    """benchmarks/results/<prefix><stamp>.json and <prefix>latest.json."""
-    os.makedirs(RESULTS, exist_ok=True)
+    """<results>/<prefix><stamp>.json and <prefix>latest.json."""
+    where = result.get("options", {}).get("results") or RESULTS
+    os.makedirs(where, exist_ok=True)
     for name in (f"{prefix}{stamp}.json", f"{prefix}latest.json"):
-        with open(os.path.join(RESULTS, name), "w") as f:
+        with open(os.path.join(where, name), "w") as f:
             json.dump(result, f, indent=1)
-    log(f"wrote benchmarks/results/{prefix}{stamp}.json and {prefix}latest.json"
+    log(f"wrote {os.path.relpath(where, ROOT)}/{prefix}{stamp}.json and {prefix}latest.json"
         + (" (partial: " + result["error"] + ")" if result.get("error") else ""))
 
 
