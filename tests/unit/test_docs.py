@@ -467,6 +467,64 @@ def envelope_fields():
     return out
 
 
+def envelope_orders():
+    """{"start": [keys], "lost": [[keys]], "summary": [[keys], ...]}: the
+    members of the engine's own lines in the order they are written (the
+    JSON renderer puts "type" first, and "version" in the start line)."""
+    from rbtrace import render
+    from rbtrace.follow import Command, RunningProcess
+    from rbtrace.probes import registry
+    from rbtrace.session import Session
+    probe = registry()[probe_commands()[0]]({})
+    out = {"lost": [], "summary": []}
+    running = RunningProcess(os.getpid())
+    try:
+        for target in (None, Command(["true"]), running):
+            renderer = _Recorder()
+            session = Session(probe, renderer, 1 << 20, follow=target)
+            session.started = 0.0
+            summary = session._summary(_FakeLoaded())
+            out["summary"].append(_written(render, "close", summary))
+            out["lost"].extend(_written(render, "lost", r) for r in renderer.lost_records)
+    finally:
+        running.close()
+    # The start line: the info dict Session.run hands to the renderer.
+    info = None
+    for node in ast.walk(ast.parse(textwrap.dedent(inspect.getsource(Session.run)))):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "start" \
+                and node.args and isinstance(node.args[0], ast.Dict):
+            info = {k.value: 0 for k in node.args[0].keys}
+    assert info, "Session.run starts the renderer with a dict display"
+    out["start"] = _written(render, "start", info)
+    return out
+
+
+def _written(render, method, record) -> list:
+    """The members, in order, of the line JsonRenderer writes for `record`."""
+    import json
+    buf = io.BytesIO()
+    getattr(render.JsonRenderer(buf, None), method)(record)
+    return list(json.loads(buf.getvalue()))
+
+
+def documented_order(page, subsection) -> list:
+    """The members a FIELDS subsection lists, in the order of its entries."""
+    return [w for e in page.entries("FIELDS", subsection) for w in e.words]
+
+
+def assert_in_documented_order(keys, documented, what):
+    """Every member of a real line is documented, and the line's members
+    come in the documented order (members that only appear sometimes may
+    be missing from a line, not out of place)."""
+    keys = list(keys)
+    missing = [k for k in keys if k not in documented]
+    assert not missing, f"{what}: {missing} not documented"
+    pos = [documented.index(k) for k in keys]
+    bad = [(keys[i], keys[i + 1]) for i in range(len(keys) - 1) if pos[i] > pos[i + 1]]
+    assert not bad, (f"{what}: the output has these members in another order than the page "
+                     f"(output, page): {bad}; output order {keys}")
+
+
 def env_vars_in_code() -> set:
     names = set()
     for path in glob.glob(os.path.join(REPO, "rbtrace", "**", "*.py"), recursive=True):
@@ -693,6 +751,68 @@ def test_start_lost_and_summary_lines_are_documented(command):
         assert sub in page.subsections("FIELDS"), f"rbtrace-{command}.8: no {sub!r}"
         documented = page.tags("FIELDS", sub)
         assert code == documented, (line_type, sorted(code ^ documented))
+
+
+@pytest.mark.parametrize("command", probe_commands())
+def test_start_lost_and_summary_members_are_in_the_output_order(command):
+    page = load(f"rbtrace-{command}")
+    orders = envelope_orders()
+    assert orders["lost"] and len(orders["summary"]) == 3
+    assert_in_documented_order(orders["start"], documented_order(page, "start lines"),
+                               f"rbtrace-{command}.8 start lines")
+    for line_type in ("lost", "summary"):
+        documented = documented_order(page, f"{line_type} lines")
+        for keys in orders[line_type]:
+            assert_in_documented_order(keys, documented, f"rbtrace-{command}.8 {line_type} lines")
+
+
+def _exec_events():
+    """Exec events with every member, non-UTF-8 text included, decoded
+    from hand-built records by the real decoder (tests/unit/test_exec_decode)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import test_exec_decode as ted
+    from rbtrace.probes import exec as ex
+    recs = [ted.record(args=[b"true", b"x"]),
+            ted.record(args=[b"\xff", b"x"], filename=b"/tmp/\xfe", comm=b"\xfd", syscall=1,
+                       dirfd=3, at_flags=0x1000, exe=b"/tmp/\xfc", flags=ex.ARGV_FAULT, ret=-2),
+            ted.record(args=[b"true"], syscall=1, dirfd=-100, flags=ex.FILENAME_TRUNCATED)]
+    return ted.decode(recs)
+
+
+def _open_events():
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import test_open_decode as tod
+    rows = [{"path": b"/a", "ret": 3}, {"path": b"bad-\xff", "comm": b"\xfe", "ret": -2},
+            {"path": b"rel", "ret": -2, "flags": 0o101, "mode": 0o640}]
+    _, plain = tod.decode(rows)
+    _, full = tod.decode(rows, full_path=True)
+    return plain + full
+
+
+@pytest.mark.parametrize("command", probe_commands())
+def test_event_members_are_documented_in_the_output_order(command):
+    """The FIELDS entries of a probe's event lines come in the order the
+    members are written: the decoder's real output where the unit tests
+    can build records (exec, open), the module's JSON_FIELDS (declared in
+    output order) otherwise.  tests/kernel/test_man_examples.py checks the
+    order of real output lines too."""
+    from rbtrace.probes import registry
+    page = load(f"rbtrace-{command}")
+    documented = documented_order(page, f"{command} lines")
+    events = {"exec": _exec_events, "open": _open_events}.get(command, lambda: [])()
+    for e in events:
+        assert_in_documented_order(e, documented, f"rbtrace-{command}.8 ({e})")
+    if command == "exec":
+        b64 = {k for e in events for k in e if k.endswith("_b64")}
+        assert b64 == {"comm_b64", "filename_b64", "exe_b64", "argv_b64"}, b64
+    if command == "open":
+        assert {k for e in events for k in e} >= {"comm_b64", "path_b64", "full_path", "mode"}
+    module = sys.modules[registry()[command].__module__]
+    declared = getattr(module, "JSON_FIELDS", None)
+    if declared is not None:
+        assert_in_documented_order(declared, documented, f"rbtrace-{command}.8 (JSON_FIELDS)")
+    else:
+        assert events, f"no way to see the order of {command}'s members: add JSON_FIELDS"
 
 
 @pytest.mark.parametrize("name", ["rbtrace"] + [f"rbtrace-{c}" for c in probe_commands()])
