@@ -607,12 +607,48 @@ def test_every_option_is_documented_and_only_those(command):
     page = load(f"rbtrace-{command}")
     entries = page.entries("OPTIONS")
     documented = {o for e in entries for o in e.options()}
-    code = option_names(params)
+    # A hidden option (tp's -x) is accepted only to be refused with a
+    # reason: not an entry of its own, but explained in a subsection.
+    code = option_names(p for p in params if not p.hidden)
     assert code - documented == set(), f"undocumented in rbtrace-{command}.8"
     # Options of other tools are discussed in subsections; the entries
     # proper are this command's only.
     proper = {o for e in page.entries("OPTIONS", "") for o in e.options()}
     assert proper - code == set(), f"rbtrace-{command}.8 documents options that don't exist"
+    explained = "\n".join(page.text("OPTIONS", s) for s in page.subsections("OPTIONS"))
+    for p in params:
+        if p.hidden:
+            for o in (*p.opts, *p.secondary_opts):
+                assert re.search(rf"(?<![\w-]){o}(?![\w-])", explained), \
+                    f"rbtrace-{command}.8: hidden {o} is not explained"
+
+
+@pytest.mark.parametrize("command", command_names())
+def test_help_lists_the_options_the_page_has(command):
+    """`rbtrace CMD --help` offers exactly the options that are entries of
+    the page: tp's --help has no -x/--failed, which tp refuses."""
+    out = _rbtrace(command, "--help").stdout
+    listed = set(re.findall(r"^  (?:(-\w), )?(--[\w-]+)", out, re.M))
+    listed = {o for pair in listed for o in pair if o}
+    page = load(f"rbtrace-{command}")
+    proper = {o for e in page.entries("OPTIONS", "") for o in e.options()}
+    assert listed == proper, (sorted(listed ^ proper), out)
+    if command == "tp":
+        assert "-x" not in listed and "--failed" not in listed
+
+
+def test_rbtrace_alone_prints_the_help_on_stderr_and_exits_2():
+    """No command is a usage error (exit 2, stdout kept for data), and the
+    help is the useful thing to show: the same text as --help, without a
+    prefix glued to it."""
+    p = _rbtrace()
+    assert p.returncode == 2, p
+    assert p.stdout == ""
+    assert p.stderr == _rbtrace("--help").stdout
+    assert p.stderr.startswith("Usage: rbtrace ") and "rbtrace: " not in p.stderr
+    text = " ".join(load("rbtrace").text("OPTIONS").split())
+    assert "rbtrace alone, with no command, prints the same help on standard error and " \
+           "exits 2" in text
 
 
 def test_group_and_shared_options_are_in_rbtrace_8():
@@ -635,6 +671,8 @@ def test_defaults_and_limits_are_stated(command):
         for o in e.options():
             by_option[o] = e
     for p in command_params(cli.commands[command], command):
+        if p.hidden:
+            continue
         entry = by_option[p.opts[0]]
         if p.show_default and not p.is_flag and p.default is not None:
             assert str(p.default) in entry.body, f"{p.opts[0]}: default {p.default} not stated"
@@ -649,7 +687,8 @@ def test_defaults_and_limits_are_stated(command):
 @pytest.mark.parametrize("command", probe_commands())
 def test_snoop_options_are_there_or_explained(command):
     page = load(f"rbtrace-{command}")
-    code = option_names(command_params(cli.commands[command], command))
+    code = option_names(p for p in command_params(cli.commands[command], command)
+                        if not p.hidden)
     explained = "\n".join(page.text("OPTIONS", s) for s in page.subsections("OPTIONS"))
     for opt in SNOOP_OPTIONS:
         assert opt in code or re.search(rf"(?<![\w-]){opt}(?![\w-])", explained), \
