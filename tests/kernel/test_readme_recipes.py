@@ -272,7 +272,7 @@ def check_doctor(recipe, tmp, running):
     got = [re.split(r"\s{2,}", ln.split(None, 1)[1])[0] for ln in lines]
     assert got == names, p.stdout
     by = dict(zip(got, lines))
-    assert by["privileges"].split() == ["ok", "privileges", "root"]
+    assert by["privileges"].split()[:3] == ["ok", "privileges", "root"]   # we are root
     assert platform.release() in by["kernel"]
     assert by["hook tracepoint"].startswith("ok ")
 
