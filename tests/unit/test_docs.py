@@ -855,6 +855,16 @@ def test_event_members_are_documented_in_the_output_order(command):
 
 
 @pytest.mark.parametrize("name", ["rbtrace"] + [f"rbtrace-{c}" for c in probe_commands()])
+def test_overhead_does_not_call_its_own_numbers_missing(name):
+    """rbtrace-exec(8) said "the measured numbers are still missing" and
+    then gave measured numbers."""
+    text = " ".join(load(name).text("OVERHEAD").split())
+    measured = re.search(r"[Mm]easured|\d(?:\.\d+)? ?(?:ns|us|ms|s)\b", text)
+    if measured:
+        assert not re.search(r"missing|not (?:yet )?measured|to be measured", text), text[:300]
+
+
+@pytest.mark.parametrize("name", ["rbtrace"] + [f"rbtrace-{c}" for c in probe_commands()])
 def test_json_format_version_is_stated(name):
     from rbtrace.render import JSON_FORMAT_VERSION
     page = load(name)
