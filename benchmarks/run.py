@@ -1114,6 +1114,13 @@ def main():
     result["tables_markdown"] = "\n".join(text)
     print("\n".join(text))
     save(result, stamp)
+    if not args.no_extras:
+        # Reaction times and the long storm, moved out of the functional tests.
+        timing = [sys.executable, os.path.join(HERE, "timing.py")]
+        if args.smoke:
+            timing += ["--repeat", "1", "--burst", "2000", "--soak-seconds", "2"]
+        if subprocess.run(timing).returncode != 0:
+            failed.append("timing.py")
     if failed:
         sys.exit(f"run.py: {len(failed)} row(s) failed: {', '.join(failed)}")
 

@@ -96,13 +96,114 @@ def _verifier_refusal(text, source):
                       hint=bcc_hint[0] if bcc_hint else "run with --debug for the verifier's log")
 
 
-def _load_failure(failure, text, source) -> ProbeError:
-    """One line for BCC's failure: the verifier's reason, the compiler's
-    first error (file:line: error: ...), or BCC's own message with the last
-    line it printed (attach failures name the hook there)."""
+# The kernel's limits behind E2BIG from BPF_PROG_LOAD (kernel/bpf/verifier.c,
+# include/linux/bpf.h, 6.18), for a loader with CAP_BPF, as rbtrace is.
+PROG_MAX_INSNS = 1_000_000          # BPF_COMPLEXITY_LIMIT_INSNS: program size
+VERIFIER_MAX_PROCESSED = 1_000_000  # instructions the verifier may check in all
+VERIFIER_MAX_JMP_SEQ = 8192         # BPF_COMPLEXITY_LIMIT_JMP_SEQ: pending branches
+
+_BCC_E2BIG = re.compile(r"Program \S* ?too large \((\d+) insns\), at most \d+ insns")
+_PROCESSED = re.compile(r"BPF program is too large\. Processed (\d+) insn")
+_JMP_SEQ = re.compile(r"The sequence of (\d+) jumps is too complex")
+_MAP_FAILURE = re.compile(r"could not open bpf map: (\w+), error: ([^\n]+)")
+_FAILED_FN = re.compile(r"Failed to load BPF program b'(\w+)'")
+
+# For a probe of the user's own (rbtrace run); the built-in probes name
+# their options (Probe.cost_hint).
+USER_PROBE_COST_HINT = ("make the probe's loops shorter (smaller constant bounds) or "
+                        "split the work over several programs")
+
+
+def _too_large(text, source, cost_hint=None):
+    """A ProbeError for E2BIG at load time, saying which limit was hit, or None.
+
+    BCC 0.26 prints "Program too large (N insns), at most 4096 insns" for
+    any E2BIG and shows no verifier log.  4096 is the limit for loaders
+    without CAP_BPF, not rbtrace's (1,000,000), and the verifier answers
+    E2BIG too when its complexity limits are reached: 1,000,000
+    instructions checked along all paths ("BPF program is too large.
+    Processed N insn"), or 8,192 branches pending ("The sequence of N jumps
+    is too complex").  `text` may carry the verifier's log (see
+    _verifier_log) to tell those apart."""
+    m = _BCC_E2BIG.search(text)
+    processed, jumps = _PROCESSED.search(text), _JMP_SEQ.search(text)
+    if m is None and processed is None and jumps is None:
+        return None
+    size = f"the program itself is {int(m.group(1)):,} instructions" if m else ""
+    hint = cost_hint or "run with --debug for the verifier's statistics"
+    if processed:
+        why = (f"checked {int(processed.group(1)):,} instructions along the program's paths, "
+               f"past its complexity limit of {VERIFIER_MAX_PROCESSED:,}")
+    elif jumps:
+        why = (f"had {int(jumps.group(1)):,} branches pending, past its complexity limit "
+               f"of {VERIFIER_MAX_JMP_SEQ:,}")
+    elif int(m.group(1)) > PROG_MAX_INSNS:
+        return ProbeError(f"{source}: the program is {int(m.group(1)):,} instructions, more "
+                          f"than the kernel's size limit of {PROG_MAX_INSNS:,}", hint=hint)
+    else:
+        why = (f"reached a complexity limit ({VERIFIER_MAX_PROCESSED:,} instructions "
+               f"checked along all paths, or {VERIFIER_MAX_JMP_SEQ:,} branches pending)")
+    size = f" ({size}: its size is not the problem)" if size else ""
+    return ProbeError(f"{source}: the kernel's verifier gave up: it {why}{size}", hint=hint)
+
+
+def _verifier_log(bcc, module, fn_name, prog_type) -> str:
+    """The verifier's own last lines for `fn_name` of a compiled BCC
+    module, which BCC does not show after E2BIG: the program is loaded
+    again with a log buffer at BPF_LOG_STATS (4), which gives the reason
+    and the counts without a line per instruction.  "" when that fails."""
+    log = ctypes.create_string_buffer(1 << 16)
+    lib = bcc.lib
+    with captured_fds():
+        fd = lib.bcc_func_load(module, prog_type, fn_name,
+                               lib.bpf_function_start(module, fn_name),
+                               lib.bpf_function_size(module, fn_name),
+                               lib.bpf_module_license(module),
+                               lib.bpf_module_kern_version(module),
+                               4, log, len(log), None, -1)
+    if fd >= 0:
+        os.close(fd)
+    return log.value.decode(errors="replace")
+
+
+def _recompiled_verifier_log(bcc, text, cflags, fn_name, prog_type) -> str:
+    """_verifier_log for a program that BPF() failed to load while loading
+    the module's others: compiled again, nothing else loaded."""
+    class NoAutoload(bcc.BPF):
+        def _trace_autoload(self):
+            pass
+    try:
+        with captured_fds():
+            b = NoAutoload(text=text, cflags=cflags)
+        try:
+            return _verifier_log(bcc, b.module, fn_name, prog_type)
+        finally:
+            b.cleanup()
+    except Exception:  # BCC raises bare Exception; the first message stands
+        return ""
+
+
+def _load_failure(failure, text, source, cost_hint=None) -> ProbeError:
+    """One line for BCC's failure: which size or complexity limit was hit,
+    the verifier's reason, the compiler's first error (file:line: error:
+    ...), or BCC's own message with the last line it printed (attach
+    failures name the hook there)."""
+    too_large = _too_large(text, source, cost_hint)
+    if too_large is not None:
+        return too_large
     refused = _verifier_refusal(text, source)
     if refused is not None:
         return refused
+    bad_map = _MAP_FAILURE.search(text)
+    if bad_map:
+        # BCC reports this among the compiler's errors, but it is the kernel
+        # refusing to create a map (memory, most often, for a large ring).
+        name, why = bad_map.groups()
+        if name == "events":
+            return ProbeError(f"the kernel could not create the ring buffer: {why}",
+                              hint="try a smaller --ring-size")
+        return ProbeError(f"{source}: the kernel could not create BPF map {name}: {why}",
+                          hint="make the map smaller")
     errors = [ln.strip() for ln in text.splitlines() if re.search(r"\berror\b", ln)]
     if errors:
         first = errors[0]
@@ -355,9 +456,13 @@ def _close_in_parallel(closers):
 class LoadedProbe:
     """A compiled probe with its tracepoints attached."""
 
-    def __init__(self, source, cflags: dict, event_structs, debug=False, tracepoints=()):
+    def __init__(self, source, cflags: dict, event_structs, debug=False, tracepoints=(),
+                 cost_hint=None):
         """`tracepoints`: (function name, "category:event") pairs to load and
-        attach besides what BCC attaches by itself (see _attach_tracepoints)."""
+        attach besides what BCC attaches by itself (see _attach_tracepoints).
+        `cost_hint`: the options that make the probe cheaper to verify, for
+        when the verifier gives up."""
+        self.cost_hint = cost_hint
         bcc, self.headers = prepare()
         flags = []
         if cflags.get("FOLLOW"):
@@ -370,11 +475,12 @@ class LoadedProbe:
         for category, event in _TRACEPOINT_USE.findall(code_only(text)):
             if not kernel.tracepoint_exists(category, event):
                 raise ProbeError(f"{source}: tracepoint {category}:{event} does not exist on this kernel",
-                                 hint=f"ls {kernel.TRACEFS_UNDER_DEBUGFS}/events/{category}")
+                                 hint=f"ls {kernel.tracefs_dir()}/events/{category}")
         _refuse_hooks_that_cannot_load(text, source)
         with captured_fds() as output:
             try:
-                self.bpf = bcc.BPF(text=text.encode(errors="surrogateescape"), cflags=flags)
+                text_bytes = text.encode(errors="surrogateescape")
+                self.bpf = bcc.BPF(text=text_bytes, cflags=flags)
                 failure = None
             except Exception as e:  # BCC raises bare Exception for all of these
                 failure = e
@@ -382,7 +488,16 @@ class LoadedProbe:
         if debug and text.strip():
             sys.stderr.write(text)
         if failure is not None:
-            raise _load_failure(failure, text, source)
+            fn = _FAILED_FN.search(str(failure))
+            if fn and _BCC_E2BIG.search(text):
+                prog_type = (bcc.BPF.RAW_TRACEPOINT if fn.group(1).startswith("raw_tracepoint__")
+                             else bcc.BPF.TRACEPOINT)
+                log = _recompiled_verifier_log(bcc, text_bytes, flags, fn.group(1).encode(),
+                                               prog_type)
+                if debug:
+                    sys.stderr.write(log)
+                text += "\n" + log
+            raise _load_failure(failure, text, source, cost_hint)
         try:
             self.event_types = [self._event_type(bcc, name, source) for name in event_structs]
             check_event_types(self.event_types, source)
@@ -432,7 +547,11 @@ class LoadedProbe:
                 if debug and output.text.strip():
                     sys.stderr.write(output.text)
                 if failure is not None:
-                    err = _load_failure(failure, output.text, source)
+                    text = output.text
+                    if _BCC_E2BIG.search(text):
+                        text += "\n" + _verifier_log(bcc, self.bpf.module, fn_name.encode(),
+                                                     bcc.BPF.TRACEPOINT)
+                    err = _load_failure(failure, text, source, self.cost_hint)
                     raise ProbeError(f"{tp}: {err.message}", hint=err.hint)
                 category, _, event = tp.partition(":")
                 with captured_fds():

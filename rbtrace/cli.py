@@ -6,6 +6,7 @@ and Exit.ERROR or Exit.USAGE.  `--debug` (or RBTRACE_DEBUG=1) shows the
 traceback instead.
 """
 import functools
+import math
 import mmap
 import os
 import sys
@@ -35,7 +36,31 @@ class SizeType(click.ParamType):
         if not fields.is_pow2_pages(n, mmap.PAGESIZE):
             self.fail(f"{value!r} is not a power of two and a whole number of "
                       f"{mmap.PAGESIZE}-byte pages (try 4M, 16M, 64M)", param, ctx)
+        from rbtrace.kernel import RINGBUF_MAX_BYTES
+        if n > RINGBUF_MAX_BYTES:
+            self.fail(f"{value!r} is larger than the largest ring buffer the kernel "
+                      f"accepts, {RINGBUF_MAX_BYTES >> 30}G (its size is a 32-bit "
+                      f"count of bytes)", param, ctx)
         return n
+
+
+class DurationType(click.ParamType):
+    """Seconds: a finite number greater than zero (nan and inf would never
+    end, or end at once)."""
+
+    name = "SECONDS"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float):
+            return value
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not math.isfinite(seconds) or seconds <= 0:
+            self.fail(f"{value!r} is not a number of seconds greater than 0 "
+                      f"(finite, e.g. 0.5 or 60)", param, ctx)
+        return seconds
 
 
 class UserType(click.ParamType):
@@ -129,7 +154,7 @@ def trace_options(f):
                      help="One JSON object per line (for jq) instead of the table."),
         click.option("-c", "--count", type=click.IntRange(min=1), metavar="N",
                      help="Stop after N events."),
-        click.option("-d", "--duration", type=click.FloatRange(min=0, min_open=True),
+        click.option("-d", "--duration", type=DurationType(),
                      metavar="SECONDS", help="Stop after SECONDS."),
         click.option("-p", "--pid", type=click.IntRange(1, 2**22), metavar="PID",
                      help="Only this process (thread group id)."),
@@ -143,6 +168,8 @@ def trace_options(f):
         click.option("-x", "--failed", is_flag=True, help="Only failed calls."),
         click.option("--ring-size", type=SizeType(), default=DEFAULT_RING, show_default=True,
                      help="Ring buffer size: a power of two, whole pages (4M, 16M, 64M)."),
+        click.option("--utc", is_flag=True,
+                     help="TIME in UTC instead of local time (JSON time is always UTC)."),
         click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True),
                      metavar="FILE", help="Write events to FILE instead of stdout."),
         click.option("--debug", is_flag=True, help="Show tracebacks and compiler output."),
@@ -169,6 +196,8 @@ def _follow_target(opts):
                          "the command's own process tree is followed")
     if opts.get("pid"):
         follow.check_process(opts["pid"])
+    if opts.get("tid"):
+        follow.check_process(opts["tid"], "--tid", thread=True)
     if command:
         return follow.Command(command)        # 127/126 now, before any probe loads
     if opts.get("children"):
@@ -248,6 +277,8 @@ def _print_summary(s):
         line += f", {s['not_delivered_count_reached']} more not shown after --count"
     if s.get("not_followed"):
         line += f", {s['not_followed']} child processes not followed (their events are lost)"
+    if s.get("discarded"):
+        line += f", {s['discarded']} records discarded by the probe"
     line += f", {s['duration_s']:.1f}s"
     if s.get("top_errors"):
         line += "; top errors: " + ", ".join(f"{k} {v}" for k, v in s["top_errors"].items())
@@ -323,7 +354,7 @@ def exec_cmd(**opts):
               help="Only opens with all these flags set, e.g. O_WRONLY or wronly,creat.")
 @click.option("--full-path", is_flag=True,
               help="Also report full_path: relative paths joined to the caller's cwd or dirfd, "
-                   "read from /proc when the event is decoded.")
+                   "read in the kernel at the call.")
 def open_cmd(**opts):
     """Every file open on the host (open, openat, openat2, creat), with its result."""
     sys.exit(_run_probe("open", opts))

@@ -29,15 +29,15 @@ class Check:
         return text
 
 
-def _try_ringbuf() -> tuple:
-    """Create a 4 KiB BPF ring buffer map with the raw syscall."""
+def _try_ringbuf(size=4096) -> tuple:
+    """Create a BPF ring buffer map of `size` bytes with the raw syscall."""
     if SYS_BPF is None:
         return False, f"unknown bpf syscall number on {platform.machine()}"
     attr = (ctypes.c_uint32 * 32)()
     attr[0] = BPF_MAP_TYPE_RINGBUF   # map_type
     attr[1] = 0                      # key_size
     attr[2] = 0                      # value_size
-    attr[3] = 4096                   # max_entries: data size
+    attr[3] = size                   # max_entries: data size
     fd = kernel.libc().syscall(SYS_BPF, BPF_MAP_CREATE, ctypes.byref(attr), ctypes.sizeof(attr))
     if fd < 0:
         err = ctypes.get_errno()
@@ -59,7 +59,17 @@ _HOOK_PROGRAMS = {
 }
 
 
+# A testing aid: RBTRACE_FORCE_UNLOADABLE=kprobe,fentry makes those hook
+# kinds fail as on a kernel that lacks them, so that the refusal can be
+# tested on any kernel, with a reason that doesn't come from this function's
+# own reading of the kernel.
+FORCE_UNLOADABLE = "RBTRACE_FORCE_UNLOADABLE"
+FORCED_REASON = f"refused by {FORCE_UNLOADABLE} (a testing aid)"
+
+
 def try_hook(kind) -> tuple:
+    if kind in os.environ.get(FORCE_UNLOADABLE, "").split(","):
+        return False, FORCED_REASON
     from rbtrace.bpf import captured_fds, prepare
     bcc, _ = prepare()
     text, prog_type, attach = _HOOK_PROGRAMS[kind]
@@ -79,6 +89,10 @@ def try_hook(kind) -> tuple:
     reason = (kernel_says[0].strip() if kernel_says else error.splitlines()[0])[:160]
     if kind == "kprobe" and not os.path.exists("/sys/bus/event_source/devices/kprobe"):
         reason = "the kernel has no kprobe support (CONFIG_KPROBES is off)"
+    elif kind == "uprobe" and os.geteuid() != 0 and not kernel.effective_caps() >> kernel.CAP_SYS_ADMIN & 1:
+        # Seen on 6.18: with CAP_BPF, CAP_PERFMON and CAP_DAC_READ_SEARCH
+        # the uprobe does not attach; adding CAP_SYS_ADMIN makes it.
+        reason += " (a user other than root needs CAP_SYS_ADMIN for uprobes)"
     elif kind == "fentry":
         lockdown = _read("/sys/kernel/security/lockdown")
         if lockdown:
@@ -94,54 +108,77 @@ def _read(path):
         return ""
 
 
+def _guarded(name, required, fn):
+    """One check, whatever goes wrong inside it: a line, never a traceback."""
+    try:
+        return fn()
+    except EnvironmentProblem as e:
+        return Check(name, False, e.message, e.hint or "", required=required)
+    except Exception as e:  # a check that fails unexpectedly is still a line
+        return Check(name, False, f"check failed: {type(e).__name__}: {e}", required=required)
+
+
+def _privileges_check():
+    missing = kernel.missing_privileges()
+    return Check("privileges", not missing, kernel.describe_privileges(),
+                 f"run as root, or grant {', '.join(missing)} "
+                 f"(setpriv --inh-caps={kernel.SETPRIV_CAPS} "
+                 f"--ambient-caps={kernel.SETPRIV_CAPS} ...)")
+
+
+def _btf_check():
+    offs = kernel.task_offsets()
+    return Check("BTF", True, f"{kernel.VMLINUX_BTF} (" +
+                 ", ".join(f"{k}={v}" for k, v in offs.items()) + ")")
+
+
+def _headers_check():
+    return Check("kernel headers", True, kernel.find_headers().how)
+
+
+def _tracefs_check():
+    kernel.ensure_tracefs()
+    return Check("tracefs", True, str(kernel.tracefs_dir()))
+
+
+def _bcc_check():
+    from rbtrace.bpf import import_bcc
+    bcc = import_bcc()
+    return Check("BCC", True, f"{getattr(bcc, '__version__', '?')} ({os.path.dirname(bcc.__file__)})")
+
+
 def run_checks(out) -> int:
-    checks = []
-    root = os.geteuid() == 0
+    """Every check, one line each, in a fixed order (rbtrace-doctor(8),
+    CHECKS): a check that can't be made says why instead of stopping."""
+    checks = [_guarded("privileges", True, _privileges_check),
+              Check("kernel", True, f"{os.uname().release} ({platform.machine()})")]
     privileged = kernel.privileges_ok()
-    checks.append(Check("privileges", privileged,
-                        "root" if root else ("CAP_BPF+CAP_PERFMON" if privileged
-                                             else f"uid {os.geteuid()} without CAP_BPF+CAP_PERFMON"),
-                        "run as root (sudo)"))
-    checks.append(Check("kernel", True, f"{os.uname().release} ({platform.machine()})"))
+    lacking = ", ".join(c for c in kernel.missing_caps() if c != "CAP_DAC_READ_SEARCH")
     if privileged:
-        ok, detail = _try_ringbuf()
-        checks.append(Check("ring buffer", ok, detail, "kernel 5.8 or newer is needed"))
+        checks.append(_guarded("ring buffer", True,
+                               lambda: Check("ring buffer", *_try_ringbuf(),
+                                             "kernel 5.8 or newer is needed")))
     else:
-        checks.append(Check("ring buffer", False, "not tried without privileges", "run as root"))
-    btf_ok, btf_detail = False, ""
-    try:
-        offs = kernel.task_offsets()
-        btf_ok = True
-        btf_detail = f"{kernel.VMLINUX_BTF} (" + ", ".join(f"{k}={v}" for k, v in offs.items()) + ")"
-    except EnvironmentProblem as e:
-        btf_detail = e.message
-    checks.append(Check("BTF", btf_ok, btf_detail, "a kernel built with CONFIG_DEBUG_INFO_BTF"))
-    try:
-        h = kernel.find_headers()
-        checks.append(Check("kernel headers", True, h.how))
-    except EnvironmentProblem as e:
-        checks.append(Check("kernel headers", False, e.message, e.hint or ""))
-    try:
-        kernel.ensure_tracefs()
-        checks.append(Check("tracefs", True, f"{kernel.TRACEFS_UNDER_DEBUGFS}"))
-    except EnvironmentProblem as e:
-        checks.append(Check("tracefs", False, e.message, e.hint or ""))
-    bcc_ok = False
-    try:
-        from rbtrace.bpf import import_bcc
-        bcc = import_bcc()
-        bcc_ok = True
-        checks.append(Check("BCC", True, f"{getattr(bcc, '__version__', '?')} ({os.path.dirname(bcc.__file__)})"))
-    except EnvironmentProblem as e:
-        checks.append(Check("BCC", False, e.message, e.hint or ""))
-    can_load = privileged and bcc_ok and checks[-2].ok and any(c.name == "kernel headers" and c.ok for c in checks)
+        checks.append(Check("ring buffer", False, f"not tried: needs {lacking or 'CAP_BPF'}",
+                            "run as root"))
+    checks.append(_guarded("BTF", True, _btf_check))
+    checks.append(_guarded("kernel headers", True, _headers_check))
+    checks.append(_guarded("tracefs", True, _tracefs_check))
+    checks.append(_guarded("BCC", True, _bcc_check))
+    ready = {c.name: c.ok for c in checks}
+    can_load = privileged and ready["BCC"] and ready["tracefs"] and ready["kernel headers"]
+    if not privileged:
+        why = f"not tried: needs {lacking or 'CAP_BPF, CAP_PERFMON'}"
+    else:
+        why = "not tried: " + ", ".join(n for n in ("kernel headers", "tracefs", "BCC")
+                                        if not ready[n]) + " missing (see above)"
     for kind in _HOOK_PROGRAMS:
         required = kind == "tracepoint"
         if not can_load:
-            checks.append(Check(f"hook {kind}", False, "not tried (see above)", required=required))
+            checks.append(Check(f"hook {kind}", False, why, required=required))
             continue
-        ok, detail = try_hook(kind)
-        checks.append(Check(f"hook {kind}", ok, detail, required=required))
+        checks.append(_guarded(f"hook {kind}", required,
+                               lambda: Check(f"hook {kind}", *try_hook(kind), required=required)))
     for c in checks:
         out.write(c.line() + "\n")
     out.flush()

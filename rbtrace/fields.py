@@ -93,6 +93,29 @@ def escape_str(text: str) -> str:
     return _escape(text)
 
 
+# Characters a POSIX shell reads as themselves outside quotes: shlex.quote's
+# set.  Other printable text that escape_text() leaves alone (letters beyond
+# ASCII, CJK, emoji) is not special to a shell either.
+_SHELL_UNSAFE = re.compile(r"[^\w@%+=:,./-]", re.ASCII)
+
+
+def shell_word(shown: str) -> str:
+    r"""One argument, already made safe by escape_text(), written as a shell
+    would read it back: as it is when nothing in it is special to a shell,
+    else in single quotes (an embedded ' as '\'').  The empty argument is ''.
+
+    The escapes escape_text() made (\n, \xNN, \\) stay as they are inside
+    the quotes, so a line of words still decodes to the exact argv: split
+    it with shlex.split(), then undo the backslash escapes of each word.
+    """
+    # "…" is quoted too: unquoted after a word, it marks an argument that
+    # was cut (see the exec table).
+    if shown and "\u2026" not in shown and not any(
+            c.isascii() for c in _SHELL_UNSAFE.findall(shown)):
+        return shown
+    return "'" + shown.replace("'", "'\\''") + "'"
+
+
 def json_text(raw: bytes) -> tuple[str, str | None]:
     """Split untrusted bytes into JSON-safe text plus, if needed, the exact bytes.
 
@@ -269,9 +292,11 @@ class Clock:
 
     SAMPLES = 16
 
-    def __init__(self, offset_ns: int | None = None):
-        """offset_ns fixes the REALTIME - MONOTONIC offset instead of measuring it."""
+    def __init__(self, offset_ns: int | None = None, utc: bool = False):
+        """offset_ns fixes the REALTIME - MONOTONIC offset instead of measuring it;
+        utc makes hms() show UTC instead of local time."""
         self.offset_ns = self._measure() if offset_ns is None else offset_ns
+        self._broken_down = time.gmtime if utc else time.localtime
         # One entry each, keyed by whole second: events arrive in time order,
         # so the date-time prefix is usually the one just formatted.
         self._iso_second = (None, "")
@@ -304,11 +329,14 @@ class Clock:
         return f"{prefix}.{ns:09d}Z"
 
     def hms(self, ts_ns: int) -> str:
-        """Local time of day to the millisecond (truncated): 07:01:02.123."""
+        """Time of day to the millisecond (truncated): 07:01:02.123.
+
+        Local time as date(1) shows it (TZ, else /etc/localtime, as read at
+        start), or UTC when the clock was made with utc=True."""
         second, ns = divmod(ts_ns + self.offset_ns, _NS_PER_S)
         cached, prefix = self._hms_second
         if second != cached:
-            prefix = time.strftime("%H:%M:%S", time.localtime(second))
+            prefix = time.strftime("%H:%M:%S", self._broken_down(second))
             self._hms_second = (second, prefix)
         return f"{prefix}.{ns // 1_000_000:03d}"
 

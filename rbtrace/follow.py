@@ -198,23 +198,32 @@ class Command:
                             "signal": sig}}
 
 
-def check_process(pid: int, option="--pid"):
-    """UsageError unless `pid` is a running process (a thread group id):
-    a filter on a pid that is not one would trace nothing, silently."""
+def check_process(pid: int, option="--pid", thread=False):
+    """UsageError unless `pid` is a running process (a thread group id), or
+    with `thread` a running thread: a filter on a pid that is not one, a
+    zombie or a kernel thread (which makes no system calls) would trace
+    nothing, silently, until stopped."""
     try:
         with open(f"/proc/{pid}/status", "rb") as f:
-            status = f.read()
+            status = dict(line.split(b":", 1) for line in f.read().splitlines() if b":" in line)
     except FileNotFoundError:
-        raise UsageError(f"{option} {pid}: no such process")
+        raise UsageError(f"{option} {pid}: no such {'thread' if thread else 'process'}")
     except OSError as e:
         raise UsageError(f"{option} {pid}: cannot read /proc/{pid}/status: {e.strerror}")
-    for line in status.splitlines():
-        if line.startswith(b"Tgid:"):
-            tgid = int(line.split()[1])
-            if tgid != pid:
-                raise UsageError(f"{option} {pid} is a thread of process {tgid}: "
-                                 f"{option} takes a process id")
-            return
+    # A leader thread that exited shows Z while the other threads of its
+    # process run on (Threads counts them, the zombie leader included).
+    if status.get(b"State", b"").split()[:1] in ([b"Z"], [b"X"]) and (
+            thread or int(status.get(b"Threads", 1)) <= 1):
+        raise UsageError(f"{option} {pid} has exited (a zombie, not yet reaped by its parent): "
+                         f"it can't make another system call")
+    # Kthread: since Linux 6.3; before it, a kernel thread has no Vm lines.
+    if status.get(b"Kthread", b"").strip() == b"1" or (
+            b"Kthread" not in status and b"VmSize" not in status):
+        raise UsageError(f"{option} {pid} is a kernel thread: it makes no system calls")
+    tgid = int(status.get(b"Tgid", pid))
+    if tgid != pid and not thread:
+        raise UsageError(f"{option} {pid} is a thread of process {tgid}: "
+                         f"{option} takes a process id")
 
 
 class RunningProcess:

@@ -16,9 +16,23 @@ from rbtrace.errors import EnvironmentProblem
 from rbtrace.paths import cache_dir
 
 # Capability numbers from linux/capability.h.
+CAP_DAC_OVERRIDE = 1
+CAP_DAC_READ_SEARCH = 2
 CAP_SYS_ADMIN = 21
 CAP_PERFMON = 38
 CAP_BPF = 39
+
+# What a user other than root needs, found by trying each subset on Linux
+# 6.18: CAP_BPF to create maps and load programs, CAP_PERFMON to load
+# tracing programs and open tracepoint perf events (with
+# kernel.perf_event_paranoid > -1), and CAP_DAC_READ_SEARCH to read
+# tracepoint ids and formats in tracefs, whose top directory is mode 0700.
+# CAP_SYS_ADMIN stands in for the first two (the kernel's bpf_capable()
+# and perfmon_capable()), CAP_DAC_OVERRIDE for the third.  Locked memory
+# is no concern: since 5.11 BPF memory is charged to the memory cgroup,
+# not to RLIMIT_MEMLOCK.
+NEEDED_CAPS = "CAP_BPF, CAP_PERFMON and CAP_DAC_READ_SEARCH"
+SETPRIV_CAPS = "+bpf,+perfmon,+dac_read_search"
 
 
 def effective_caps() -> int:
@@ -29,17 +43,71 @@ def effective_caps() -> int:
     return 0
 
 
-def privileges_ok(caps=None) -> bool:
+def _has(caps, *numbers):
+    return any(caps >> n & 1 for n in numbers)
+
+
+def missing_caps(caps=None) -> list:
+    """The capabilities rbtrace needs that `caps` (default: this
+    process's effective set) lacks, by name.  CAP_DAC_READ_SEARCH is only
+    needed where tracefs is not readable without it (tracefs mounted with
+    gid= for a group the user is in), so this lists it regardless; see
+    missing_privileges()."""
     caps = effective_caps() if caps is None else caps
-    has = lambda n: bool(caps >> n & 1)  # noqa: E731
-    return has(CAP_SYS_ADMIN) or (has(CAP_BPF) and has(CAP_PERFMON))
+    missing = []
+    if not _has(caps, CAP_BPF, CAP_SYS_ADMIN):
+        missing.append("CAP_BPF")
+    if not _has(caps, CAP_PERFMON, CAP_SYS_ADMIN):
+        missing.append("CAP_PERFMON")
+    if not _has(caps, CAP_DAC_READ_SEARCH, CAP_DAC_OVERRIDE):
+        missing.append("CAP_DAC_READ_SEARCH")
+    return missing
+
+
+def privileges_ok(caps=None) -> bool:
+    """Whether the kernel lets this process load and attach tracing
+    programs (CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN)."""
+    caps = effective_caps() if caps is None else caps
+    return _has(caps, CAP_BPF, CAP_SYS_ADMIN) and _has(caps, CAP_PERFMON, CAP_SYS_ADMIN)
+
+
+def missing_privileges(caps=None) -> list:
+    """missing_caps(), less CAP_DAC_READ_SEARCH when tracefs can be read
+    without it."""
+    missing = missing_caps(caps)
+    if "CAP_DAC_READ_SEARCH" in missing and tracefs_state()[1] == "ok":
+        missing.remove("CAP_DAC_READ_SEARCH")
+    return missing
+
+
+def describe_privileges(caps=None) -> str:
+    """Who this process is, for doctor: "root", or the uid and the caps
+    it has of those rbtrace needs."""
+    if os.geteuid() == 0 and not missing_caps(caps):
+        return "root"
+    missing = missing_privileges(caps)
+    if missing:
+        return f"uid {os.geteuid()}: missing " + ", ".join(missing)
+    return f"uid {os.geteuid()} with {NEEDED_CAPS}"
 
 
 def ensure_privileges():
-    if not privileges_ok():
+    missing = missing_privileges()
+    if missing:
         raise EnvironmentProblem(
-            "rbtrace needs root, or the capabilities CAP_BPF and CAP_PERFMON, to load BPF programs",
-            hint="run it with sudo")
+            f"rbtrace needs root, or the capabilities {NEEDED_CAPS}: "
+            f"uid {os.geteuid()} lacks " + ", ".join(missing),
+            hint=f"run it with sudo, or grant them (setpriv --inh-caps={SETPRIV_CAPS} "
+                 f"--ambient-caps={SETPRIV_CAPS} ...)")
+
+
+# --- BPF ring buffer ------------------------------------------------------
+
+# The largest BPF ring buffer: its size is the map's max_entries, a __u32
+# that must be a power of two (kernel/bpf/ringbuf.c), so 2 GiB; a 2 GiB
+# ring was created on this machine (Linux 6.18, 24 GiB), and BCC wraps
+# 4 GiB to 0 ("Invalid argument").
+RINGBUF_MAX_BYTES = 1 << 31
 
 
 # --- kernel headers ------------------------------------------------------
@@ -146,11 +214,40 @@ def find_headers(release=None, modules_root=Path("/lib/modules"), src_root=Path(
 
 DEBUGFS = Path("/sys/kernel/debug")
 TRACEFS_UNDER_DEBUGFS = DEBUGFS / "tracing"
+TRACEFS = Path("/sys/kernel/tracing")
+
+
+def tracefs_dir() -> Path:
+    """The tracefs BCC's C library uses, so rbtrace reads the same one.
+
+    libbcc (0.26) takes /sys/kernel/debug/tracing when access(2) finds it,
+    else /sys/kernel/tracing, for tracepoint formats (the clang front end)
+    and ids (attaching).  access(2) checks with the real uid and, for a
+    uid other than 0, without capabilities: a user with CAP_DAC_READ_SEARCH
+    is still refused /sys/kernel/debug (mode 0700), and BCC then looks in
+    /sys/kernel/tracing only.  os.access is the same call."""
+    if os.access(TRACEFS_UNDER_DEBUGFS, os.F_OK):
+        return TRACEFS_UNDER_DEBUGFS
+    return TRACEFS
+
+
+def tracefs_state(root=None) -> tuple:
+    """(path, state): state is "ok" (events listable), "unmounted" or
+    "denied".  Never raises."""
+    root = tracefs_dir() if root is None else root
+    try:
+        with os.scandir(root / "events"):
+            return root, "ok"
+    except PermissionError:
+        return root, "denied"
+    except OSError:
+        if os.path.ismount(root) or not os.access(root.parent, os.X_OK):
+            return root, "denied"
+        return root, "unmounted"
 
 
 def tracefs_ready() -> bool:
-    # BCC reads tracepoint formats and ids under /sys/kernel/debug/tracing.
-    return (TRACEFS_UNDER_DEBUGFS / "events").is_dir()
+    return tracefs_state()[1] == "ok"
 
 
 @functools.lru_cache(maxsize=1)
@@ -169,33 +266,56 @@ def _mount(fstype, target):
 
 
 def ensure_tracefs():
-    """Mount debugfs (tracefs appears under it) when it is missing."""
-    if tracefs_ready():
+    """tracefs readable where BCC looks (tracefs_dir), mounted first when
+    rbtrace runs as root: debugfs on /sys/kernel/debug (tracefs appears
+    under it), and tracefs on /sys/kernel/tracing, where BCC looks for a
+    user other than root."""
+    if os.geteuid() == 0:
+        _mount_tracefs_as_root()
+    root, state = tracefs_state()
+    if state == "ok":
         return
-    fix = f"mount -t debugfs none {DEBUGFS}"
-    if os.geteuid() != 0:
-        raise EnvironmentProblem("tracefs is not mounted", hint=f"as root: {fix}")
-    if not os.path.ismount(DEBUGFS):
-        err = _mount("debugfs", DEBUGFS)
-        if err:
-            raise EnvironmentProblem(f"cannot mount debugfs on {DEBUGFS}: {os.strerror(err)}",
-                                     hint=fix)
-    if not tracefs_ready():
-        err = _mount("tracefs", TRACEFS_UNDER_DEBUGFS)
-        if err or not tracefs_ready():
-            raise EnvironmentProblem(
-                f"cannot mount tracefs on {TRACEFS_UNDER_DEBUGFS}: {os.strerror(err) if err else 'no events'}",
-                hint=f"mount -t tracefs none {TRACEFS_UNDER_DEBUGFS}")
+    if state == "unmounted":
+        raise EnvironmentProblem(f"tracefs is not mounted on {root}",
+                                 hint=f"as root: mount -t tracefs none {root} "
+                                      f"(or run rbtrace doctor as root once)")
+    need = ", ".join(c for c in missing_caps() if c == "CAP_DAC_READ_SEARCH")
+    raise EnvironmentProblem(
+        f"cannot read tracefs ({root}/events): permission denied"
+        + (f" (needs {need})" if need else ""),
+        hint=f"grant CAP_DAC_READ_SEARCH (setpriv --inh-caps={SETPRIV_CAPS} "
+             f"--ambient-caps={SETPRIV_CAPS} ...), or run as root")
+
+
+def _mount_tracefs_as_root():
+    if tracefs_state(TRACEFS_UNDER_DEBUGFS)[1] != "ok":
+        fix = f"mount -t debugfs none {DEBUGFS}"
+        if not os.path.ismount(DEBUGFS):
+            err = _mount("debugfs", DEBUGFS)
+            if err:
+                raise EnvironmentProblem(f"cannot mount debugfs on {DEBUGFS}: {os.strerror(err)}",
+                                         hint=fix)
+        if tracefs_state(TRACEFS_UNDER_DEBUGFS)[1] != "ok":
+            err = _mount("tracefs", TRACEFS_UNDER_DEBUGFS)
+            if err or tracefs_state(TRACEFS_UNDER_DEBUGFS)[1] != "ok":
+                raise EnvironmentProblem(
+                    f"cannot mount tracefs on {TRACEFS_UNDER_DEBUGFS}: "
+                    f"{os.strerror(err) if err else 'no events'}",
+                    hint=f"mount -t tracefs none {TRACEFS_UNDER_DEBUGFS}")
+    # Not needed by root itself; it lets users with capabilities trace
+    # later (see tracefs_dir).  A failure here is theirs to report.
+    if TRACEFS.is_dir() and not os.path.ismount(TRACEFS):
+        _mount("tracefs", TRACEFS)
 
 
 def tracepoint_exists(category, event) -> bool:
-    return (TRACEFS_UNDER_DEBUGFS / "events" / category / event / "id").exists()
+    return (tracefs_dir() / "events" / category / event / "id").exists()
 
 
 def exit_has_group_dead() -> bool:
     """Whether sched_process_exit passes group_dead (Linux 6.16 and later):
     then a process's exit is known even when its leader thread went first."""
-    fmt = TRACEFS_UNDER_DEBUGFS / "events" / "sched" / "sched_process_exit" / "format"
+    fmt = tracefs_dir() / "events" / "sched" / "sched_process_exit" / "format"
     try:
         return "group_dead;" in fmt.read_text()
     except OSError:

@@ -17,32 +17,113 @@ from rbtrace import fields
 JSON_FORMAT_VERSION = 1
 
 
-def _cut(text: str, width: int, keep: str) -> str:
-    if len(text) <= width:
+def _cut(text: str, width: int, keep: str = "start") -> str:
+    """`text` in at most `width` terminal cells: as it is when it fits, else
+    cut with "…" where text is missing (at the end, or at the start when
+    keep == "end", as for a path).  Cells, not characters: CJK and emoji
+    take two; a grapheme (a letter and its combining marks) is never split,
+    so the result may be a cell shorter than `width`."""
+    from rich.cells import cell_len, split_graphemes
+    if cell_len(text) <= width:
         return text
-    if width <= 1:
-        return "…"[:width]
+    if width <= 0:
+        return ""
+    room = width - 1                  # "…" takes one cell
+    spans, _ = split_graphemes(text)
+    used = 0
     if keep == "end":
-        return "…" + text[-(width - 1):]
-    return text[:width - 1] + "…"
+        start = len(text)
+        for lo, hi, cells in reversed(spans):
+            if used + cells > room:
+                break
+            used += cells
+            start = lo
+        return "…" + text[start:]
+    end = 0
+    for lo, hi, cells in spans:
+        if used + cells > room:
+            break
+        used += cells
+        end = hi
+    return text[:end] + "…"
 
 
-def layout(columns, total_width: int) -> list:
-    """Widths that fit `total_width`: fixed columns first, the rest shared."""
-    gaps = len(columns) - 1
-    fixed = sum(c.width for c in columns if c.width)
-    flex = [c for c in columns if not c.width]
-    room = max(0, total_width - fixed - gaps)
-    share = room // len(flex) if flex else 0
-    widths = []
-    extra = room - share * len(flex)
-    for c in columns:
-        if c.width:
-            widths.append(c.width)
+def _pad(text: str, width: int, justify: str) -> str:
+    """`text` (at most `width` cells) padded with spaces to exactly `width` cells."""
+    from rich.cells import cell_len
+    gap = " " * (width - cell_len(text))
+    return gap + text if justify == "right" else text + gap
+
+
+GAP = 1                               # cells between two columns
+
+
+def layout(columns, total_width: int, content=None) -> list:
+    """Column widths, in cells, for a table of `total_width` cells; None for
+    a column left out.  Separated by GAP, the columns shown fill at most
+    `total_width`.
+
+    `content` gives, per column, the widest value to be shown (cells): a
+    `whole` column (numbers, error names, times) is never cut, so it is as
+    wide as its widest value and its header, or left out altogether.  When
+    even the least each column needs does not fit, columns are left out
+    whole, highest `priority` number first.  Then the room left goes, in
+    turn: to the flexible columns (width 0: the path, the arguments) up to
+    a third of the terminal between them; to the cut text columns up to
+    their own width, the most important first; and the rest to the
+    flexible columns, shared evenly.
+    """
+    n = len(columns)
+    content = content or [0] * n
+    need = []
+    for c, seen in zip(columns, content):
+        if c.whole:
+            need.append(max(c.width, len(c.header), seen))
+        elif c.width:
+            need.append(min(c.min_width, c.width))
         else:
-            w = max(c.min_width, share + extra)
-            extra = 0
-            widths.append(w)
+            need.append(c.min_width)
+    kept = set(range(n))
+
+    def total():
+        return sum(need[i] for i in kept) + GAP * (len(kept) - 1)
+
+    by_drop_order = sorted(range(n), key=lambda i: (-columns[i].priority, -i))
+    for i in by_drop_order:
+        if len(kept) <= 1 or total() <= total_width:
+            break
+        kept.discard(i)
+    widths = [need[i] if i in kept else None for i in range(n)]
+    if not kept:
+        return widths
+    room = total_width - total()
+    if room < 0:                      # one column, still too wide
+        (only,) = kept
+        if columns[only].whole:
+            widths[only] = None
+            return widths
+        widths[only] = max(0, total_width)
+        return widths
+    flex = [i for i in sorted(kept, key=lambda i: (columns[i].priority, i)) if not columns[i].width]
+    fixed = [i for i in sorted(kept, key=lambda i: (columns[i].priority, i))
+             if columns[i].width and not columns[i].whole]
+    # 1. the flexible columns, up to a third of the terminal between them
+    if flex:
+        target = total_width // (3 * len(flex))
+        for i in flex:
+            grow = min(room, max(0, target - widths[i]))
+            widths[i] += grow
+            room -= grow
+    # 2. cut text columns up to their own width, the most important first
+    for i in fixed:
+        grow = min(room, columns[i].width - widths[i])
+        widths[i] += grow
+        room -= grow
+    # 3. the rest to the flexible columns
+    if flex:
+        share, extra = divmod(room, len(flex))
+        for k, i in enumerate(flex):
+            widths[i] += share + (1 if k < extra else 0)
     return widths
 
 
@@ -170,13 +251,25 @@ class TableRenderer:
     most ten redraws a second whatever the event rate.
 
     Keys (read from the terminal in cbreak mode): q quits, space pauses the
-    view (counting goes on), s switches to the summary view, / edits a text
-    filter on the rows (Enter applies, Esc clears).
+    view (counting goes on), the arrows, PgUp/PgDn, j/k, Home/End scroll a
+    paused view, s switches to the summary view, / edits a text filter on
+    the rows (Enter applies, Esc clears, Backspace deletes).
+
+    Every line is laid out here, cell by cell (see layout and _cut), and
+    handed to rich as Text that fits: rich never crops or wraps it again.
     """
 
     tail = 200            # events decoded per batch: more than any screen shows
+    shows_tally = True    # the summary view: the session counts table_tally too
+    history = 10000       # rows kept for the filter and for scrolling back
     wants_bytes = False
-    KEYS = "q quit  space pause  s summary  / filter"
+    KEYS = "q quit  space pause  ↑↓ scroll  s summary  / filter"
+
+    # Escape sequences of the keys that scroll: arrows, PgUp/PgDn, Home/End
+    # (both the CSI and the SS3 forms terminals send).
+    SCROLL = {"\x1b[A": 1, "\x1bOA": 1, "\x1b[B": -1, "\x1bOB": -1, "k": 1, "j": -1,
+              "\x1b[5~": "page", "\x1b[6~": "-page", "\x1b[H": "top", "\x1bOH": "top",
+              "\x1b[1~": "top", "\x1b[F": "end", "\x1bOF": "end", "\x1b[4~": "end"}
 
     def __init__(self, console, probe, filters: str, keys_fd=None):
         from rich.live import Live
@@ -184,7 +277,7 @@ class TableRenderer:
         self.probe = probe
         self.columns = probe.columns
         self.filters = fields.escape_str(filters)
-        self.rows = collections.deque(maxlen=self.tail)
+        self.rows = collections.deque(maxlen=self.history)
         self.stats = {}
         self.started = time.monotonic()
         self.live = Live(console=console, auto_refresh=False, transient=False,
@@ -192,9 +285,11 @@ class TableRenderer:
         self._last_draw = 0.0
         self._rate = (time.monotonic(), 0, 0.0)     # when, delivered, events/s
         self.paused_rows = None
+        self.scroll = 0                            # rows above the newest, when paused
+        self._page = 10                            # rows on screen at the last frame
         self.view = "stream"
         self.text_filter = ""
-        self.matched = collections.deque(maxlen=self.tail)   # rows passing the filter
+        self.matched = collections.deque(maxlen=self.history)   # rows passing the filter
         self.editing = None                        # filter text being typed
         self.keys_fd = keys_fd
         self._tty_saved = None
@@ -219,37 +314,74 @@ class TableRenderer:
         self.live.start()
         self._draw(force=True)
 
+    @staticmethod
+    def _keys(data):
+        """Split terminal input into keys: an escape sequence is one key, a
+        lone ESC is Esc."""
+        i = 0
+        while i < len(data):
+            ch = data[i]
+            if ch == "\x1b" and i + 1 < len(data) and data[i + 1] in "[O":
+                j = i + 2
+                while j < len(data) and not ("@" <= data[j] <= "~"):
+                    j += 1
+                yield data[i:j + 1]
+                i = j + 1
+            else:
+                yield ch
+                i += 1
+
     def on_input(self, fd):
         try:
             data = os.read(fd, 64).decode(errors="replace")
         except OSError:
             return None
-        for ch in data:
+        for key in self._keys(data):
             if self.editing is not None:
-                if ch in "\r\n":
+                if key in ("\r", "\n"):
                     self._set_filter(self.editing)
-                elif ch == "\x1b":
+                elif key == "\x1b":
                     self._set_filter("")
-                elif ch in "\x7f\b":
+                elif key in ("\x7f", "\b"):
                     self.editing = self.editing[:-1]
-                elif ch.isprintable():
-                    self.editing += ch
-            elif ch == "q":
+                elif len(key) == 1 and key.isprintable():
+                    self.editing += key
+            elif key == "q":
                 return "quit"
-            elif ch == " ":
-                live = self.matched if self.text_filter else self.rows
-                self.paused_rows = None if self.paused_rows is not None else list(live)
-            elif ch == "s":
+            elif key == " ":
+                if self.paused_rows is None:
+                    self._pause()
+                else:
+                    self.paused_rows, self.scroll = None, 0
+            elif key in self.SCROLL:
+                self._scroll(self.SCROLL[key])
+            elif key == "s":
                 self.view = "summary" if self.view == "stream" else "stream"
-            elif ch == "/":
+            elif key == "/":
                 self.editing = self.text_filter
         self._draw(force=True)
         return None
 
+    def _pause(self):
+        self.paused_rows = list(self.matched if self.text_filter else self.rows)
+        self.scroll = 0
+
+    def _scroll(self, how):
+        """Scroll the view back (positive) or forward; pauses it first, so
+        that what is read stays put while counting goes on."""
+        if self.paused_rows is None:
+            self._pause()
+        step = {"page": self._page, "-page": -self._page,
+                "top": len(self.paused_rows), "end": -len(self.paused_rows)}.get(how, how)
+        top = max(0, len(self.paused_rows) - self._page)
+        self.scroll = min(top, max(0, self.scroll + step))
+
     def _set_filter(self, text):
         self.text_filter, self.editing = text, None
         self.matched = collections.deque((r for r in self.rows if self._matches(r)),
-                                         maxlen=self.tail)
+                                         maxlen=self.history)
+        if self.paused_rows is not None:
+            self._pause()                   # the paused view shows the new filter
 
     def _matches(self, row):
         want = self.text_filter.lower()
@@ -305,48 +437,68 @@ class TableRenderer:
         from rich.text import Text
         s = self.stats
         elapsed = time.monotonic() - self.started
-        state = "PAUSED | " if self.paused_rows is not None else ""
+        state = ""
+        if self.paused_rows is not None:
+            state = f"PAUSED{f' -{self.scroll}' if self.scroll else ''} | "
         if self.editing is not None:
             keys = f"filter: {fields.escape_str(self.editing)}_  (Enter apply, Esc clear)"
         else:
             keys = (f"filter '{fields.escape_str(self.text_filter)}' | " if self.text_filter else "") + self.KEYS
-        line1 = (f"{state}{self.probe.name}{' ' + self.filters if self.filters else ''} | "
-                 f"{elapsed:.0f}s | {self._recent_rate():.0f}/s | events {s.get('delivered', 0)} | "
+        # The counts first: on a narrow terminal the filters are what is cut.
+        line1 = (f"{state}{self.probe.name} | events {s.get('delivered', 0)} | "
                  f"dropped {s.get('dropped', 0)}"
                  + (f" | kernel-skipped {s['missed_by_kernel']}" if s.get("missed_by_kernel") else "")
-                 + f" | ring {s.get('ring_fill', 0) * 100:.0f}%")
+                 + f" | {self._recent_rate():.0f}/s | ring {s.get('ring_fill', 0) * 100:.0f}% | "
+                 f"{elapsed:.0f}s{' | ' + self.filters if self.filters else ''}")
         style = "bold red reverse" if s.get("dropped") else "reverse"
-        return [Text(_cut(line1, width, "start"), style=style),
-                Text(_cut(keys, width, "start"), style="dim")]
+        return [Text(_cut(line1, width), style=style, no_wrap=True),
+                Text(_cut(keys, width), style="dim", no_wrap=True)]
 
-    def _summary_view(self, width, height):
-        from rich.table import Table
+    def _summary_lines(self, width, height):
+        """The summary view: one column per tally (top commands, errors,
+        files), each "COUNT KEY", counted over every delivered event."""
         from rich.text import Text
         tally = self.stats.get("tally")
-        grid = Table.grid(padding=(0, 2))
         if tally is None:
-            return grid
+            return []
         names = [name for name, _ in tally.spec]
-        col_w = max(10, (width - 2 * len(names)) // max(1, len(names)))
-        for name in names:
-            grid.add_column(width=col_w, no_wrap=True)
-        tops = [tally.top(name, max(1, height - 4)) for name in names]
-        grid.add_row(*[Text(f"top {name}", style="bold") for name in names])
+        col_w = max(10, (width - GAP * (len(names) - 1)) // max(1, len(names)))
+        tops = [tally.top(name, max(1, height - 1)) for name in names]
+        lines = [Text(" ".join(_pad(_cut(f"top {name}", col_w), col_w, "left") for name in names)
+                      .rstrip(), style="bold", no_wrap=True)]
+        digits = [len(str(t[0][1])) if t else 1 for t in tops]
         for i in range(max((len(t) for t in tops), default=0)):
             cells = []
-            for t in tops:
+            for name, t, d in zip(names, tops, digits):
+                text = ""
                 if i < len(t):
                     key, n = t[i]
                     key = fields.escape_text(key) if isinstance(key, bytes) else fields.escape_str(key)
-                    cells.append(Text(_cut(f"{n:>8} {key}", col_w, "start")))
-                else:
-                    cells.append(Text(""))
-            grid.add_row(*cells)
-        return grid
+                    # The count whole; a file keeps the end of its path.
+                    text = f"{n:>{d}} " + _cut(key, col_w - d - 1, "end" if name == "files" else "start")
+                cells.append(_pad(text, col_w, "left"))
+            lines.append(Text(" ".join(cells).rstrip(), no_wrap=True))
+        return [Text(_cut(ln.plain, width)) if ln.cell_len > width else ln for ln in lines]
+
+    def _table_lines(self, rows, width):
+        """The header and one line per row, each at most `width` cells."""
+        from rich.cells import cell_len
+        from rich.text import Text
+        content = [max((cell_len(r[i]) for r in rows), default=0) if c.whole else 0
+                   for i, c in enumerate(self.columns)]
+        widths = layout(self.columns, width, content)
+        shown = [(i, c, w) for i, (c, w) in enumerate(zip(self.columns, widths)) if w is not None]
+
+        def line(texts):
+            return (" " * GAP).join(
+                _pad(_cut(texts[i], w, c.keep), w, c.justify) for i, c, w in shown).rstrip()
+
+        out = [Text(line([c.header for c in self.columns]), style="bold", no_wrap=True)]
+        out.extend(Text(line(r), no_wrap=True) for r in rows)
+        return out
 
     def _renderable(self):
         from rich.console import Group
-        from rich.table import Table
         from rich.text import Text
         # The terminal's size now, not $COLUMNS/$LINES (which rich prefers
         # and which go stale on resize).
@@ -355,23 +507,22 @@ class TableRenderer:
             self.console.size = (width, height)
         except (OSError, ValueError, AttributeError):
             width, height = self.console.size
-        width -= 1
+        width -= 1            # never the last cell: some terminals wrap there
         footer = self._footer(width)
+        room = max(0, height - len(footer))
         if self.view == "summary":
-            return Group(self._summary_view(width, height - len(footer)), *footer)
-        widths = layout(self.columns, width)
-        table = Table(box=None, show_header=True, header_style="bold", pad_edge=False,
-                      padding=(0, 1, 0, 0), expand=False, show_edge=False)
-        for c, w in zip(self.columns, widths):
-            table.add_column(c.header, width=w, no_wrap=True, justify=c.justify, overflow="crop")
-        visible = max(1, height - 1 - len(footer))
-        if self.paused_rows is not None:
-            rows = self.paused_rows
+            body = self._summary_lines(width, room)[:room]
         else:
-            rows = self.matched if self.text_filter else self.rows
-        shown = list(rows)[-visible:]
-        for row in shown:
-            table.add_row(*[Text(_cut(t, w, c.keep)) for t, w, c in zip(row, widths, self.columns)])
-        for _ in range(visible - len(shown)):       # keep the footer at the bottom
-            table.add_row(*[""] * len(self.columns))
-        return Group(table, *footer)
+            visible = max(0, room - 1)                  # the header takes a line
+            self._page = max(1, visible)
+            if self.paused_rows is not None:
+                rows = self.paused_rows
+                top = max(0, len(rows) - self.scroll - visible)
+                shown = rows[top:len(rows) - self.scroll] if visible else []
+            else:
+                rows = self.matched if self.text_filter else self.rows
+                shown = list(rows)[-visible:] if visible else []
+            body = self._table_lines(shown, width)[:room]
+        # Blank lines keep the footer at the bottom.
+        body += [Text("")] * (room - len(body))
+        return Group(*body, *footer)

@@ -44,7 +44,11 @@ class EventType:
 
 
 class RingConsumer:
-    def __init__(self, map_fd: int, data_size: int, event_types):
+    """`data_map` is for tests: the producer page and the data area twice,
+    as a buffer with close(), when map_fd is not a BPF ring (a memfd can't
+    map one range twice by itself)."""
+
+    def __init__(self, map_fd: int, data_size: int, event_types, data_map=None):
         page = mmap.PAGESIZE
         if data_size <= 0 or data_size & (data_size - 1) or data_size % page:
             raise ValueError(f"ring size {data_size} is not a power of two multiple of {page}")
@@ -52,8 +56,10 @@ class RingConsumer:
         self.mask = data_size - 1
         self._cons_map = mmap.mmap(map_fd, page, mmap.MAP_SHARED,
                                    mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
-        self._data_map = mmap.mmap(map_fd, page + 2 * data_size, mmap.MAP_SHARED,
-                                   mmap.PROT_READ, offset=page)
+        if data_map is None:
+            data_map = mmap.mmap(map_fd, page + 2 * data_size, mmap.MAP_SHARED,
+                                 mmap.PROT_READ, offset=page)
+        self._data_map = data_map
         # numpy scalar views: loads and the store of consumer_pos are single
         # 8-byte accesses (struct.pack_into '<Q' may write byte by byte).
         self._cons = np.frombuffer(self._cons_map, dtype=np.uint64, count=1)
@@ -72,6 +78,9 @@ class RingConsumer:
                             "itemsize": _stride(et.size)})
             self._types[et.size] = (et, rec)
         self.fd = map_fd      # pollable: readable when the kernel signals data
+        # Records the probe reserved, then discarded (bpf_ringbuf_discard):
+        # rbtrace's own probes never do, a `rbtrace run` probe may.  Not
+        # lost, but they leave gaps in seq, so the summary says how many.
         self.discarded = 0
 
     def close(self):
@@ -81,13 +90,15 @@ class RingConsumer:
         self._data_map.close()
 
     def pending(self) -> int:
-        """Bytes reserved but not yet consumed."""
+        """Bytes reserved but not yet consumed (records still BUSY included,
+        headers and padding included)."""
         return int(self._prod[0]) - int(self._cons[0])
 
     def fill(self) -> float:
+        """How full the ring is, 0.0 to 1.0."""
         return min(1.0, self.pending() / self.size)
 
-    def segments(self, max_bytes=None):
+    def segments(self):
         """Yield (EventType, records, data_offsets) for committed records.
 
         `records` is a structured array viewing the ring (fields under
@@ -98,8 +109,6 @@ class RingConsumer:
         """
         cons = int(self._cons[0])
         prod = int(self._prod[0])
-        if max_bytes is not None:
-            prod = min(prod, cons + max_bytes)
         u32 = self._u32
         while cons < prod:
             off = cons & self.mask

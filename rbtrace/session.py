@@ -45,6 +45,9 @@ class Tally:
             if not len(col):
                 continue
             counter = self.counts[name]
+            if column == "path":
+                self._add_paths(counter, col, records["path_len"])
+                continue
             first = col[0]
             if bool((col == first).all()):
                 # A storm repeats one value: skip the sort np.unique does.
@@ -54,6 +57,27 @@ class Tally:
                 pairs = zip(values.tolist(), counts.tolist())
             for v, c in pairs:
                 key = fields.errno_name(v) if column == "ret" else cstr(v)
+                counter[key] += c
+
+    @staticmethod
+    def _add_paths(counter, col, lengths):
+        """Count paths: the bytes before path_len.  The rest of a ring slot
+        is whatever the ring held before, so the column as numpy has it would
+        tell one path from itself.  Counted only for the live table: a copy
+        of the used bytes, and one comparison when a storm repeats a path."""
+        lengths = lengths.astype(np.int64)
+        width = int(lengths.max()) if len(lengths) else 0
+        if width == 0:
+            return
+        used = col.astype(f"S{width}")             # the first `width` bytes of each
+        grid = used.view(np.uint8).reshape(len(used), width)
+        grid[np.arange(width) >= lengths[:, None]] = 0
+        if bool((grid == grid[0]).all()):
+            pairs = [(used[0].tobytes().rstrip(b"\0"), len(used))]
+        else:
+            pairs = collections.Counter(used.tolist()).items()
+        for key, c in pairs:
+            if key:                                  # an unreadable path is no file
                 counter[key] += c
 
     def top(self, name, n=5):
@@ -75,7 +99,11 @@ class Session:
         self.delivered = 0
         self.stop_reason = None
         self._reported = {}         # losses already reported, by kind
-        self.tally = Tally(probe.tally)
+        # What only the live table's summary view shows costs more per
+        # event than the other modes can spend (see OpenProbe.table_tally).
+        self.tally = Tally(probe.tally + (getattr(probe, "table_tally", ())
+                                          if getattr(renderer, "shows_tally", False) else ()))
+        self._ring = None
         self.batch_bytes = ring_bytes // 64      # "little is waiting" below this
 
     def _on_signal(self, signum, frame):
@@ -95,8 +123,9 @@ class Session:
         cflags["RING_PAGES"] = self.ring_bytes // mmap.PAGESIZE
         loaded = LoadedProbe(self.probe.source_path(), cflags,
                              self.probe.event_structs, debug=self.debug,
-                             tracepoints=getattr(self.probe, "tracepoints", ()))
-        ring = RingConsumer(loaded.ring_fd, self.ring_bytes, loaded.event_types)
+                             tracepoints=getattr(self.probe, "tracepoints", ()),
+                             cost_hint=getattr(self.probe, "cost_hint", None))
+        ring = self._ring = RingConsumer(loaded.ring_fd, self.ring_bytes, loaded.event_types)
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         old_wakeup = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
@@ -331,6 +360,7 @@ class Session:
             "map_full": map_full,
             "missed_by_kernel": losses["missed_by_kernel"],
             "not_followed": losses["not_followed"],
+            "discarded": self._ring.discarded if self._ring is not None else 0,
             "duration_s": round(time.monotonic() - self.started, 3),
             "stopped_by": stop or "end",
             "top_errors": dict(self.tally.top("errors")) if "errors" in self.tally.counts else {},

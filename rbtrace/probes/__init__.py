@@ -5,7 +5,7 @@ event structs it uses, turns CLI options into -D flags, decodes ring
 segments into events, and names the columns the table shows.
 """
 import base64
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from rbtrace import fields
@@ -13,12 +13,32 @@ from rbtrace import fields
 
 @dataclass
 class Column:
+    """One column of the table and the plain lines.
+
+    On a narrow terminal (see render.layout) columns are dropped whole,
+    highest `priority` number first; a `whole` column (a number, an error
+    name, a time) is never cut, and grows when a value is longer than
+    `width`; other text is cut to `min_width` at the least, with "…".
+    """
     header: str
     value: Callable[[dict], str]    # event dict -> display text (already escaped)
     width: int = 0                  # 0: flexible, takes what is left
     min_width: int = 4
     justify: str = "left"
     keep: str = "start"             # which end survives truncation: "start" or "end"
+    priority: int = 5               # 1 is dropped last
+    whole: bool = False             # never cut: shown whole or not at all
+
+
+def time_column(priority=5):
+    """TIME: local time of day to the millisecond (UTC with --utc).  Its
+    value is bound to the probe's Clock when the probe is made."""
+    return Column("TIME", None, width=12, priority=priority, whole=True)
+
+
+def pid_column(header="PID", key="pid", priority=1):
+    return Column(header, lambda e: str(e[key]), width=7, justify="right",
+                  priority=priority, whole=True)
 
 
 class Probe:
@@ -31,7 +51,14 @@ class Probe:
 
     def __init__(self, options):
         self.options = options
-        self.clock = fields.Clock()
+        self.clock = fields.Clock(utc=bool(options.get("utc")))
+        self.columns = self._bind_time(self.columns)
+
+    def _bind_time(self, columns):
+        """The columns, with a TIME column (value None) showing this probe's clock."""
+        def time_cell(e):
+            return self.clock.hms(e["ts_ns"])
+        return tuple(replace(c, value=time_cell) if c.value is None else c for c in columns)
 
     def source_path(self):
         """The C file to compile.  Probes that generate or take their source

@@ -10,7 +10,8 @@ its own event struct; the decoder handles them all alike.
 import functools
 
 from rbtrace import fields
-from rbtrace.probes import Column, Probe, cstr, put_text, put_text_list, shown, shown_list
+from rbtrace.probes import (Column, Probe, cstr, pid_column, put_text, put_text_list, shown,
+                            shown_list, time_column)
 
 SYSCALLS = ("execve", "execveat", "kernel")
 SYSCALL_EXECVEAT = 1
@@ -169,7 +170,9 @@ def _file_text(e):
 
 
 def _args_text(e):
-    argv = shown_list(e, "argv")
+    """ARGV: the arguments as a shell would take them back (shell_word);
+    a cut last argument is followed by an unquoted "…"."""
+    argv = [fields.shell_word(a) for a in shown_list(e, "argv")]
     if e.get("last_arg_cut") and argv:
         argv[-1] += "…"
     text = " ".join(argv)
@@ -181,15 +184,19 @@ def _args_text(e):
 class ExecProbe(Probe):
     name = "exec"
     source = "exec.bpf.c"
+    # The argv loops are what the verifier walks (rbtrace/bpf.py _too_large).
+    cost_hint = "lower --max-args or --max-arg-bytes"
     columns = (
-        Column("TIME", lambda e: e["time"][11:23], width=12),
-        Column("PID", lambda e: str(e["pid"]), width=7, justify="right"),
-        Column("PPID", lambda e: str(e["ppid"]), width=7, justify="right"),
-        Column("USER", lambda e: fields.escape_str(e["user"]), width=8),
-        Column("COMM", lambda e: shown(e, "comm"), width=15),
-        Column("RET", lambda e: e["errno"] or str(e["ret"]), width=7, justify="right"),
-        Column("FILENAME", _file_text, min_width=10, keep="end"),
-        Column("ARGV", _args_text, min_width=10),
+        # priority: which columns a narrow terminal drops first (highest)
+        time_column(priority=5),
+        pid_column(priority=1),
+        pid_column("PPID", "ppid", priority=7),
+        Column("USER", lambda e: fields.escape_str(e["user"]), width=8, min_width=4, priority=8),
+        Column("COMM", lambda e: shown(e, "comm"), width=15, min_width=6, priority=4),
+        Column("RET", lambda e: e["errno"] or str(e["ret"]), width=6, justify="right",
+               priority=3, whole=True),
+        Column("FILENAME", _file_text, min_width=12, keep="end", priority=6),
+        Column("ARGV", _args_text, min_width=24, priority=2),
     )
 
     def __init__(self, options):

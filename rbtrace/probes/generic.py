@@ -81,7 +81,7 @@ from typing import Optional
 import numpy as np
 
 from rbtrace import fields as fmt
-from rbtrace.probes import Column, Probe, cstr, put_text, shown
+from rbtrace.probes import Column, Probe, cstr, pid_column, put_text, shown, time_column
 
 KINDS = ("auto", "int", "hex", "text", "array", "bytes", "hidden")
 HEADER_FIELDS = ("ts_ns", "seq", "pid", "tid", "ppid", "uid", "comm")
@@ -165,13 +165,15 @@ class GenericProbe(Probe):
         self._plans = {}
         self._kinds = {}            # event label -> {arg label: kind}
         self._json_cache = {}       # record bytes from pid on -> serialized tail
-        self.columns = (
-            Column("TIME", lambda e: e["time"][11:23], width=12),
-            Column("PID", lambda e: str(e["pid"]), width=7, justify="right"),
-            Column("COMM", lambda e: shown(e, "comm"), width=15),
-            Column("EVENT", lambda e: fmt.escape_str(e["event"]), width=28, keep="end"),
-            Column("ARGS", self.args_cell, min_width=10),
-        )
+        # priority: which columns a narrow terminal drops first (highest)
+        self.columns = self._bind_time((
+            time_column(priority=5),
+            pid_column(priority=1),
+            Column("COMM", lambda e: shown(e, "comm"), width=15, min_width=6, priority=4),
+            Column("EVENT", lambda e: fmt.escape_str(e["event"]), width=28, min_width=12,
+                   keep="end", priority=3),
+            Column("ARGS", self.args_cell, min_width=16, priority=2),
+        ))
 
     def event_spec(self, struct_name) -> EventSpec:
         return self.events.get(struct_name) or EventSpec(label=struct_name)

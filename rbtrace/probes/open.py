@@ -1,12 +1,17 @@
-"""rbtrace open: every file open, with its result (probes/open.bpf.c)."""
+"""rbtrace open: every file open, with its result (probes/open.bpf.c).
+
+A record's `path` area holds the path and its NUL; with --full-path, for a
+relative path, the components of the directory it is relative to follow
+(`dir_len` bytes, innermost first, each with its NUL), read in the kernel
+at the call.
+"""
 import os
-import stat
 
 import numpy as np
 from typing import NamedTuple, Optional
 
 from rbtrace import fields
-from rbtrace.probes import Column, Probe, cstr, put_text, shown
+from rbtrace.probes import Column, Probe, cstr, pid_column, put_text, shown, time_column
 
 SYSCALLS = ("open", "openat", "openat2", "creat")
 SYSCALL_OPENAT2 = 2
@@ -22,6 +27,9 @@ PATH_FAULT = 2
 HOW_FAULT = 4
 HOW_SHORT = 8
 PATH_AT_EXIT = 16
+DIR = 32                         # the directory's components follow, complete
+DIR_TRUNCATED = 64               # ... only the innermost ones (too deep or long)
+DIR_DELETED = 128                # the directory had been removed
 
 MAX_PREFIX = 255                 # --path: bytes compared in the kernel (unrolled)
 
@@ -73,50 +81,63 @@ def c_bytes_literal(raw: bytes) -> str:
     return '"' + "".join(f"\\{b:03o}" for b in raw) + '"'
 
 
-_MISSING = object()
+# Kernel struct members the probe reads for --full-path, by -D name (see
+# dir_path() in probes/open.bpf.c): the caller's cwd (task->fs->pwd), a
+# dirfd's file (task->files->fdt->fd[dirfd]), and the dentry and mount
+# walk up to the root.
+STRUCT_OFFSETS = {
+    "TASK_FS_OFF": ("task_struct", "fs"),
+    "FS_PWD_OFF": ("fs_struct", "pwd"),
+    "TASK_FILES_OFF": ("task_struct", "files"),
+    "FILES_FDT_OFF": ("files_struct", "fdt"),
+    "FDTABLE_MAX_FDS_OFF": ("fdtable", "max_fds"),
+    "FDTABLE_FD_OFF": ("fdtable", "fd"),
+    "FILE_F_PATH_OFF": ("file", "f_path"),
+    "FILE_F_INODE_OFF": ("file", "f_inode"),
+    "INODE_I_MODE_OFF": ("inode", "i_mode"),
+    "PATH_MNT_OFF": ("path", "mnt"),
+    "PATH_DENTRY_OFF": ("path", "dentry"),
+    "DENTRY_D_PARENT_OFF": ("dentry", "d_parent"),
+    "DENTRY_D_NAME_OFF": ("dentry", "d_name"),
+    "DENTRY_D_HASH_OFF": ("dentry", "d_hash"),
+    "QSTR_NAME_OFF": ("qstr", "name"),
+    "VFSMOUNT_MNT_ROOT_OFF": ("vfsmount", "mnt_root"),
+    "MOUNT_MNT_OFF": ("mount", "mnt"),
+    "MOUNT_MNT_PARENT_OFF": ("mount", "mnt_parent"),
+    "MOUNT_MNT_MOUNTPOINT_OFF": ("mount", "mnt_mountpoint"),
+}
 
 
-def _base_dir(pid: int, tid: int, dirfd: int) -> Optional[bytes]:
-    """The directory a relative path of this call resolves against, as
-    /proc shows it now; None when that can't be told."""
-    if dirfd == AT_FDCWD:
-        link = f"/proc/{pid}/task/{tid}/cwd"
-    elif dirfd >= 0:
-        link = f"/proc/{pid}/task/{tid}/fd/{dirfd}"
-    else:
-        return None                 # a bad dirfd: the call failed with EBADF
+def struct_offsets() -> dict:
+    from rbtrace.btf import BTFError, kernel_offsets
+    from rbtrace.errors import EnvironmentProblem
+    from rbtrace.kernel import VMLINUX_BTF
     try:
-        base = os.readlink(os.fsencode(link))
-    except OSError:
-        return None                 # the thread is gone, or the fd closed
-    # "pipe:[12]", "anon_inode:..." are not directories; a removed
-    # directory shows as "/x (deleted)", which can't be told from a name.
-    if not base.startswith(b"/") or base.endswith(b" (deleted)"):
-        return None
-    if dirfd != AT_FDCWD:
-        try:
-            if not stat.S_ISDIR(os.stat(link).st_mode):
-                return None         # a file: the call fails with ENOTDIR
-        except OSError:
-            return None
-    return base
+        return kernel_offsets(STRUCT_OFFSETS, str(VMLINUX_BTF))
+    except (BTFError, OSError) as e:
+        raise EnvironmentProblem(f"reading {VMLINUX_BTF}: {e}") from e
 
 
-def full_path(cache: dict, pid: int, tid: int, dirfd: int, raw: Optional[bytes]) -> Optional[bytes]:
-    """Absolute form of a traced path: joined, never normalized (".." and
-    symlinks are left to the reader).  `cache` holds the directories read
-    for one batch."""
+def full_path(raw: Optional[bytes], status: int, components: bytes) -> tuple:
+    """(full path or None, truncated) of a traced path: an absolute path as
+    it is; a relative one joined to its directory's path, made from the
+    components the probe read (innermost first, each ending with a NUL).
+    Joined, never normalized: ".." and symlinks are left to the reader.
+    When the directory was cut (too deep or too long), the result is its
+    innermost components joined to the path, without the leading "/"."""
     if not raw:
-        return None
+        return None, False
     if raw.startswith(b"/"):
-        return raw
-    key = (pid, tid, dirfd)
-    base = cache.get(key, _MISSING)
-    if base is _MISSING:
-        base = cache[key] = _base_dir(pid, tid, dirfd)
-    if base is None:
-        return None
-    return (base if base.endswith(b"/") else base + b"/") + raw
+        return raw, False
+    if not status & (DIR | DIR_TRUNCATED):
+        return None, False
+    parts = components.split(b"\0")
+    parts.pop()                         # after the last NUL: nothing
+    parts.reverse()
+    parts.append(raw)
+    if status & DIR:
+        return b"/" + b"/".join(parts), False
+    return b"/".join(parts), True
 
 
 def _fd_or_error(e):
@@ -133,6 +154,8 @@ def _flags_cell(e):
 def _path_cell(e):
     if e.get("full_path") is not None:
         text = shown(e, "full_path")
+        if e["full_path_truncated"]:
+            text = "…/" + text
     elif e["path"] is None:
         return "(unreadable)"
     else:
@@ -151,23 +174,33 @@ def _path_cell(e):
 JSON_FIELDS = ("type", "seq", "time", "ts_ns", "pid", "tid", "ppid", "uid", "user",
                "comm", "comm_b64", "syscall", "path", "path_b64", "path_truncated", "dirfd",
                "flags", "flags_text", "mode", "resolve", "ret", "fd", "errno",
-               "full_path", "full_path_b64")
+               "full_path", "full_path_b64", "full_path_truncated", "full_path_deleted")
+
+
+def _used(event_type, records):
+    """Bytes used in each record's path area: the path, its NUL, then the
+    directory's components (--full-path), as int64; never past the area."""
+    used = records["path_len"].astype(np.int64) + 1 + records["dir_len"].astype(np.int64)
+    return np.minimum(used, event_type.dtype.fields["path"][0].itemsize)
 
 
 class OpenProbe(Probe):
     name = "open"
     source = "open.bpf.c"
     event_structs = ("open_event_short", "open_event_long")
-    # No ("files", "path"): counting the path column with np.unique costs
-    # over 1 us per event, more than decoding it, and storms are the point.
     tally = (("commands", "comm"), ("errors", "ret"))
+    # Top files for the table's summary view only: counting the path column
+    # costs about a microsecond per event, more than decoding it, and in
+    # JSON or plain mode storms are the point.
+    table_tally = (("files", "path"),)
     columns = (
-        Column("TIME", lambda e: e["time"][11:23], width=12),
-        Column("PID", lambda e: str(e["pid"]), width=7, justify="right"),
-        Column("COMM", lambda e: shown(e, "comm"), width=15),
-        Column("FD/ERR", _fd_or_error, width=12, justify="right"),
-        Column("FLAGS", _flags_cell, width=24),
-        Column("PATH", _path_cell, min_width=10, keep="end"),
+        # priority: which columns a narrow terminal drops first (highest)
+        time_column(priority=5),
+        pid_column(priority=1),
+        Column("COMM", lambda e: shown(e, "comm"), width=15, min_width=6, priority=4),
+        Column("FD/ERR", _fd_or_error, width=6, justify="right", priority=3, whole=True),
+        Column("FLAGS", _flags_cell, width=24, min_width=8, priority=6),
+        Column("PATH", _path_cell, min_width=16, keep="end", priority=2),
     )
 
     def __init__(self, options):
@@ -188,21 +221,25 @@ class OpenProbe(Probe):
                 flags["FILTER_FLAGS"] = hex(f.mask)
             if f.accmode is not None:
                 flags["FILTER_ACCMODE"] = f.accmode
+        if o.get("full_path"):
+            flags["FULL_PATH"] = 1
+            flags.update(struct_offsets())
         return flags
 
     def decode(self, event_type, records, offsets, data):
         """Events for a segment of records.
 
         Storms repeat themselves: everything but seq and the time is a
-        function of the record's bytes from `pid` to the end of the path,
-        so those bytes key a cache of finished events ("templates") and
-        most events cost one slice, one lookup and one dict copy."""
+        function of the record's bytes from `pid` to the end of the used
+        path area (the path, its NUL, the directory's components), so those
+        bytes key a cache of finished events ("templates") and most events
+        cost one slice, one lookup and one dict copy."""
         if not len(records):
             return []
         layout = event_type.dtype.fields
         key_off, path_off = layout["pid"][1], layout["path"][1]
         lo = (offsets + key_off).tolist()
-        hi = (offsets + path_off + records["path_len"].astype("i8")).tolist()
+        hi = (offsets + path_off + _used(event_type, records)).tolist()
         seqs = records["seq"].tolist()
         stamps = records["ts_ns"].tolist()
         clock = self.clock
@@ -210,9 +247,8 @@ class OpenProbe(Probe):
         secs = (wall // 1_000_000_000).tolist()
         nsecs = (wall % 1_000_000_000).tolist()
         templates = self._templates
-        if self.options.get("full_path") or len(templates) > 4096:
-            templates.clear()          # full_path is read from /proc per batch
-        dirs = {}
+        if len(templates) > 4096:
+            templates.clear()
         last_sec = prefix = None
         out = []
         append = out.append
@@ -220,7 +256,7 @@ class OpenProbe(Probe):
             key = bytes(data[a:b])
             tpl = templates.get(key)
             if tpl is None:
-                tpl = self._event(records[i], key[path_off - key_off:], dirs)
+                tpl = self._event(records[i], key[path_off - key_off:])
                 if b - a <= 512:            # long paths are rare: not worth the memory
                     templates[key] = tpl
             if sec != last_sec:
@@ -244,13 +280,13 @@ class OpenProbe(Probe):
         per-event head.  Exactly what JsonRenderer would write for decode()'s
         dicts (a unit test holds the two equal)."""
         import orjson
-        if not len(records) or self.options.get("full_path"):
-            return b"".join(orjson.dumps(e) + b"\n"
-                            for e in self.decode(event_type, records, offsets, data))
+        if not len(records):
+            return b""
         layout = event_type.dtype.fields
         key_off, path_off = layout["pid"][1], layout["path"][1]
+        used = _used(event_type, records)
         lo = (offsets + key_off).tolist()
-        hi = (offsets + path_off + records["path_len"].astype("i8")).tolist()
+        hi = (offsets + path_off + used).tolist()
         clock = self.clock
         wall = records["ts_ns"].astype("i8") + clock.offset_ns
         secs = (wall // 1_000_000_000).tolist()
@@ -267,17 +303,17 @@ class OpenProbe(Probe):
         stride = int(offsets[1] - offsets[0]) if n > 1 else 0
         if n > 1 and bool((np.diff(offsets) == stride).all()):
             base = int(offsets[0])
-            # Fixed members (path_len among them) compared as one value...
+            # Fixed members (path_len and dir_len among them) compared as
+            # one value...
             fixed = np.ndarray((n,), dtype=np.dtype((np.void, path_off - key_off)), buffer=data,
                                offset=base + key_off, strides=(stride,))
             same = fixed[1:] == fixed[:-1]
-            # ...then the path bytes up to and with the NUL: the rest of the
-            # path area is whatever an earlier record left there.
-            plen = records["path_len"].astype(np.int64)
-            width = min(int(plen.max()) + 1, event_type.size - path_off)
+            # ...then the used bytes of the path area (path, NUL, directory):
+            # the rest is whatever an earlier record left there.
+            width = min(int(used.max()), event_type.size - path_off)
             paths = np.ndarray((n, width), dtype=np.uint8, buffer=data,
                                offset=base + path_off, strides=(stride, 1))
-            valid = np.arange(width)[None, :] <= plen[1:, None]
+            valid = np.arange(width)[None, :] < used[1:, None]
             same &= ~((paths[1:] != paths[:-1]) & valid).any(axis=1)
             newrun[1:] = ~same
         sec_arr = wall // 1_000_000_000
@@ -294,7 +330,7 @@ class OpenProbe(Probe):
             key = bytes(data[lo[s0]:hi[s0]])
             rest = cache.get(key)
             if rest is None:
-                tpl = self._event(records[s0], key[path_off - key_off:], {})
+                tpl = self._event(records[s0], key[path_off - key_off:])
                 # '%' in a path must survive the formatting below
                 rest = orjson.dumps(tpl)[head_len:].replace(b"%", b"%%") + b"\n"
                 if hi[s0] - lo[s0] <= 512:
@@ -304,9 +340,12 @@ class OpenProbe(Probe):
             out.append(unit * (e0 - s0) % tuple(numbers[3 * s0:3 * e0]))
         return b"".join(out)
 
-    def _event(self, rec, raw, dirs):
-        """The event for one record, with seq, time and ts_ns left None."""
+    def _event(self, rec, area):
+        """The event for one record, with seq, time and ts_ns left None.
+        `area`: the used bytes of its path area."""
         st = int(rec["status"])
+        plen = int(rec["path_len"])
+        raw, components = area[:plen], area[plen + 1:]
         sc = int(rec["syscall"])
         r = int(rec["ret"])
         pid, tid, uid, dirfd = int(rec["pid"]), int(rec["tid"]), int(rec["uid"]), int(rec["dirfd"])
@@ -334,9 +373,11 @@ class OpenProbe(Probe):
         e["fd"] = r if r >= 0 else None
         e["errno"] = fields.errno_name(r) or None
         if self.options.get("full_path"):
-            fp = full_path(dirs, pid, tid, dirfd, raw) if not st & PATH_TRUNCATED else None
+            fp, cut = full_path(raw, st, components) if not st & PATH_TRUNCATED else (None, False)
             if fp is None:
                 e["full_path"] = None
             else:
                 put_text(e, "full_path", fp)
+            e["full_path_truncated"] = cut
+            e["full_path_deleted"] = fp is not None and bool(st & DIR_DELETED)
         return e

@@ -22,7 +22,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rbtrace.bpf import code_only
+from rbtrace.bpf import USER_PROBE_COST_HINT, code_only
 from rbtrace.errors import ProbeError, UsageError
 from rbtrace.probes.generic import (HEADER_FIELDS, JSON_FIELDS, EventSpec, FieldSpec,
                                     GenericProbe)
@@ -281,6 +281,7 @@ def counts_errors(probe: UserProbe) -> bool:
 
 class RunProbe(GenericProbe):
     name = "run"
+    cost_hint = USER_PROBE_COST_HINT        # when the verifier gives up
     tally = (("commands", "comm"),)
 
     def __init__(self, options):

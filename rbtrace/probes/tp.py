@@ -252,7 +252,7 @@ def parse_format(text: str, category: str = "", event: str = "") -> TpFormat:
 # --- which tracepoints exist ------------------------------------------------------
 
 def events_root() -> Path:
-    return kernel.TRACEFS_UNDER_DEBUGFS / "events"
+    return kernel.tracefs_dir() / "events"
 
 
 def _ensure_tracefs(root):

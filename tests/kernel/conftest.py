@@ -18,6 +18,18 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+@pytest.hookimpl(trylast=True)        # after tests/conftest.py's own
+def pytest_configure(config):
+    """Under CI=true, tests/conftest.py must be loaded: it is what makes a
+    skipped or unselected kernel test fail the run.  `--confcutdir` could
+    keep it out while this file still loads."""
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes") \
+            and not config.pluginmanager.has_plugin("rbtrace_ci_guard"):
+        raise pytest.UsageError("CI=true: the CI guard in tests/conftest.py is not loaded, so "
+                                "skipped kernel tests would pass unseen; run pytest without "
+                                "--confcutdir for it")
+
+
 @pytest.fixture(scope="session")
 def kernel_ok():
     if os.geteuid() != 0:

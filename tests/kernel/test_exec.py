@@ -508,7 +508,7 @@ def test_plain_output_marks_truncation_and_escapes_control_bytes(rbtrace):
     out, err = proc.communicate(timeout=30)
     lines = [ln for ln in out.decode().splitlines() if mark in ln]
     assert len(lines) == 2, out
-    assert lines[0].endswith(f"/bin/echo {mark} new\\nline\\ttab\\x1bESC\\x07 …[5 args]")
+    assert lines[0].endswith(f"/bin/echo {mark} 'new\\nline\\ttab\\x1bESC\\x07' …[5 args]")
     assert lines[1].endswith(f"/bin/echo {mark} short")
     assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f]", out.decode())
 

@@ -28,11 +28,18 @@ def _proc_uid(pid):
                 return int(line.split()[1])
 
 
+def _proc_cmdline(pid):
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return [a.decode() for a in f.read().split(b"\0")[:-1]]
+
+
 def test_exec_events_match_proc_for_a_process_tree(rbtrace):
     """A parent forks three children that exec `sleep`; each event's pid,
     ppid (read through BTF offsets), uid, comm, filename and argv must
     match /proc while the children are alive."""
-    mark = uuid.uuid4().hex
+    # Every argument a valid interval, so that sleep keeps running (a hex
+    # mark made it exit at once, and /proc then described zombies).
+    mark = "0." + str(uuid.uuid4().int)[:15]
     t = rbtrace("exec", "--json")
     parent = subprocess.Popen(
         [sys.executable, "-c",
@@ -48,7 +55,7 @@ def test_exec_events_match_proc_for_a_process_tree(rbtrace):
     try:
         kids = [int(x) for x in parent.stdout.readline().split()]
         time.sleep(0.5)
-        truth = {k: (_proc_ppid(k), _proc_uid(k)) for k in kids}
+        truth = {k: (_proc_ppid(k), _proc_uid(k), _proc_cmdline(k)) for k in kids}
         with open(f"/proc/{kids[0]}/comm") as f:
             comm = f.read().strip()
         r = t.stop()
@@ -66,7 +73,9 @@ def test_exec_events_match_proc_for_a_process_tree(rbtrace):
         assert e["tid"] == e["pid"]
         assert e["comm"] == comm == "sleep"
         assert e["filename"] == "/bin/sleep"
-        assert e["argv"] == ["sleep", "30", mark, e["argv"][3]]
+        # child i was forked i-th and given str(i); /proc says the same
+        assert e["argv"] == ["sleep", "30", mark, str(kids.index(e["pid"]))] \
+            == truth[e["pid"]][2]
         assert e["argc"] == 4 and e["args_truncated"] is False
         assert e["ret"] == 0 and e["errno"] is None
         assert e["syscall"] == "execve"
@@ -131,7 +140,7 @@ def test_plain_lines_when_stdout_is_not_a_tty(rbtrace):
     assert header.split()[:3] == ["TIME", "PID", "PPID"]
     lines = [ln for ln in out.decode().splitlines() if mark in ln]
     assert len(lines) == 1
-    assert f"/bin/echo /bin/echo {mark} two words" in lines[0]
+    assert f"/bin/echo /bin/echo {mark} 'two words'" in lines[0]
     assert "\x1b" not in out.decode()
 
 

@@ -245,10 +245,10 @@ def column(name, e):
 
 def test_columns_mark_truncation_and_escape():
     e = one(raw_args=b"echo\0new\nline\0ta\x1bb", argc=5, flags=ex.ARGS_TRUNCATED)
-    assert column("ARGV", e) == "echo new\\nline ta\\x1bb… …[5 args]"
+    assert column("ARGV", e) == "echo 'new\\nline' 'ta\\x1bb'… …[5 args]"
     e = one(args=[b"a"], argc=70000, flags=ex.ARGS_TRUNCATED | ex.ARGC_CAPPED)
     assert column("ARGV", e) == "a …[≥70000 args]"
-    assert column("ARGV", one(args=[b"a", b"b c"])) == "a b c"
+    assert column("ARGV", one(args=[b"a", b"b c"])) == "a 'b c'"
 
 
 def test_filename_column_for_execveat():

@@ -27,7 +27,7 @@ class OpenInfo(ctypes.Structure):
     _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
                 ("resolve", ctypes.c_uint64), ("dirfd", ctypes.c_int32),
                 ("path_len", ctypes.c_uint32), ("syscall", ctypes.c_uint16),
-                ("status", ctypes.c_uint16), ("pad", ctypes.c_uint32)]
+                ("status", ctypes.c_uint16), ("dir_len", ctypes.c_uint32)]
 
 
 def event_struct(path_bytes):
@@ -39,6 +39,8 @@ def event_struct(path_bytes):
 
 SHORT = EventType("open_event_short", dtype_from_ctypes(event_struct(256)))
 LONG = EventType("open_event_long", dtype_from_ctypes(event_struct(4096)))
+# With --full-path (FULL_PATH) the long record holds a path and a directory.
+LONG_FULL = EventType("open_event_long", dtype_from_ctypes(event_struct(8192)))
 
 
 def test_record_sizes_differ_and_short_is_about_12x_smaller():
@@ -48,7 +50,9 @@ def test_record_sizes_differ_and_short_is_about_12x_smaller():
 
 def records(et, rows):
     """A ring-like buffer: 8-byte record header, payload, padded to 8; the
-    path area after the copied bytes holds junk, as the real ring does."""
+    path area after the copied bytes holds junk, as the real ring does.
+    A row's "dir" (a list of components, innermost first) goes after the
+    path's NUL, each with its NUL, as the probe's dir_path() puts it."""
     stride = (et.size + 8 + 7) & ~7
     buf = np.frombuffer(bytearray(b"\xAA" * stride * len(rows)), dtype=np.uint8)
     rec_dtype = np.dtype({"names": ["_len", "_pgoff", "_payload"],
@@ -60,13 +64,16 @@ def records(et, rows):
     for k, row in enumerate(rows):
         row = {"ts_ns": 10**12 + k, "seq": k, "pid": 100, "tid": 101, "ppid": 1, "uid": 0,
                "comm": b"cat", "ret": 3, "flags": 0, "mode": 0, "resolve": 0,
-               "dirfd": op.AT_FDCWD, "syscall": 1, "status": 0, "pad": 0, **row}
+               "dirfd": op.AT_FDCWD, "syscall": 1, "status": 0, **row}
         path = row.pop("path", b"/etc/hostname")
+        comps = b"".join(c + b"\0" for c in row.pop("dir", ()))
+        payload[k]["dir_len"] = len(comps)
         for name, value in row.items():
             payload[k][name] = value
         payload[k]["path_len"] = len(path) if not row["status"] & op.PATH_FAULT else 0
         start = k * stride + 8 + path_off
-        buf[start:start + len(path) + 1] = np.frombuffer(path + b"\0", dtype=np.uint8)
+        area = path + b"\0" + comps
+        buf[start:start + len(area)] = np.frombuffer(area, dtype=np.uint8)
     offsets = 8 + stride * np.arange(len(rows))
     return payload, offsets, memoryview(buf)
 
@@ -143,68 +150,61 @@ def test_decode_storm_shares_nothing_that_differs():
     assert len(probe._templates) == 4
 
 
-def test_full_path_in_decode(tmp_path):
-    d = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        pid, tid = os.getpid(), ctypes.CDLL(None).gettid()
-        _, ev = decode([{"pid": pid, "tid": tid, "path": b"rel"},
-                        {"pid": pid, "tid": tid, "path": b"x/y", "dirfd": d},
-                        {"pid": pid, "tid": tid, "path": b"/abs"},
-                        {"pid": 2**22 + 5, "tid": 2**22 + 5, "path": b"rel"}], full_path=True)
-    finally:
-        os.close(d)
-    assert ev[0]["full_path"] == os.path.join(os.getcwd(), "rel")
-    assert ev[1]["full_path"] == f"{tmp_path}/x/y"
-    assert ev[2]["full_path"] == "/abs"
-    assert ev[3]["full_path"] is None            # no such process: never a guess
+def test_full_path_in_decode():
+    """full_path comes from the record alone: the directory's components,
+    innermost first, read in the kernel at the call (no /proc: the process
+    may be gone)."""
+    ok = op.DIR
+    _, ev = decode([
+        {"path": b"rel", "status": ok, "dir": [b"c", b"b", b"a"]},
+        {"path": b"x/../y", "dirfd": 7, "status": ok, "dir": [b"d"]},
+        {"path": b"/abs"},
+        {"path": b"rel", "pid": 2**22 + 5},                    # no directory read: never a guess
+        {"path": b"rel", "status": ok},                         # the cwd is /
+        {"path": b"rel", "status": ok | op.DIR_DELETED, "dir": [b"gone", b"t"], "ret": -2},
+        {"path": b"rel", "status": op.DIR_TRUNCATED, "dir": [b"z", b"y"]},
+        {"path": b"r\xff", "status": ok, "dir": [b"\xfe"]},
+        {"status": op.PATH_FAULT},
+        {"path": b"", "ret": -2},
+    ], full_path=True)
+    got = [(e["full_path"], e["full_path_truncated"], e["full_path_deleted"]) for e in ev]
+    assert got[:7] == [("/a/b/c/rel", False, False), ("/d/x/../y", False, False),
+                       ("/abs", False, False), (None, False, False), ("/rel", False, False),
+                       ("/t/gone/rel", False, True), ("y/z/rel", True, False)]
+    assert base64.b64decode(ev[7]["full_path_b64"]) == b"/\xfe/r\xff"
+    assert ev[7]["full_path"] == b"/\xfe/r\xff".decode(errors="replace")
+    assert got[8:] == [(None, False, False)] * 2
+    assert all("full_path" not in e for e in decode([{"path": b"rel", "status": ok,
+                                                       "dir": [b"a"]}])[1])
 
 
-def test_full_path_rules(tmp_path):
-    pid, tid = os.getpid(), ctypes.CDLL(None).gettid()
-    cache = {}
-    assert op.full_path(cache, pid, tid, op.AT_FDCWD, b"/a/b") == b"/a/b"
-    assert op.full_path(cache, pid, tid, op.AT_FDCWD, b"") is None
-    assert op.full_path(cache, pid, tid, op.AT_FDCWD, None) is None
-    assert op.full_path(cache, pid, tid, -1, b"rel") is None                  # EBADF
-    r, w = os.pipe()
-    try:
-        assert op.full_path({}, pid, tid, r, b"rel") is None                  # not a directory
-    finally:
-        os.close(r)
-        os.close(w)
-    fd = os.open(tmp_path, os.O_RDONLY)
-    try:
-        assert op.full_path({}, pid, tid, fd, b"a/../b") == os.fsencode(tmp_path) + b"/a/../b"
-    finally:
-        os.close(fd)
-    assert op.full_path({}, pid, tid, fd, b"rel") is None                     # fd closed
-    gone = tmp_path / "gone"
-    gone.mkdir()
-    fd = os.open(gone, os.O_RDONLY)
-    try:
-        gone.rmdir()
-        assert op.full_path({}, pid, tid, fd, b"rel") is None                 # "(deleted)"
-    finally:
-        os.close(fd)
-    plain = tmp_path / "plain"
-    plain.write_text("")
-    fd = os.open(plain, os.O_RDONLY)
-    try:
-        assert op.full_path({}, pid, tid, fd, b"rel") is None                 # not a directory
-    finally:
-        os.close(fd)
-    root = os.open("/", os.O_RDONLY)
-    try:
-        assert op.full_path({}, pid, tid, root, b"etc") == b"/etc"
-    finally:
-        os.close(root)
+def test_full_path_of_a_long_record_and_a_long_directory():
+    d = [b"n" * 255] * 15                                   # 3840 bytes of components
+    _, [e] = decode([{"path": b"p" * 300, "status": op.DIR, "dir": d}], et=LONG_FULL,
+                    full_path=True)
+    assert e["full_path"] == "/" + "/".join(["n" * 255] * 15) + "/" + "p" * 300
+    assert e["path"] == "p" * 300
+    _, [e] = decode([{"path": b"/x" * 2000 + b"/", "status": op.PATH_TRUNCATED, "ret": -36}],
+                    et=LONG_FULL, full_path=True)
+    assert e["full_path"] is None and e["path_truncated"] is True
+
+
+def test_full_path_rules():
+    assert op.full_path(b"/a/b", 0, b"") == (b"/a/b", False)
+    assert op.full_path(b"/a/b", op.DIR, b"x\0") == (b"/a/b", False)   # absolute: as passed
+    assert op.full_path(b"", op.DIR, b"x\0") == (None, False)
+    assert op.full_path(None, 0, b"") == (None, False)
+    assert op.full_path(b"rel", 0, b"") == (None, False)                # EBADF, ENOTDIR
+    assert op.full_path(b"a/../b", op.DIR, b"t\0") == (b"/t/a/../b", False)
+    assert op.full_path(b"rel", op.DIR, b"") == (b"/rel", False)
+    assert op.full_path(b"rel", op.DIR_TRUNCATED, b"c\0b\0") == (b"b/c/rel", True)
 
 
 # --- columns ----------------------------------------------------------------
 
 def cells(**changes):
-    _, [e] = decode([changes])
-    return {c.header: c.value(e) for c in op.OpenProbe.columns}
+    probe, [e] = decode([changes])
+    return {c.header: c.value(e) for c in probe.columns}
 
 
 def test_columns():
@@ -218,6 +218,11 @@ def test_columns():
     assert cells(syscall=2, status=op.HOW_SHORT)["FLAGS"] == "?"
     _, [e] = decode([{"path": b"/x" * 2000, "status": op.PATH_TRUNCATED}], et=LONG)
     assert op._path_cell(e).endswith("/x [truncated]")
+    _, [e, f] = decode([{"path": b"r", "status": op.DIR, "dir": [b"b", b"a"]},
+                        {"path": b"r", "status": op.DIR_TRUNCATED, "dir": [b"b"]}],
+                       full_path=True)
+    assert op._path_cell(e) == "/a/b/r"
+    assert op._path_cell(f) == "…/b/r"
 
 
 # --- options ----------------------------------------------------------------
@@ -250,6 +255,21 @@ def test_cflags():
     assert flags["FILTER_TID"] == 7 and flags["FILTER_FAILED"] == 1
     assert "FILTER_ACCMODE" not in op.OpenProbe({"flags": "creat"}).cflags()
     assert "FILTER_FLAGS" not in op.OpenProbe({"flags": "rdonly"}).cflags()
+
+
+def test_cflags_of_full_path():
+    """--full-path builds the directory walk, with the running kernel's
+    offsets (the 6.1 headers' layouts are wrong on this kernel); without
+    it, none of that is compiled."""
+    flags = op.OpenProbe({"full_path": True}).cflags()
+    assert flags["FULL_PATH"] == 1
+    assert set(op.STRUCT_OFFSETS) <= set(flags)
+    from rbtrace.btf import BTF
+    btf = BTF.from_file()
+    for macro, (struct, member) in op.STRUCT_OFFSETS.items():
+        assert flags[macro] == btf.member_offset(struct, member), macro
+    plain = op.OpenProbe({}).cflags()
+    assert "FULL_PATH" not in plain and not set(op.STRUCT_OFFSETS) & set(plain)
 
 
 def test_path_prefix_is_bytes():
@@ -302,13 +322,41 @@ def test_json_lines_equal_the_dicts_serialized():
         assert probe.json_lines(et, recs, offsets, data) == want   # from the template cache
 
 
+def test_json_lines_with_full_path_equal_the_dicts_serialized():
+    """--full-path goes through the same fast path: records that differ only
+    in their directory's bytes (same lengths) are different events, and
+    junk after the directory does not matter."""
+    import orjson
+    ok = op.DIR
+    rows = ([{"path": b"f", "status": ok, "dir": [b"aa"]}] * 3
+            + [{"path": b"f", "status": ok, "dir": [b"bb"]}] * 2
+            + [{"path": b"f", "status": ok | op.DIR_DELETED, "dir": [b"bb"]},
+               {"path": b"f", "status": op.DIR_TRUNCATED, "dir": [b"bb"]},
+               {"path": b"/abs"}, {"path": b"f\xff", "status": ok, "dir": [b"%s"]}])
+    for et in (SHORT, LONG_FULL):
+        probe = op.OpenProbe({"full_path": True})
+        probe.clock = fields.Clock(offset_ns=1_700_000_000 * 10**9)
+        recs, offsets, data = records(et, rows)
+        path_off = et.dtype.fields["path"][1]
+        for k, off in enumerate(offsets.tolist()):
+            end = off + path_off + int(recs[k]["path_len"]) + 1 + int(recs[k]["dir_len"])
+            data[end:end + 8] = bytes([k + 1]) * 8
+        events = probe.decode(et, recs, offsets, data)
+        assert [e["full_path"] for e in events[:7]] == ["/aa/f"] * 3 + ["/bb/f"] * 3 + ["bb/f"]
+        want = b"".join(orjson.dumps(e) + b"\n" for e in events)
+        assert probe.json_lines(et, recs, offsets, data) == want
+        assert probe.json_lines(et, recs, offsets, data) == want   # from the template cache
+
+
 def test_json_fields_lists_every_member_decode_makes():
-    rows = [{"path": b"/a"}, {"path": b"bad-\xff", "comm": b"\xfe"}, {"path": b"rel", "ret": -2}]
+    rows = [{"path": b"/a"}, {"path": b"bad-\xff", "comm": b"\xfe"}, {"path": b"rel", "ret": -2},
+            {"path": b"rel", "status": op.DIR, "dir": [b"\xff"]}]
     _, plain = decode(rows)
     _, full = decode(rows, full_path=True)
     seen = {k for e in plain + full for k in e}
     assert seen <= set(op.JSON_FIELDS)
-    assert {"path_b64", "comm_b64", "full_path"} <= seen
+    assert {"path_b64", "comm_b64", "full_path", "full_path_b64", "full_path_truncated",
+            "full_path_deleted"} <= seen
 
 
 def test_json_lines_keep_big_numbers_exact():
