@@ -990,6 +990,11 @@ def main():
         for name, value in SMOKE.items():
             if "--" + name.replace("_", "-") not in given:
                 setattr(args, name, value)
+        # A storm name of this run's own: a smoke run (a test) may overlap
+        # another run on the machine, whose storm every tracer here would
+        # otherwise count too.
+        global COMM
+        COMM = f"rbsmoke-{os.getpid() % 10**7}"
 
     if os.geteuid() != 0:
         sys.exit("run.py: needs root (BPF)")
