@@ -42,8 +42,10 @@ def _check_row(row, loader_opens, where):
         assert d["submitted"] == d["delivered"] + d["perf_lost"], (where, d)
         assert d["transport"] == name.split("-")[1]
     if name == "bpftrace":
-        # What the driver counts as dropped is what bpftrace itself says it lost.
-        assert row["dropped"] == row["bpftrace_lost_events"], (where, row)
+        # bpftrace's own lost_events records are a part of what never came
+        # out (not always all of it: seen 14,123 missing with 14,101 reported
+        # lost, on a loaded machine), never more.
+        assert 0 <= row["bpftrace_lost_events"] <= row["dropped"], (where, row)
     if name == "strace":
         assert row["dropped"] == 0
 
