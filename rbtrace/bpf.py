@@ -637,6 +637,10 @@ class LoadedProbe:
         """Followed processes still alive (they leave the map at exit)."""
         return sum(1 for _ in self.bpf[b"followed"].keys())
 
+    def followed_pids(self) -> set:
+        """The followed processes still alive (they leave the map at exit)."""
+        return {k.value for k in self.bpf[b"followed"].keys()}
+
     def prog_misses(self) -> int:
         """Program runs the kernel skipped (bpf_prog_info.recursion_misses).
 

@@ -209,7 +209,7 @@ def _follow_target(opts):
 
 def _run_probe(probe_name, opts):
     from rbtrace.probes import registry
-    from rbtrace.render import JsonRenderer, PlainRenderer, TableRenderer
+    from rbtrace.render import JsonRenderer, Output, PlainRenderer, TableRenderer
     from rbtrace.session import Session
 
     target = _follow_target(opts)
@@ -230,19 +230,21 @@ def _run_probe(probe_name, opts):
     opts["filters_text"] = " ".join(filters)
     probe = registry()[probe_name](opts)
 
-    out_file = None
+    out_fd = None
     if opts.get("output"):
         try:
-            out_file = open(opts["output"], "wb")
+            out_fd = os.open(opts["output"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
         except OSError as e:
-            raise UsageError(f"cannot open {opts['output']}: {e.strerror}")
-    out = out_file or sys.stdout.buffer
+            raise UsageError(f"cannot open {fields.escape_str(opts['output'])}: {e.strerror}")
+        out = Output(out_fd, opts["output"])
+    else:
+        out = Output(1, "standard output")
     try:
         if opts.get("json_out"):
             renderer = JsonRenderer(out, probe)
         # With `-- CMD` the terminal is CMD's (its output, its keys): plain
         # lines then, as strace prints them, and -o keeps the two apart.
-        elif out_file is None and sys.stdout.isatty() and not getattr(target, "waits_for_end", False):
+        elif out_fd is None and os.isatty(out.fd) and not getattr(target, "waits_for_end", False):
             from rich.console import Console
             keys = sys.stdin.fileno() if sys.stdin.isatty() else None
             renderer = TableRenderer(Console(), probe, opts["filters_text"], keys_fd=keys)
@@ -259,11 +261,15 @@ def _run_probe(probe_name, opts):
                 target.abandon()
             raise
     finally:
-        if out_file:
-            out_file.close()
+        if out_fd is not None:
+            os.close(out_fd)
         if target is not None:
             target.close()
+    # The summary reaches stderr even when the output failed; then one line
+    # says which file and why (main), and the exit status is Exit.OUTPUT.
     _print_summary(session.summary)
+    if session.output_error is not None:
+        raise session.output_error
     if session.command_error is not None:
         raise session.command_error
     return code
@@ -275,6 +281,8 @@ def _print_summary(s):
         line += f" (ring full {s['ringbuf_full']}, state map full {s['map_full']}; try a larger --ring-size)"
     if s.get("not_delivered_count_reached"):
         line += f", {s['not_delivered_count_reached']} more not shown after --count"
+    if s.get("stopped_by") == "output error" and s.get("not_delivered_output_closed"):
+        line += f", {s['not_delivered_output_closed']} not written after the output failed"
     if s.get("not_followed"):
         line += f", {s['not_followed']} child processes not followed (their events are lost)"
     if s.get("discarded"):
@@ -283,10 +291,14 @@ def _print_summary(s):
     if s.get("top_errors"):
         line += "; top errors: " + ", ".join(f"{k} {v}" for k, v in s["top_errors"].items())
     command = s.get("command")
-    if command and command["status"] is not None:
-        name = os.path.basename(command["argv"][0])
-        how = (f"killed by {command['signal']} ({command['status']})" if command["signal"]
-               else f"exited with status {command['status']}")
+    if command:
+        name = fields.escape_str(os.path.basename(command["argv"][0]))
+        if command["status"] is None:
+            how = "was not started"
+        elif command["signal"]:
+            how = f"killed by {command['signal']} ({command['status']})"
+        else:
+            how = f"exited with status {command['status']}"
         line += f"; {name} {how}"
     if s.get("followed_running"):
         line += f"; {s['followed_running']} followed processes still running, no longer traced"
@@ -430,8 +442,30 @@ def _debug_requested(argv):
     return "--debug" in argv or os.environ.get("RBTRACE_DEBUG") == "1"
 
 
+def _hold_standard_fds():
+    """A standard fd the caller closed (`>&-`) is held by /dev/null opened
+    read-only and close-on-exec: rbtrace's own files (the -o file, BPF
+    maps) then never land on fd 0-2, where CMD would inherit them; CMD
+    still finds it closed; and a write to it fails with EBADF, as it
+    would on the closed fd, so a closed stdout is a write error."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            held = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+            if held != fd:
+                os.dup2(held, fd, inheritable=False)
+                os.close(held)
+    # Python starts with None for a closed stdout or stderr.
+    if sys.stdout is None:
+        sys.stdout = open(1, "w", closefd=False)
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w")
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    _hold_standard_fds()
     debug = _debug_requested(argv)
     if not argv and "_RBTRACE_COMPLETE" not in os.environ:
         # `rbtrace` alone names no command: the help, as --help prints it,

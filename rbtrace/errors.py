@@ -11,6 +11,7 @@ class Exit(enum.IntEnum):
     OK = 0
     ERROR = 1          # runtime error: environment, compile, kernel
     USAGE = 2          # bad option value or command line
+    OUTPUT = 74        # writing the output failed (sysexits.h's EX_IOERR)
     CANNOT_EXECUTE = 126   # `-- CMD`: CMD is not executable (as a shell says)
     NOT_FOUND = 127        # `-- CMD`: CMD is not found (as a shell says)
     INTERRUPTED = 130  # SIGINT (128 + 2)
@@ -53,3 +54,18 @@ class CommandError(RbtraceError):
     def __init__(self, message, exit_code):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class OutputError(RbtraceError):
+    """Writing the output failed (ENOSPC, EIO, EBADF...), as opposed to its
+    reader going away (EPIPE), which is not an error of ours.
+
+    `lines_kept`: whole lines of the failed write that are in the output
+    (a partly written last line was cut off again where that is possible)."""
+
+    exit_code = Exit.OUTPUT
+
+    def __init__(self, name, error, lines_kept=0):
+        super().__init__(f"cannot write {name}: {error.strerror or error}")
+        self.errno = error.errno
+        self.lines_kept = lines_kept

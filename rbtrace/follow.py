@@ -295,6 +295,26 @@ def descendants(roots, proc="/proc") -> set:
     return found - set(roots)
 
 
+def start_times(pids, proc="/proc") -> dict:
+    """{pid: start time} of those of `pids` that are running now (not a
+    zombie).  A pid and its start time name one process: a later process
+    that took the same pid has another start time."""
+    out = {}
+    for pid in pids:
+        try:
+            with open(f"{proc}/{pid}/stat", "rb") as f:
+                text = f.read()
+        except OSError:
+            continue                      # gone
+        # pid (comm) state ppid ... starttime is the 22nd field; comm may
+        # hold spaces and parentheses.
+        after = text[text.rindex(b")") + 2:].split()
+        if after[0] in (b"Z", b"X"):
+            continue
+        out[pid] = int(after[19])
+    return out
+
+
 SI_KERNEL = 0x80           # si_code of a signal the kernel sent: a terminal's Ctrl-C
 _SIGSET_BYTES = 128        # sizeof(sigset_t) in glibc
 _SIGINFO_BYTES = 128       # sizeof(struct signalfd_siginfo)

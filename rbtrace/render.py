@@ -7,12 +7,15 @@ since the last report, `tick(stats)` about ten times a second, and
 """
 import collections
 import os
+import select
+import stat
 import sys
 import time
 
 import orjson
 
 from rbtrace import fields
+from rbtrace.errors import OutputError
 
 JSON_FORMAT_VERSION = 1
 
@@ -131,6 +134,9 @@ def write_all(out, data: bytes):
     """Write every byte, then flush.  A signal arriving while a write is
     blocked on a full pipe makes BufferedWriter.write return a short count
     (PEP 475 retries only from the start): loop, or a JSON line is cut."""
+    if isinstance(out, Output):
+        out.write_all(data)
+        return
     view = memoryview(data)
     while view:
         n = out.write(view)
@@ -138,8 +144,75 @@ def write_all(out, data: bytes):
     out.flush()
 
 
+class Output:
+    """Where the stream renderers' lines go: a file descriptor, written with
+    os.write and no Python buffer in between, so that a failed write leaves
+    nothing behind to fail again at exit, and the bytes written are known.
+
+    Every write_all() holds whole lines.  A write that fails (ENOSPC on a
+    full file system, EIO, EBADF...) raises OutputError naming the file;
+    when part of the data went out first, a regular file is truncated back
+    to its last whole line, so the output never ends with half a JSON line.
+    EPIPE (the reader went away, `| head -1`) is not an error of ours and
+    stays a BrokenPipeError for the session to stop quietly."""
+
+    def __init__(self, fd: int, name: str):
+        self.fd = fd
+        self.name = name          # for messages: the path as given, or "standard output"
+
+    def fileno(self):
+        return self.fd
+
+    def write(self, data):        # the file-object interface, for tests and tools
+        self.write_all(bytes(data))
+        return len(data)
+
+    def flush(self):
+        pass
+
+    def write_all(self, data: bytes):
+        view = memoryview(data)
+        done = 0
+        while done < len(data):
+            try:
+                # A signal after some bytes returns a short count; one before
+                # any is retried by Python (PEP 475).  Both just loop.
+                done += os.write(self.fd, view[done:])
+            except BlockingIOError:
+                # An O_NONBLOCK pipe or socket inherited as stdout: wait.
+                poller = select.poll()
+                poller.register(self.fd, select.POLLOUT)
+                poller.poll()
+            except BrokenPipeError:
+                raise
+            except OSError as e:
+                kept = self._keep_whole_lines(data, done)
+                raise OutputError(fields.escape_str(self.name), e,
+                                  lines_kept=data.count(b"\n", 0, kept)) from e
+
+    def _keep_whole_lines(self, data: bytes, done: int) -> int:
+        """Bytes of `data` left in the output: `done` cut back to its last
+        newline, by truncating a regular file (other outputs can't take
+        back what was written: a partial line is left there as it is)."""
+        kept = data.rfind(b"\n", 0, done) + 1
+        if kept == done:
+            return kept
+        try:
+            if not stat.S_ISREG(os.fstat(self.fd).st_mode):
+                return done
+            end = os.lseek(self.fd, 0, os.SEEK_CUR)
+            os.ftruncate(self.fd, end - (done - kept))
+            os.lseek(self.fd, end - (done - kept), os.SEEK_SET)
+        except OSError:
+            return done
+        return kept
+
+
 class StreamRenderer:
-    """Writes to a byte stream (stdout, a pipe, a file)."""
+    """Writes to a byte stream (stdout, a pipe, a file).
+
+    After a write has failed (OutputError) or the reader has gone, nothing
+    more is written: the summary then goes to stderr alone."""
 
     wants_all = True
     wants_bytes = False      # takes ready JSON lines from Probe.json_lines
@@ -167,7 +240,15 @@ class StreamRenderer:
             os.close(devnull)
         self.closed = True
 
+    def output_failed(self):
+        """A write failed: write nothing more."""
+        self.closed = True
+
     closed = False
+
+    def _emit(self, data: bytes):
+        if not self.closed:
+            write_all(self.out, data)
 
     def tick(self, stats):
         pass
@@ -179,7 +260,7 @@ class JsonRenderer(StreamRenderer):
     wants_bytes = True
 
     def write_lines(self, data: bytes):
-        write_all(self.out, data)
+        self._emit(data)
 
     def __init__(self, out, probe):
         super().__init__(out, probe)
@@ -195,12 +276,11 @@ class JsonRenderer(StreamRenderer):
         self._write([{"type": "lost", **record}])
 
     def close(self, summary):
-        if not self.closed:
-            self._write([{"type": "summary", **summary}])
+        self._write([{"type": "summary", **summary}])
 
     def _write(self, objs):
         dumps = self.dumps
-        write_all(self.out, b"".join([dumps(o) + b"\n" for o in objs]))
+        self._emit(b"".join([dumps(o) + b"\n" for o in objs]))
 
 
 class PlainRenderer(StreamRenderer):
@@ -220,7 +300,7 @@ class PlainRenderer(StreamRenderer):
                 self._fmt.append((c.value, 0, c.justify))
 
     def start(self, info):
-        write_all(self.out, self._line([c.header for c in self.columns]).encode())
+        self._emit(self._line([c.header for c in self.columns]).encode())
 
     def _line(self, texts):
         parts = []
@@ -232,7 +312,7 @@ class PlainRenderer(StreamRenderer):
 
     def events(self, events):
         lines = [self._line([fmt[0](e) for fmt in self._fmt]) for e in events]
-        write_all(self.out, "".join(lines).encode())
+        self._emit("".join(lines).encode())
 
     def lost(self, record):
         line = (f"rbtrace: {record['dropped']} events dropped "

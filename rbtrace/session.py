@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from rbtrace.bpf import LoadedProbe
-from rbtrace.errors import Exit
+from rbtrace.errors import Exit, OutputError
 from rbtrace.ringbuf import RingConsumer
 
 STATS_INTERVAL = 0.1      # footer / lost-record cadence, seconds
@@ -90,6 +90,7 @@ class Session:
         self.probe = probe
         self.follow = follow        # follow.Command or follow.RunningProcess
         self.command_error = None
+        self.output_error = None    # OutputError: writing the output failed
         self._followed_running = 0
         self.renderer = renderer
         self.ring_bytes = ring_bytes
@@ -154,22 +155,33 @@ class Session:
             poller.register(self._sigfd.fd, select.EPOLLIN)
         self.started = time.monotonic()
         try:
-            self.renderer.start({"probe": self.probe.name, "ring_bytes": self.ring_bytes,
-                                 "filters": self.probe.options.get("filters_text", "")})
+            try:
+                self.renderer.start({"probe": self.probe.name, "ring_bytes": self.ring_bytes,
+                                     "filters": self.probe.options.get("filters_text", "")})
+            except OutputError as e:
+                self._output_failed(e)
             if self.follow is not None:
-                self._release()
+                if self.output_error is None:
+                    self._release()
+                else:
+                    self.follow.abandon()   # never ran; it must not run untraced
             self._loop(loaded, ring, poller)
+            followed = {}
             if self.follow is not None:
-                # Descendants left running (daemons, orphans still busy when
-                # CMD ended): no longer traced, so said.  Counted before the
-                # exit hook is detached, while the map is still exact.
-                self._followed_running = loaded.followed_count()
+                if self.output_error is not None:
+                    self._hang_up(loaded)
+                # Followed processes still alive now, taken while the exit
+                # hook keeps the map exact; those still running when rbtrace
+                # ends are counted then (followed_running).
+                followed = self._followed_alive(loaded)
             # Stop the producers, then deliver everything already in the ring.
             loaded.detach()
-            if self.stop_reason not in ("count", "output closed"):
+            if self.stop_reason not in ("count", "output closed", "output error"):
                 self._drain_after_detach(loaded, ring)
             if self.follow is not None and self.follow.waits_for_end and not self.follow.exited():
                 self._wait_for_command(poller)
+            if self.follow is not None:
+                self._followed_running = self._still_running(followed)
             summary = self._summary(loaded)
         finally:
             # Our handlers stay until BCC has cleaned up: a SIGINT landing in
@@ -186,8 +198,13 @@ class Session:
                     signal.signal(s, h)
                 os.close(wake_r)
                 os.close(wake_w)
-        self.renderer.close(summary)
         self.summary = summary
+        try:
+            self.renderer.close(summary)
+        except OutputError as e:
+            self._output_failed(e)
+        if self.output_error is not None:
+            return Exit.OUTPUT
         if self.command_error is not None:
             return self.command_error.exit_code
         if self.follow is not None and self.follow.waits_for_end:
@@ -221,6 +238,74 @@ class Session:
             self.follow.release()
         except CommandError as e:           # exec failed: its event is still shown
             self.command_error = e
+
+    def _output_failed(self, error):
+        """A write to the output failed: stop, and write nothing more.  The
+        first error is the one reported."""
+        self.output_error = self.output_error or error
+        self.stop_reason = "output error"
+        self.renderer.output_failed()
+
+    def _hang_up(self, loaded):
+        """The output failed while `-- CMD` was traced: CMD must not go on
+        untraced.  As a shell does with its jobs when its terminal hangs up,
+        send SIGHUP, then SIGCONT (for a stopped one), to every followed
+        process; rbtrace then waits for CMD as usual.  The probes are still
+        attached, so a child forked meanwhile is in the map too: repeat
+        until no new one appears.  Not for --pid --children: that process
+        was running before rbtrace, and goes on as it did."""
+        if not (self.follow.waits_for_end and self.follow.released) or self.follow.exited():
+            return
+        signalled = set()
+        while True:
+            new = sorted(loaded.followed_pids() - signalled)
+            if not new:
+                break
+            for i in range(0, len(new), 256):        # a few pidfds open at a time
+                # A pidfd, and the pid still in the map after it was opened:
+                # the followed process, not a new one that took its pid.
+                pidfds = {}
+                for pid in new[i:i + 256]:
+                    try:
+                        pidfds[pid] = os.pidfd_open(pid)
+                    except OSError:
+                        pass                # gone already
+                in_map = loaded.followed_pids()
+                for pid, pidfd in pidfds.items():
+                    try:
+                        if pid in in_map:
+                            for sig in (signal.SIGHUP, signal.SIGCONT):
+                                signal.pidfd_send_signal(pidfd, sig)
+                    except ProcessLookupError:
+                        pass
+                    finally:
+                        os.close(pidfd)
+            signalled.update(new)
+        self._hung_up = signalled
+
+    _hung_up = ()
+
+    def _followed_alive(self, loaded):
+        """{pid: start time} of the followed processes alive now."""
+        from rbtrace.follow import start_times
+        alive = start_times(loaded.followed_pids())
+        # Only those still in the map after their start time was read: the
+        # same processes, not a new one that took a pid meanwhile.
+        in_map = loaded.followed_pids()
+        return {pid: t for pid, t in alive.items() if pid in in_map}
+
+    def _still_running(self, followed):
+        """How many of `followed` (from _followed_alive) still run now.
+        Processes just sent SIGHUP by _hang_up get a moment to die of it."""
+        from rbtrace.follow import start_times
+        tries = 100 if self._hung_up else 1
+        while True:
+            now = start_times(followed)
+            running = sum(1 for pid, t in now.items() if followed[pid] == t)
+            tries -= 1
+            if not running or not tries:
+                return running
+            time.sleep(0.01)
 
     def _wait_for_command(self, poller):
         """Tracing stopped early (--count, --duration, closed output): the
@@ -276,13 +361,16 @@ class Session:
         for a moment; wait for it (bounded) rather than lose it."""
         for _ in range(200):
             self._drain(ring)
-            if loaded.counters()[0] == self.delivered or self.stop_reason in ("count", "output closed"):
+            if (loaded.counters()[0] == self.delivered
+                    or self.stop_reason in ("count", "output closed", "output error")):
                 return
             time.sleep(0.001)
 
     def _drain(self, ring):
         try:
             self._drain_segments(ring)
+        except OutputError as e:
+            self._output_failed(e)
         except BrokenPipeError:
             # The reader went away: nothing more can be delivered.  Stop, and
             # keep the interpreter from complaining when it flushes stdout.
@@ -298,14 +386,21 @@ class Session:
                 records, offsets = records[:keep], offsets[:keep]
                 n = keep
                 self.stop_reason = "count"
+            try:
+                if renderer.wants_bytes and hasattr(probe, "json_lines"):
+                    renderer.write_lines(probe.json_lines(et, records, offsets, ring.data))
+                elif renderer.wants_all:
+                    renderer.events(probe.decode(et, records, offsets, ring.data))
+                else:
+                    tail = renderer.tail
+                    renderer.count(n, probe.decode(et, records[-tail:], offsets[-tail:], ring.data))
+            except OutputError as e:
+                # One line per event, and only whole lines are kept: the
+                # first lines_kept events are out, the others are not.
+                self.tally.add(records[:e.lines_kept])
+                self.delivered += e.lines_kept
+                raise
             self.tally.add(records)
-            if renderer.wants_bytes and hasattr(probe, "json_lines"):
-                renderer.write_lines(probe.json_lines(et, records, offsets, ring.data))
-            elif renderer.wants_all:
-                renderer.events(probe.decode(et, records, offsets, ring.data))
-            else:
-                tail = renderer.tail
-                renderer.count(n, probe.decode(et, records[-tail:], offsets[-tail:], ring.data))
             self.delivered += n
             if self.stop_reason == "count":
                 break
@@ -325,10 +420,13 @@ class Session:
         if all(losses[k] == self._reported.get(k, 0) for k in self.LOSS_KINDS):
             return
         delta = {k: losses[k] - self._reported.get(k, 0) for k in self.LOSS_KINDS}
-        self.renderer.lost({"dropped": delta["ringbuf_full"] + delta["map_full"], **delta,
-                            "total_dropped": losses["ringbuf_full"] + losses["map_full"],
-                            "total_missed_by_kernel": losses["missed_by_kernel"]})
         self._reported = dict(losses)
+        try:
+            self.renderer.lost({"dropped": delta["ringbuf_full"] + delta["map_full"], **delta,
+                                "total_dropped": losses["ringbuf_full"] + losses["map_full"],
+                                "total_missed_by_kernel": losses["missed_by_kernel"]})
+        except OutputError as e:
+            self._output_failed(e)
 
     def _report(self, loaded, ring, now):
         _, losses = self._losses(loaded)
@@ -354,7 +452,8 @@ class Session:
             "delivered": self.delivered,
             "not_delivered_count_reached": submitted - self.delivered if self.stop_reason == "count" else 0,
             "not_delivered_output_closed": (submitted - self.delivered
-                                            if self.stop_reason == "output closed" else 0),
+                                            if self.stop_reason in ("output closed", "output error")
+                                            else 0),
             "dropped": ringbuf_full + map_full,
             "ringbuf_full": ringbuf_full,
             "map_full": map_full,
@@ -367,5 +466,7 @@ class Session:
         }
         if self.follow is not None:
             summary.update(self.follow.summary())
+            if not self.follow.released:    # abandoned before it could exec
+                summary["command"].update(status=None, signal=None)
             summary["followed_running"] = self._followed_running
         return summary
