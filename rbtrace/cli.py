@@ -411,6 +411,14 @@ def tp_cmd(**opts):
     sys.exit(_run_probe("tp", opts))
 
 
+# A tracepoint has no result to select on: tp keeps -x/--failed only to
+# refuse it with the reason (TpProbe), and does not offer it in --help
+# or in shell completion.
+for _param in tp_cmd.params:
+    if _param.name == "failed":
+        _param.hidden = True
+
+
 @cli.command("run", cls=TraceCommand)
 @trace_options
 @click.argument("file", metavar="FILE.bpf.c", type=click.Path(path_type=str))
@@ -474,6 +482,14 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     _hold_standard_fds()
     debug = _debug_requested(argv)
+    if not argv and "_RBTRACE_COMPLETE" not in os.environ:
+        # `rbtrace` alone names no command: the help, as --help prints it,
+        # but on stderr (stdout is for data) and with the usage-error status,
+        # as click does for a group (whose 8.1 printed it to stdout, exit 0).
+        # (Shell completion also comes without arguments: click answers it.)
+        ctx = click.Context(cli, info_name="rbtrace", **cli.context_settings)
+        sys.stderr.write(cli.get_help(ctx) + "\n")
+        sys.exit(int(Exit.USAGE))
     try:
         cli.main(args=argv, prog_name="rbtrace", standalone_mode=False)
         code = Exit.OK
