@@ -80,11 +80,12 @@ RAW_TRACEPOINT_PROBE(sched_process_exit)
     if (read_u32(signal, SIGNAL_LIVE_OFF) != 0)   /* atomic_t: other threads live */
         return 0;
 #endif
-    /* What wait_task_zombie() will report: the group's code after an
-     * exit_group() or a fatal signal (a core dump sets 0x80 in it), else
-     * the leader's own exit code, even when another thread exited last.
-     * Both were set before the hook (do_group_exit(), then do_exit()'s
-     * tsk->exit_code = code; a leader that left first set its own). */
+    /* What wait_task_zombie() will report: the group's code once a group
+     * exit is under way, else the leader's own exit code.  exit_group()
+     * and fatal signals set the group's code (a core dump adds 0x80), and
+     * since 5.17 so does the last thread's plain exit(2) (do_exit() ->
+     * synchronize_group_exit(), before the hook); only older kernels take
+     * the leader's code when another thread exits last. */
     void *leader = (void *)read_u64(task, TASK_GROUP_LEADER_OFF);
     u32 status;
     if (read_u32(signal, SIGNAL_FLAGS_OFF) & SIGNAL_GROUP_EXIT)

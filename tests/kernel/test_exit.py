@@ -1,0 +1,259 @@
+"""`rbtrace exit` against the ground truth of waitpid(2) and the clock.
+
+The workload runs as the followed command (`rbtrace exit -- python3
+WORKLOAD`), so nothing else on the machine can show up.  It forks
+children whose ends are known (exit codes, signals, core dumps, threads
+that exit in every order, a thread that execs, a zombie reaped late) and
+records, for each: the status waitpid() returned, CLOCK_MONOTONIC before
+the fork and after the reap (the window the process lived in), and the
+child's own first and last readings of the clock (a span it certainly
+lived).  Each child names itself (its leader's comm), so the events are
+also checked for the process's name, whichever thread ended it.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+from conftest import REPO, parse_json_lines
+
+RBTRACE = [sys.executable, "-m", "rbtrace"]
+
+WORKLOAD = r'''
+import ctypes, json, os, resource, signal, sys, threading, time
+
+libc = ctypes.CDLL(None, use_errno=True)      # CDLL: the GIL is released in calls
+SYS_exit = 60                                 # x86-64: this thread only
+PR_SET_NAME = 15
+now = time.monotonic_ns
+
+
+def name(comm):
+    """Name the calling thread (the leader's name is the process's)."""
+    libc.prctl(PR_SET_NAME, comm.encode(), 0, 0, 0)
+
+
+def thread_exit(status):
+    """exit(2) of the calling thread alone, GIL released."""
+    libc.syscall(SYS_exit, status)
+
+
+def wait_zombie(pid, tid):
+    while True:
+        with open(f"/proc/{pid}/task/{tid}/stat") as f:
+            if f.read().rpartition(")")[2].split()[0] == "Z":
+                return
+        time.sleep(0.001)
+
+
+def park():
+    while True:
+        time.sleep(60)
+
+
+def child(case, w):
+    first = now()
+
+    def report():
+        os.write(w, b"%d %d\n" % (first, now()))
+
+    name(f"rbx-{case}")
+    signal.signal(signal.SIGSEGV, signal.SIG_DFL)
+    if case in ("exit0", "exit3", "exit255", "zombie"):
+        time.sleep(0.05)
+        report()
+        os._exit({"exit0": 0, "exit3": 3, "exit255": 255, "zombie": 5}[case])
+    if case in ("sigkill", "sigterm", "segv", "segv-core"):
+        if case == "segv-core":
+            resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY,) * 2)
+        else:
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        time.sleep(0.05)
+        report()
+        sig = {"sigkill": signal.SIGKILL, "sigterm": signal.SIGTERM}.get(case, signal.SIGSEGV)
+        os.kill(os.getpid(), sig)
+        park()
+    if case == "threads-group-exit":
+        # Four threads; a renamed one ends the process with exit_group(7).
+        for _ in range(3):
+            threading.Thread(target=park, daemon=True).start()
+        def last():
+            name("rbx-worker")
+            time.sleep(0.05)
+            report()
+            os._exit(7)
+        threading.Thread(target=last).start()
+        park()
+    if case in ("leader-first-group", "leader-first-threads"):
+        # The leader leaves first (exit(2) of its thread alone, status 5):
+        # the process lives on in its other threads.
+        leader = os.getpid()
+        def worker(last):
+            name("rbx-worker")
+            wait_zombie(leader, leader)
+            time.sleep(0.05)
+            if case == "leader-first-group":
+                report()
+                os._exit(4)                   # exit_group: the status is 4
+            if last:
+                time.sleep(0.05)
+                report()
+            # No exit_group: since 5.17 the last thread's exit(2) is taken
+            # as the group's (synchronize_group_exit), so the status is 9.
+            thread_exit(9)
+        threading.Thread(target=worker, args=(False,)).start()
+        threading.Thread(target=worker, args=(True,)).start()
+        time.sleep(0.01)
+        thread_exit(5)
+    if case == "thread-exec":
+        # A thread that is not the leader execs: it takes the leader's
+        # place (and pid); the program it runs exits 6.
+        def execer():
+            report()
+            os.execv("/bin/sh", ["sh", "-c", "exit 6"])
+        threading.Thread(target=execer).start()
+        park()
+    os._exit(99)
+
+
+CASES = ["exit0", "exit3", "exit255", "sigkill", "sigterm", "segv", "segv-core",
+         "threads-group-exit", "leader-first-group", "leader-first-threads", "thread-exec",
+         "zombie"]
+
+
+def main(out, cases):
+    results = []
+    for case in cases:
+        r, w = os.pipe()
+        t0 = now()
+        pid = os.fork()
+        if pid == 0:
+            os.close(r)
+            try:
+                child(case, w)
+            finally:
+                os._exit(98)
+        os.close(w)
+        with os.fdopen(r, "rb") as f:
+            line = f.read().split()
+        first, last = (int(x) for x in line[:2]) if line else (None, None)
+        zombie_seen = None
+        if case == "zombie":
+            wait_zombie(pid, pid)
+            zombie_seen = now()
+            time.sleep(0.3)                   # reaped late
+        _, status = os.waitpid(pid, 0)
+        t1 = now()
+        results.append({"case": case, "pid": pid, "status": status, "t0": t0, "t1": t1,
+                        "first": first, "last": last, "zombie_seen": zombie_seen})
+    with open(out, "w") as f:
+        json.dump({"pid": os.getpid(), "children": results}, f)
+
+
+if __name__ == "__main__":
+    os.chdir(os.path.dirname(os.path.abspath(sys.argv[1])))   # core files go there
+    main(sys.argv[1], sys.argv[2:] or CASES)
+'''
+
+
+def run_workload(tmp_path, extra=(), cases=()):
+    """(rbtrace's Result, the workload's record) for one traced run."""
+    script = tmp_path / "workload.py"
+    script.write_text(WORKLOAD)
+    record = tmp_path / "record.json"
+    out = tmp_path / "exit.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    p = subprocess.run([*RBTRACE, "exit", "--json", "-o", str(out), *extra, "--",
+                        sys.executable, str(script), str(record), *cases],
+                       cwd=REPO, env=env, capture_output=True, timeout=300)
+    assert p.returncode == 0, p.stderr.decode(errors="replace")
+    for core in tmp_path.glob("core*"):
+        core.unlink()
+    r = parse_json_lines(out.read_text())
+    assert not r.lost and r.summary["dropped"] == 0, r.summary
+    assert r.summary["seen"] == r.summary["delivered"] == len(r.events), r.summary
+    return r, json.loads(record.read_text())
+
+
+def expected_fields(status):
+    if os.WIFEXITED(status):
+        return {"exit_code": os.WEXITSTATUS(status), "signal": None, "core_dumped": False,
+                "status": status}
+    return {"exit_code": None, "signal": signal.Signals(os.WTERMSIG(status)).name,
+            "core_dumped": os.WCOREDUMP(status), "status": status}
+
+
+def test_every_child_gives_one_event_matching_waitpid_and_its_lifetime(kernel_ok, tmp_path):
+    r, record = run_workload(tmp_path)
+    children = record["children"]
+    by_pid = {}
+    for e in r.events:
+        assert e["type"] == "exit"
+        assert e["pid"] not in by_pid, f"two events for pid {e['pid']}: {by_pid[e['pid']]}, {e}"
+        by_pid[e["pid"]] = e
+    # Exactly the workload and its children: one event each, no thread's.
+    assert set(by_pid) == {record["pid"]} | {c["pid"] for c in children}
+    workload = by_pid[record["pid"]]
+    assert workload["exit_code"] == 0 and workload["signal"] is None
+
+    statuses = {}
+    for c in children:
+        e = by_pid[c["pid"]]
+        case = c["case"]
+        statuses[case] = c["status"]
+        got = {k: e[k] for k in ("exit_code", "signal", "core_dumped", "status")}
+        assert got == expected_fields(c["status"]), (case, e, c)
+        assert e["ppid"] == record["pid"], (case, e)
+        # The process's name (its leader's), whichever thread ended it;
+        # after an exec, the new program's.
+        assert e["comm"] == ("sh" if case == "thread-exec" else f"rbx-{case}"[:15]), (case, e)
+        # The lifetime: it started after t0 and before the child read the
+        # clock first; it ended after the child's last reading and before
+        # the reap.  Both bounds, on the same clock (CLOCK_MONOTONIC).
+        start = e["ts_ns"] - e["duration_ns"]
+        assert c["t0"] <= start <= c["first"], (case, c, e)
+        assert c["last"] <= e["ts_ns"] <= c["t1"], (case, c, e)
+        assert c["last"] - c["first"] <= e["duration_ns"] <= c["t1"] - c["t0"], (case, c, e)
+        if case == "zombie":
+            # At the exit, not at the reap 0.3 s later.
+            assert e["ts_ns"] <= c["zombie_seen"], (c, e)
+            assert e["duration_ns"] <= c["zombie_seen"] - c["t0"], (c, e)
+
+    # The workload did what it says, so the comparisons above covered it.
+    assert statuses["exit0"] == 0
+    assert os.WEXITSTATUS(statuses["exit3"]) == 3
+    assert os.WEXITSTATUS(statuses["exit255"]) == 255
+    assert os.WTERMSIG(statuses["sigkill"]) == signal.SIGKILL
+    assert os.WTERMSIG(statuses["sigterm"]) == signal.SIGTERM
+    assert os.WTERMSIG(statuses["segv"]) == signal.SIGSEGV and not os.WCOREDUMP(statuses["segv"])
+    assert os.WTERMSIG(statuses["segv-core"]) == signal.SIGSEGV
+    assert os.WCOREDUMP(statuses["segv-core"]), "no core dump: see /proc/sys/kernel/core_pattern"
+    assert os.WEXITSTATUS(statuses["threads-group-exit"]) == 7
+    assert os.WEXITSTATUS(statuses["leader-first-group"]) == 4
+    assert os.WEXITSTATUS(statuses["leader-first-threads"]) == 9
+    assert os.WEXITSTATUS(statuses["thread-exec"]) == 6
+    assert os.WEXITSTATUS(statuses["zombie"]) == 5
+    # Where the leader left first, another thread ended the process: the
+    # event is still the process's (pid, comm), the tid that thread's.
+    for c in children:
+        if c["case"].startswith("leader-first"):
+            e = by_pid[c["pid"]]
+            assert e["tid"] != e["pid"] and e["comm"] == "rbx-leader-firs", e
+
+
+def test_failed_keeps_non_zero_exits_and_signals_only(kernel_ok, tmp_path):
+    r, record = run_workload(tmp_path, extra=["-x"])
+    failed = {c["pid"] for c in record["children"] if c["status"] != 0}
+    assert {e["pid"] for e in r.events} == failed
+    assert len(r.events) == len(failed) == len(record["children"]) - 1    # all but exit0
+
+
+def test_comm_filter_matches_the_process_name(kernel_ok, tmp_path):
+    """-n matches the leader's name, even when a renamed thread ended it."""
+    r, record = run_workload(tmp_path, extra=["-n", "rbx-threads-gro"],
+                             cases=["exit3", "threads-group-exit"])
+    (child,) = [c for c in record["children"] if c["case"] == "threads-group-exit"]
+    assert [e["pid"] for e in r.events] == [child["pid"]]
+    assert r.events[0]["exit_code"] == 7
