@@ -291,3 +291,52 @@ def test_comm_filter_matches_the_process_name(kernel_ok, tmp_path):
     (child,) = [c for c in record["children"] if c["case"] == "threads-group-exit"]
     assert [e["pid"] for e in r.events] == [child["pid"]]
     assert r.events[0]["exit_code"] == 7
+
+
+def test_pid_and_children_follow_a_running_tree(rbtrace, tmp_path):
+    """--pid P: P's exit alone; --pid P --children: its children's too, and
+    the run ends with P.  Ground truth: the statuses the shell saw, and
+    waitpid for P itself."""
+    script = "read x; (exit 4); sh -c 'kill -TERM $$'; echo \"$?\"; exit 5"
+    for extra in (["-c", "1"], ["--children"]):
+        p = subprocess.Popen(["sh", "-c", script], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE)
+        t = rbtrace("exit", "--json", "--pid", str(p.pid), *extra)
+        out, _ = p.communicate(b"go\n", timeout=60)
+        r = t.finish(timeout=60)          # it ends by itself: -c 1, or with P
+        assert r.returncode == 0, r.stderr
+        assert out == b"143\n" and p.returncode == 5
+        mine = [e for e in r.events if e["pid"] == p.pid]
+        assert len(mine) == 1 and mine[0]["exit_code"] == 5 and mine[0]["signal"] is None
+        others = [(e["ppid"], e["exit_code"], e["signal"]) for e in r.events if e is not mine[0]]
+        if extra == ["--children"]:
+            assert sorted(others, key=str) == sorted(
+                [(p.pid, 4, None), (p.pid, None, "SIGTERM")], key=str), r.events
+            assert r.summary["stopped_by"] == "process exited"
+        else:
+            assert others == [], r.events
+
+
+def test_uid_filter_keeps_that_users_processes(kernel_ok, tmp_path):
+    """-u: only the processes of that user, as the process's real uid."""
+    script = tmp_path / "users.py"
+    script.write_text(textwrap.dedent("""
+        import os, sys
+        for uid, code in ((65534, 3), (0, 4), (65534, 5)):
+            pid = os.fork()
+            if pid == 0:
+                os.setuid(uid)
+                os._exit(code)
+            print(pid, os.waitpid(pid, 0)[1], flush=True)
+    """))
+    out = tmp_path / "exit.json"
+    p = subprocess.run([*RBTRACE, "exit", "--json", "-u", "65534", "-o", str(out), "--",
+                        sys.executable, str(script)],
+                       cwd=REPO, capture_output=True, timeout=300)
+    assert p.returncode == 0, p.stderr.decode(errors="replace")
+    children = [tuple(map(int, ln.split())) for ln in p.stdout.decode().split("\n") if ln]
+    r = parse_json_lines(out.read_text())
+    wanted = [(pid, status) for (pid, status), uid in zip(children, (65534, 0, 65534))
+              if uid == 65534]
+    assert [(e["pid"], e["status"]) for e in r.events] == wanted
+    assert all(e["uid"] == 65534 for e in r.events)
