@@ -376,6 +376,21 @@ def open_cmd(**opts):
     sys.exit(_run_probe("open", opts))
 
 
+@cli.command("exit", cls=TraceCommand)
+@trace_options
+def exit_cmd(**opts):
+    """Every process exit on the host, once per process, with how it ended.
+
+    One event when the last thread of a process exits (not at each
+    thread's exit, nor when the parent reaps it).  JSON fields: the common
+    ones (comm is the process's, its leader's), exit_code (0-255, null when
+    a signal ended it), signal (its name, or null), core_dumped,
+    duration_ns (the process's lifetime) and status (the wait status).
+    -x: only exits with a non-zero code or by a signal, in the kernel.
+    """
+    sys.exit(_run_probe("exit", opts))
+
+
 @cli.command("tp", cls=TraceCommand)
 @trace_options
 @click.argument("tracepoints", nargs=-1, metavar="CATEGORY:EVENT...")

@@ -332,6 +332,9 @@ VMLINUX_BTF = Path("/sys/kernel/btf/vmlinux")
 TASK_OFFSETS = {
     "TASK_REAL_PARENT_OFF": ("task_struct", "real_parent"),
     "TASK_TGID_OFF": ("task_struct", "tgid"),
+    # Before 6.16, whether a process's last thread is exiting (common.h).
+    "TASK_SIGNAL_OFF": ("task_struct", "signal"),
+    "SIGNAL_LIVE_OFF": ("signal_struct", "live"),
 }
 
 
