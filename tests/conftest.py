@@ -37,6 +37,13 @@ from pathlib import Path
 import pytest
 
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+# `make test` runs pytest under make, which exports its level and job
+# server: a workload's own `make -j2` would then print "make[1]: Entering
+# directory" and share the outer job server.  The tests' workloads start
+# as from a shell.
+for _var in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES"):
+    os.environ.pop(_var, None)
 KERNEL_DIR = Path(__file__).resolve().parent / "kernel"
 GUARD_NAME = "rbtrace_ci_guard"
 # Set (to "<parent pid>:<file>") only for the second pytest that counts
