@@ -1,0 +1,164 @@
+"""Loopback TCP workload for tests/kernel/test_tcp.py, run as rbtrace's
+`-- CMD`.  It keeps its own record (JSON, written to argv[1]) of what the
+events must say: pids, both ends of each connection from getsockname and
+getpeername, the bytes each side sent and received, `ss -tni`'s counters
+taken before close, connect results, and CLOCK_MONOTONIC bounds.
+
+Scenarios (argv[2:]), run in order:
+  pair:FAMILY:PORT:CSEND:SSEND[:nb]  a server (a child process) listening on
+      PORT accepts one connection from this process, reads CSEND bytes,
+      sends SSEND, then both close in order (the client first).  nb: the
+      client connects non-blocking (EINPROGRESS, then poll).
+  refused:FAMILY:PORT[:nb]  a connect, from a bound port, to PORT where
+      nothing listens (ECONNREFUSED).
+FAMILY is 4 (127.0.0.1) or 6 (::1).
+"""
+import errno
+import json
+import os
+import re
+import select
+import socket
+import subprocess
+import sys
+import time
+
+HOST = {"4": "127.0.0.1", "6": "::1"}
+FAMILY = {"4": socket.AF_INET, "6": socket.AF_INET6}
+
+
+def ss_counters(local, remote):
+    """bytes_acked and bytes_received of one connection, as ss -tni shows them."""
+    def ep(a):
+        return f"[{a[0]}]:{a[1]}" if ":" in a[0] else f"{a[0]}:{a[1]}"
+    out = subprocess.run(["ss", "-tniH", "state", "established", "src", ep(local),
+                          "dst", ep(remote)], capture_output=True, text=True, check=True).stdout
+    def num(name):
+        m = re.search(rf"\b{name}:(\d+)", out)
+        return int(m.group(1)) if m else 0     # ss leaves out a zero counter
+    return {"bytes_acked": num("bytes_acked"), "bytes_received": num("bytes_received"),
+            "bytes_sent": num("bytes_sent"), "seen": bool(out.strip())}
+
+
+def own_comm():
+    with open("/proc/self/comm", "rb") as f:
+        return f.read().rstrip(b"\n").decode()
+
+
+def recv_exactly(s, n):
+    got = 0
+    while got < n:
+        chunk = s.recv(min(65536, n - got))
+        if not chunk:
+            raise SystemExit(f"peer closed after {got} of {n} bytes")
+        got += len(chunk)
+    return got
+
+
+def server(fam, port, csend, ssend, to_parent, from_parent):
+    srv = socket.socket(FAMILY[fam], socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((HOST[fam], port))
+    srv.listen(1)
+    os.write(to_parent, b"L")                          # listening
+    a, peer = srv.accept()
+    rec = {"pid": os.getpid(), "comm": own_comm(), "local": list(a.getsockname()[:2]), "peer": list(peer[:2])}
+    recv_exactly(a, csend)
+    a.sendall(b"s" * ssend)
+    os.read(from_parent, 1)                            # the client has all, and has read ss
+    rec["ss"] = wait_acked(a.getsockname(), a.getpeername(), ssend)
+    os.write(to_parent, b"S")
+    assert a.recv(1) == b""                            # the client's FIN
+    a.close()
+    srv.close()
+    os.write(to_parent, json.dumps(rec).encode())
+    os._exit(0)
+
+
+def wait_acked(local, remote, sent):
+    """ss until every byte sent is acknowledged (a delayed ACK may lag)."""
+    for _ in range(500):
+        c = ss_counters(local, remote)
+        if c["bytes_sent"] == sent and c["bytes_acked"] >= sent:
+            return c
+        time.sleep(0.01)
+    raise SystemExit(f"ss never showed {sent} bytes acked for {local}")
+
+
+def pair(fam, port, csend, ssend, nb=False):
+    csend, ssend, port = int(csend), int(ssend), int(port)
+    r1, w1 = os.pipe()
+    r2, w2 = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.close(r1)
+        os.close(w2)
+        server(fam, port, csend, ssend, w1, r2)
+    os.close(w1)
+    os.close(r2)
+    assert os.read(r1, 1) == b"L"
+    rec = {"scenario": "pair", "family": int(fam), "pid": os.getpid(), "comm": own_comm(),
+           "server_pid": child,
+           "nonblocking": bool(nb), "csend": csend, "ssend": ssend}
+    c = socket.socket(FAMILY[fam], socket.SOCK_STREAM)
+    rec["t_before"] = time.monotonic_ns()
+    if nb:
+        c.setblocking(False)
+        rec["ret"] = -c.connect_ex((HOST[fam], port))
+        select.select([], [c], [])
+        rec["outcome"] = -c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        c.setblocking(True)
+    else:
+        c.connect((HOST[fam], port))
+        rec["ret"] = 0
+    rec["local"], rec["peer"] = list(c.getsockname()[:2]), list(c.getpeername()[:2])
+    c.sendall(b"c" * csend)
+    recv_exactly(c, ssend)
+    rec["ss"] = wait_acked(c.getsockname(), c.getpeername(), csend)
+    os.write(w2, b"G")
+    assert os.read(r1, 1) == b"S"                      # the server took its ss
+    c.close()
+    data = b""
+    while True:
+        chunk = os.read(r1, 65536)
+        if not chunk:
+            break
+        data += chunk
+    os.waitpid(child, 0)
+    rec["server"] = json.loads(data)
+    rec["t_after"] = time.monotonic_ns()
+    return rec
+
+
+def refused(fam, port, nb=False):
+    port = int(port)
+    c = socket.socket(FAMILY[fam], socket.SOCK_STREAM)
+    c.bind((HOST[fam], 0))                             # a bound port survives the failure
+    rec = {"scenario": "refused", "family": int(fam), "pid": os.getpid(), "comm": own_comm(),
+           "nonblocking": bool(nb), "local": list(c.getsockname()[:2]),
+           "peer": [HOST[fam], port]}
+    if nb:
+        c.setblocking(False)
+        rec["ret"] = -c.connect_ex((HOST[fam], port))
+        select.select([], [c], [])
+        rec["outcome"] = -c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    else:
+        rec["ret"] = -c.connect_ex((HOST[fam], port))
+    c.close()
+    return rec
+
+
+def main():
+    out, records = sys.argv[1], []
+    for spec in sys.argv[2:]:
+        kind, *args = spec.split(":")
+        nb = args[-1] == "nb"
+        if nb:
+            args = args[:-1]
+        records.append({"pair": pair, "refused": refused}[kind](*args, nb=nb))
+    with open(out, "w") as f:
+        json.dump(records, f)
+
+
+if __name__ == "__main__":
+    main()

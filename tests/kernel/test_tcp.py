@@ -1,0 +1,155 @@
+"""rbtrace tcp on the real kernel, against ground truth: a loopback server
+and client (tests/kernel/tcp_workload.py) run as the followed command, so
+that no other traffic on the machine reaches the events, and keep their own
+record: pids, both ends from getsockname/getpeername and accept(), the bytes
+each side sent and received, `ss -tni` before close, connect results
+(connect_ex, SO_ERROR) and CLOCK_MONOTONIC bounds."""
+import json
+import os
+import socket
+import sys
+
+import pytest
+
+from conftest import parse_json_lines, run_cli
+
+WORKLOAD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tcp_workload.py")
+HOST = {4: "127.0.0.1", 6: "::1"}
+
+
+def free_port(family):
+    """A port nothing listens on, on both loopback addresses."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET6 if family == 6 else socket.AF_INET) as s:
+            s.bind((HOST[family], 0))
+            port = s.getsockname()[1]
+        try:
+            with socket.socket(socket.AF_INET6 if family == 4 else socket.AF_INET) as t:
+                t.bind((HOST[10 - family], port))
+        except OSError:
+            continue
+        return port
+    raise AssertionError("no free port")
+
+
+def trace(tmp_path, scenarios, *options):
+    """(events, records, result) of `rbtrace tcp --json OPTIONS -- workload`."""
+    record = tmp_path / "record.json"
+    p = run_cli("tcp", "--json", *options, "--", sys.executable, WORKLOAD, str(record),
+                *scenarios)
+    assert p.returncode == 0, p.stderr.decode()
+    r = parse_json_lines(p.stdout.decode())
+    assert r.summary["command"]["status"] == 0, r.stderr
+    assert r.summary["dropped"] == 0 and r.summary["map_full"] == 0, r.summary
+    with open(record) as f:
+        return r.events, json.load(f), r
+
+
+def key(e):
+    return (e["event"], e["source"], e["pid"], e["family"], e["saddr"], e["sport"], e["daddr"],
+            e["dport"], e["ret"], e["errno"], e["tx_bytes"], e["rx_bytes"])
+
+
+def ev(event, pid, family, local, remote, source=None, ret=None, tx=None, rx=None):
+    from rbtrace.fields import errno_name
+    return (event, source, pid, family, local[0], local[1], remote[0], remote[1], ret,
+            (errno_name(ret) or None) if ret is not None else None, tx, rx)
+
+
+def expected(records):
+    """The events each scenario must give, from the workload's record."""
+    out = []
+    for r in records:
+        fam, pid = r["family"], r["pid"]
+        local, peer = r["local"], r["peer"]
+        out.append(ev("connect", pid, fam, local, peer, "syscall", r["ret"]))
+        if r["nonblocking"]:
+            out.append(ev("connect", pid, fam, local, peer, "state", r["outcome"]))
+        if r["scenario"] != "pair":
+            continue
+        s = r["server"]
+        out.append(ev("accept", s["pid"], fam, s["local"], s["peer"]))
+        # bytes_acked and bytes_received count sequence space: ss before
+        # close, then one for each FIN of the orderly close.  The client's
+        # own count of bytes: its SYN is in bytes_acked too (the server's
+        # SYN-ACK is not: its counter starts after the handshake).
+        assert r["ss"]["bytes_acked"] == r["csend"] + 1 and r["ss"]["bytes_received"] == r["ssend"]
+        assert s["ss"]["bytes_acked"] == r["ssend"] and s["ss"]["bytes_received"] == r["csend"]
+        out.append(ev("close", pid, fam, local, peer,
+                      tx=r["ss"]["bytes_acked"] + 1, rx=r["ss"]["bytes_received"] + 1))
+        out.append(ev("close", s["pid"], fam, s["local"], s["peer"],
+                      tx=s["ss"]["bytes_acked"] + 1, rx=s["ss"]["bytes_received"] + 1))
+    return sorted(out, key=repr)
+
+
+def scenarios():
+    p4, p6, closed = free_port(4), free_port(6), free_port(4)
+    while closed in (p4, p6) or p6 == p4:
+        p6, closed = free_port(6), free_port(4)
+    return (p4, p6, closed), [f"pair:4:{p4}:1000:3000", f"pair:6:{p6}:1500:2500:nb",
+                              f"pair:4:{p4}:7:70000:nb", f"refused:4:{closed}",
+                              f"refused:6:{closed}:nb"]
+
+
+def test_connections_match_the_workload_and_ss(tmp_path):
+    _, specs = scenarios()
+    events, records, _ = trace(tmp_path, specs)
+    assert sorted(map(key, events), key=repr) == expected(records)
+    comm = {r["pid"]: r["comm"] for r in records}
+    comm.update((r["server"]["pid"], r["server"]["comm"]) for r in records if r["scenario"] == "pair")
+    for e in events:
+        assert e["type"] == "tcp" and e["comm"] == comm[e["pid"]] and e["tid"] == e["pid"]
+    # The server (a child of the client) is followed too, and its close,
+    # which ends in the network stack's context, is still its own.
+    servers = {r["server"]["pid"] for r in records if r["scenario"] == "pair"}
+    for e in events:
+        if e["pid"] in servers:
+            assert e["ppid"] == records[0]["pid"]
+    # One connection's events share its sock, in order, within the
+    # workload's own time bounds; duration_ns runs from the connect or
+    # accept call to the close.
+    by_sock = {}
+    for e in events:
+        by_sock.setdefault((e["sock"], e["sport"], e["dport"]), []).append(e)
+    pairs = [r for r in records if r["scenario"] == "pair"]
+    for r in pairs:
+        client = by_sock[next(k for k in by_sock if (k[1], k[2]) == (r["local"][1], r["peer"][1])
+                              and by_sock[k][0]["event"] == "connect")]
+        assert [(e["event"], e["source"]) for e in client] == (
+            [("connect", "syscall")] + [("connect", "state")] * r["nonblocking"] + [("close", None)])
+        assert [e["seq"] for e in client] == sorted(e["seq"] for e in client)
+        close = client[-1]
+        start = close["ts_ns"] - close["duration_ns"]
+        assert r["t_before"] <= start <= client[0]["ts_ns"] <= close["ts_ns"] <= r["t_after"]
+        server = by_sock[next(k for k in by_sock if (k[1], k[2]) == (r["peer"][1], r["local"][1])
+                              and by_sock[k][0]["event"] == "accept")]
+        assert [e["event"] for e in server] == ["accept", "close"]
+        assert server[1]["ts_ns"] - server[1]["duration_ns"] == pytest.approx(
+            server[0]["ts_ns"], abs=1_000_000)
+        assert r["t_before"] <= server[0]["ts_ns"] <= server[1]["ts_ns"] <= r["t_after"]
+
+
+def test_port_keeps_one_listener(tmp_path):
+    (p4, p6, closed), specs = scenarios()
+    events, records, _ = trace(tmp_path, specs, "--port", str(p6))
+    want = expected([r for r in records if r["peer"][1] == p6])
+    assert len(want) == 5                          # connect, its outcome, accept, 2 closes
+    assert sorted(map(key, events), key=repr) == want
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_addr_keeps_one_family(tmp_path, family):
+    _, specs = scenarios()
+    events, records, _ = trace(tmp_path, specs, "--addr", HOST[family])
+    want = expected([r for r in records if r["family"] == family])
+    assert want and len(want) < len(expected(records))
+    assert sorted(map(key, events), key=repr) == want
+
+
+def test_failed_keeps_failed_connects_only(tmp_path):
+    _, specs = scenarios()
+    events, records, _ = trace(tmp_path, specs, "-x")
+    want = sorted((k for k in expected(records)
+                   if k[0] == "connect" and k[8] < 0 and k[9] != "EINPROGRESS"), key=repr)
+    assert [k[9] for k in want] == ["ECONNREFUSED", "ECONNREFUSED"]
+    assert sorted(map(key, events), key=repr) == want
