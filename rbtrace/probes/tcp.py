@@ -95,7 +95,9 @@ def addr_cflags(addr) -> dict:
 
 
 def address(family: int, raw: bytes) -> str:
-    """"127.0.0.1", "::1" from the record's 16 address bytes."""
+    """"127.0.0.1", "::1" from the record's 16 address bytes (numpy gives a
+    u8[16] member as bytes without its trailing NULs)."""
+    raw = raw.ljust(16, b"\0")
     if family == socket.AF_INET:
         return socket.inet_ntop(socket.AF_INET, raw[:4])
     return socket.inet_ntop(socket.AF_INET6, raw[:16])
