@@ -11,7 +11,8 @@ Scenarios (argv[2:]), run in order:
       client connects non-blocking (EINPROGRESS, then poll).
   refused:FAMILY:PORT[:nb]  a connect, from a bound port, to PORT where
       nothing listens (ECONNREFUSED).
-FAMILY is 4 (127.0.0.1) or 6 (::1).
+FAMILY is 4 (127.0.0.1) or 6 (::1), or a loopback address to listen on
+(127.0.0.2).
 """
 import errno
 import json
@@ -23,8 +24,24 @@ import subprocess
 import sys
 import time
 
-HOST = {"4": "127.0.0.1", "6": "::1"}
-FAMILY = {"4": socket.AF_INET, "6": socket.AF_INET6}
+class Hosts(dict):
+    def __missing__(self, address):
+        return address                              # an address given as such
+
+
+HOST = Hosts({"4": "127.0.0.1", "6": "::1"})
+
+
+class Families(dict):
+    def __missing__(self, address):
+        return socket.AF_INET6 if ":" in address else socket.AF_INET
+
+
+FAMILY = Families({"4": socket.AF_INET, "6": socket.AF_INET6})
+
+
+def family_number(fam):
+    return 6 if FAMILY[fam] == socket.AF_INET6 else 4
 
 
 def ss_counters(local, remote):
@@ -97,7 +114,7 @@ def pair(fam, port, csend, ssend, nb=False):
     os.close(w1)
     os.close(r2)
     assert os.read(r1, 1) == b"L"
-    rec = {"scenario": "pair", "family": int(fam), "pid": os.getpid(), "comm": own_comm(),
+    rec = {"scenario": "pair", "family": family_number(fam), "pid": os.getpid(), "comm": own_comm(),
            "server_pid": child,
            "nonblocking": bool(nb), "csend": csend, "ssend": ssend}
     c = socket.socket(FAMILY[fam], socket.SOCK_STREAM)
@@ -134,7 +151,7 @@ def refused(fam, port, nb=False):
     port = int(port)
     c = socket.socket(FAMILY[fam], socket.SOCK_STREAM)
     c.bind((HOST[fam], 0))                             # a bound port survives the failure
-    rec = {"scenario": "refused", "family": int(fam), "pid": os.getpid(), "comm": own_comm(),
+    rec = {"scenario": "refused", "family": family_number(fam), "pid": os.getpid(), "comm": own_comm(),
            "nonblocking": bool(nb), "local": list(c.getsockname()[:2]),
            "peer": [HOST[fam], port]}
     if nb:
