@@ -44,6 +44,24 @@ def family_number(fam):
     return 6 if FAMILY[fam] == socket.AF_INET6 else 4
 
 
+def free_port(family):
+    """A port nothing listens on, on both 127.0.0.1 and ::1 (family 4 or 6
+    says which is tried first)."""
+    hosts = {4: "127.0.0.1", 6: "::1"}
+    families = {4: socket.AF_INET, 6: socket.AF_INET6}
+    for _ in range(100):
+        with socket.socket(families[family]) as s:
+            s.bind((hosts[family], 0))
+            port = s.getsockname()[1]
+        try:
+            with socket.socket(families[10 - family]) as t:
+                t.bind((hosts[10 - family], port))
+        except OSError:
+            continue
+        return port
+    raise AssertionError("no free port")
+
+
 def ss_counters(local, remote):
     """bytes_acked and bytes_received of one connection, as ss -tni shows them."""
     def ep(a):

@@ -103,9 +103,9 @@ def workload(tmp):
         "os.kill(os.getpid(), signal.SIGUSR1)")
     # TCP on the loopback (tcp_workload.py): connections over IPv4 and IPv6,
     # blocking and not, and refused connects.
-    from test_tcp import WORKLOAD, free_port
+    from tcp_workload import __file__ as tcp_workload, free_port
     port, closed = free_port(4), free_port(4)
-    run(sys.executable, WORKLOAD, os.path.join(tmp, "tcp.json"), f"pair:4:{port}:100:200",
+    run(sys.executable, tcp_workload, os.path.join(tmp, "tcp.json"), f"pair:4:{port}:100:200",
         f"pair:6:{port}:300:400:nb", f"refused:4:{closed}", f"refused:6:{closed}:nb")
 
 

@@ -13,24 +13,10 @@ import threading
 import pytest
 
 from conftest import parse_json_lines, run_cli
+from tcp_workload import free_port
 
 WORKLOAD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tcp_workload.py")
 HOST = {4: "127.0.0.1", 6: "::1"}
-
-
-def free_port(family):
-    """A port nothing listens on, on both loopback addresses."""
-    for _ in range(100):
-        with socket.socket(socket.AF_INET6 if family == 6 else socket.AF_INET) as s:
-            s.bind((HOST[family], 0))
-            port = s.getsockname()[1]
-        try:
-            with socket.socket(socket.AF_INET6 if family == 4 else socket.AF_INET) as t:
-                t.bind((HOST[10 - family], port))
-        except OSError:
-            continue
-        return port
-    raise AssertionError("no free port")
 
 
 def trace(tmp_path, scenarios, *options):
