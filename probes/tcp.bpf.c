@@ -54,6 +54,7 @@
 #define S_IFMT 0170000
 #define S_IFSOCK 0140000
 #define EINTR 4
+#define ECONNABORTED 103
 #define EINPROGRESS 115
 
 #define TCP_ESTABLISHED 1
@@ -321,7 +322,9 @@ TRACEPOINT_PROBE(syscalls, sys_exit_connect)
         conns.delete(&sk);
         return 0;
     }
-    int in_progress = ret == -EINPROGRESS || ret == -EINTR;
+    /* Interrupted by a signal, the call sees ERESTARTSYS (512) and the
+     * like, which become EINTR or a restarted call: the handshake goes on. */
+    int in_progress = ret == -EINPROGRESS || ret == -EINTR || (ret <= -512 && ret >= -516);
     if (!FILTER_FAILED || (ret < 0 && !in_progress)) {
         struct rb_header h;
         fill_header(&h, 0);
@@ -371,7 +374,9 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
         int err = 0;
         if (newstate == TCP_CLOSE)
             bpf_probe_read_kernel(&err, sizeof(err), (char *)sk + SOCK_SK_ERR_OFF);
-        c->ret = newstate == TCP_ESTABLISHED ? 0 : -(s64)(err ? err : 104 /* ECONNRESET */);
+        /* No error: the owner closed the socket before the handshake
+         * ended; reported as ECONNABORTED. */
+        c->ret = newstate == TCP_ESTABLISHED ? 0 : -(s64)(err ? err : ECONNABORTED);
         if (c->flags & C_IN_CONNECT)
             c->flags |= C_OUTCOME; /* sys_exit_connect reports it */
         else if (c->flags & C_PENDING)

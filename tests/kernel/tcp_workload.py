@@ -11,6 +11,11 @@ Scenarios (argv[2:]), run in order:
       client connects non-blocking (EINPROGRESS, then poll).
   refused:FAMILY:PORT[:nb]  a connect, from a bound port, to PORT where
       nothing listens (ECONNREFUSED).
+  aborted:FAMILY:PORT:HOW  a connect to a listener whose accept queue is
+      full (one connection waits in it, never accepted), so its SYN gets no
+      answer; HOW is nb (non-blocking: EINPROGRESS) or signal (blocking,
+      interrupted by SIGALRM).  The socket is then closed before the
+      handshake ended; then the listener, which resets the waiting one.
 FAMILY is 4 (127.0.0.1) or 6 (::1), or a loopback address to listen on
 (127.0.0.2).
 """
@@ -19,6 +24,7 @@ import json
 import os
 import re
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -183,10 +189,57 @@ def refused(fam, port, nb=False):
     return rec
 
 
+class Interrupted(Exception):
+    pass
+
+
+def _interrupt(signum, frame):
+    raise Interrupted()             # no retry by Python (PEP 475): the call ends
+
+
+def aborted(fam, port, how):
+    port = int(port)
+    srv = socket.socket(FAMILY[fam], socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((HOST[fam], port))
+    srv.listen(0)                   # one connection fills the queue
+    fill = socket.create_connection((HOST[fam], port))
+    rec = {"scenario": "aborted", "family": family_number(fam), "pid": os.getpid(),
+           "comm": own_comm(), "how": how, "fill": {
+               "local": list(fill.getsockname()[:2]), "peer": list(fill.getpeername()[:2]),
+               "ss": ss_counters(fill.getsockname(), fill.getpeername())}}
+    c = socket.socket(FAMILY[fam], socket.SOCK_STREAM)
+    c.bind((HOST[fam], 0))
+    rec["local"], rec["peer"] = list(c.getsockname()[:2]), [HOST[fam], port]
+    if how == "nb":
+        c.setblocking(False)
+        rec["ret"] = -c.connect_ex((HOST[fam], port))
+    else:
+        old = signal.signal(signal.SIGALRM, _interrupt)
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        try:
+            c.connect((HOST[fam], port))
+            rec["ret"] = 0
+        except Interrupted:
+            rec["ret"] = -errno.EINTR
+        signal.signal(signal.SIGALRM, old)
+    rec["so_error"] = c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    c.close()
+    srv.close()                     # resets the connection waiting in the queue
+    for _ in range(500):            # until fill has seen the reset
+        if fill.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) or fill.recv(1) == b"":
+            break
+    fill.close()
+    return rec
+
+
 def main():
     out, records = sys.argv[1], []
     for spec in sys.argv[2:]:
         kind, *args = spec.split(":")
+        if kind == "aborted":
+            records.append(aborted(*args))
+            continue
         nb = args[-1] == "nb"
         if nb:
             args = args[:-1]
