@@ -5,7 +5,8 @@ getpeername, the bytes each side sent and received, `ss -tni`'s counters
 taken before close, connect results, and CLOCK_MONOTONIC bounds.
 
 Scenarios (argv[2:]), run in order:
-  pair:FAMILY:PORT:CSEND:SSEND[:nb]  a server (a child process) listening on
+  pair:FAMILY:PORT:CSEND:SSEND[:nb][:sfirst]  a server (a child process named
+      tcp-server) listening on
       PORT accepts one connection from this process, reads CSEND bytes,
       sends SSEND, then both close in order (the client first).  nb: the
       client connects non-blocking (EINPROGRESS, then poll).
@@ -19,6 +20,7 @@ Scenarios (argv[2:]), run in order:
 FAMILY is 4 (127.0.0.1) or 6 (::1), or a loopback address to listen on
 (127.0.0.2).
 """
+import ctypes
 import errno
 import json
 import os
@@ -96,7 +98,12 @@ def recv_exactly(s, n):
     return got
 
 
-def server(fam, port, csend, ssend, to_parent, from_parent):
+SERVER_COMM = b"tcp-server"
+
+
+def server(fam, port, csend, ssend, to_parent, from_parent, server_first):
+    # a name of its own, for -n (prctl PR_SET_NAME)
+    ctypes.CDLL(None, use_errno=True).prctl(15, ctypes.c_char_p(SERVER_COMM), 0, 0, 0)
     srv = socket.socket(FAMILY[fam], socket.SOCK_STREAM)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     srv.bind((HOST[fam], port))
@@ -109,7 +116,8 @@ def server(fam, port, csend, ssend, to_parent, from_parent):
     os.read(from_parent, 1)                            # the client has all, and has read ss
     rec["ss"] = wait_acked(a.getsockname(), a.getpeername(), ssend)
     os.write(to_parent, b"S")
-    assert a.recv(1) == b""                            # the client's FIN
+    if not server_first:
+        assert a.recv(1) == b""                        # the client's FIN
     a.close()
     srv.close()
     os.write(to_parent, json.dumps(rec).encode())
@@ -126,7 +134,7 @@ def wait_acked(local, remote, sent):
     raise SystemExit(f"ss never showed {sent} bytes acked for {local}")
 
 
-def pair(fam, port, csend, ssend, nb=False):
+def pair(fam, port, csend, ssend, nb=False, server_first=False):
     csend, ssend, port = int(csend), int(ssend), int(port)
     r1, w1 = os.pipe()
     r2, w2 = os.pipe()
@@ -134,13 +142,14 @@ def pair(fam, port, csend, ssend, nb=False):
     if child == 0:
         os.close(r1)
         os.close(w2)
-        server(fam, port, csend, ssend, w1, r2)
+        server(fam, port, csend, ssend, w1, r2, server_first)
     os.close(w1)
     os.close(r2)
     assert os.read(r1, 1) == b"L"
     rec = {"scenario": "pair", "family": family_number(fam), "pid": os.getpid(), "comm": own_comm(),
            "server_pid": child,
-           "nonblocking": bool(nb), "csend": csend, "ssend": ssend}
+           "nonblocking": bool(nb), "server_first": server_first, "csend": csend,
+           "ssend": ssend}
     c = socket.socket(FAMILY[fam], socket.SOCK_STREAM)
     rec["t_before"] = time.monotonic_ns()
     if nb:
@@ -158,6 +167,8 @@ def pair(fam, port, csend, ssend, nb=False):
     rec["ss"] = wait_acked(c.getsockname(), c.getpeername(), csend)
     os.write(w2, b"G")
     assert os.read(r1, 1) == b"S"                      # the server took its ss
+    if server_first:
+        assert c.recv(1) == b""                        # the server's FIN
     c.close()
     data = b""
     while True:
@@ -240,10 +251,10 @@ def main():
         if kind == "aborted":
             records.append(aborted(*args))
             continue
-        nb = args[-1] == "nb"
-        if nb:
-            args = args[:-1]
-        records.append({"pair": pair, "refused": refused}[kind](*args, nb=nb))
+        flags = {}
+        while args[-1] in ("nb", "sfirst"):
+            flags[{"nb": "nb", "sfirst": "server_first"}[args.pop()]] = True
+        records.append({"pair": pair, "refused": refused}[kind](*args, **flags))
     with open(out, "w") as f:
         json.dump(records, f)
 

@@ -96,6 +96,7 @@ def scenarios():
     # family filter (its clients' local address is 127.0.0.1).
     return (p4, p6, closed), [f"pair:4:{p4}:1000:3000", f"pair:6:{p6}:1500:2500:nb",
                               f"pair:4:{p4}:7:70000:nb", f"pair:127.0.0.2:{p4}:11:13",
+                              f"pair:6:{p6}:17:19:sfirst",
                               f"refused:4:{closed}", f"refused:6:{closed}:nb",
                               f"aborted:4:{full}:nb", f"aborted:6:{full}:signal"]
 
@@ -171,7 +172,7 @@ def test_port_keeps_one_listener(tmp_path):
     (p4, p6, closed), specs = scenarios()
     events, records, _ = trace(tmp_path, specs, "--port", str(p6))
     want = expected([r for r in records if r["peer"][1] == p6])
-    assert len(want) == 5                          # connect, its outcome, accept, 2 closes
+    assert len(want) == 5 + 4                      # the two pairs on p6 (one non-blocking)
     assert sorted(map(key, events), key=repr) == want
 
 
@@ -191,4 +192,18 @@ def test_failed_keeps_failed_connects_only(tmp_path):
     want = sorted((k for k in expected(records) if k[0] == "connect" and k[8] < 0
                    and k[9] not in ("EINPROGRESS", "ERESTARTSYS")), key=repr)
     assert sorted(k[9] for k in want) == ["ECONNABORTED"] * 2 + ["ECONNREFUSED"] * 2
+    assert sorted(map(key, events), key=repr) == want
+
+
+def test_comm_selects_connections_by_their_owner(tmp_path):
+    """-n keeps the server's connections: its accepts, and their closes,
+    which end in whatever context the last ACK arrives in (often the
+    client's); not the client's connections, even when the client's close
+    runs in the server's context."""
+    _, specs = scenarios()
+    events, records, _ = trace(tmp_path, specs, "-n", "tcp-server")
+    servers = {r["server"]["pid"] for r in records if r["scenario"] == "pair"}
+    assert all(r["server"]["comm"] == "tcp-server" for r in records if r["scenario"] == "pair")
+    want = [k for k in expected(records) if k[2] in servers]
+    assert len(want) == 2 * len(servers)
     assert sorted(map(key, events), key=repr) == want
