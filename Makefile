@@ -14,10 +14,11 @@ ARCH      := $(shell dpkg --print-architecture 2>/dev/null || echo amd64)
 # Runtime: BCC and kernel headers (any version: rbtrace merges Debian's
 # split trees and reads struct offsets from BTF).  Tests: the ground truths
 # (strace, /proc via procps), tmux for the live table, jq for the man
-# page recipes, gcc/make for workloads, bpftool to check nothing is left
+# page recipes, groff-base and man-db (groff, man, lexgrog) to render the
+# man pages, gcc/make for workloads, bpftool to check nothing is left
 # loaded.  bpftrace is a benchmark baseline.
 APT_RUN   := python3-bpfcc python3-venv python3-pip linux-headers-$(ARCH)
-APT_TEST  := strace tmux jq gcc libc6-dev make bpftool bpftrace procps util-linux
+APT_TEST  := strace tmux jq gcc libc6-dev make bpftool bpftrace procps util-linux groff-base man-db
 STAMP     := $(VENV)/.installed
 
 .PHONY: setup setup-test run test unit kernel bench clean

@@ -50,8 +50,10 @@ def probe_flags(comm):
 
 # --- the perf-buffer variant of a ring-buffer probe, by text substitution --
 
-_RESERVE = re.compile(r"events\.ringbuf_reserve\(\s*sizeof\(\s*struct\s+(\w+)\s*\)\s*\)")
-_SUBMIT = re.compile(r"events\.ringbuf_submit\(\s*(\w+)\s*,\s*0\s*\)")
+# common.h's two ring helpers (reserve_event: reserve, count a full ring,
+# fill the header; submit_event: submit, count), whole definitions.
+_HELPER = r"static __always_inline void \*?\s*{name}\([^)]*\)[^{{]*\{{.*?\n\}}\n"
+_SUBMIT_CALL = re.compile(r"(?<![\w.])submit_event\(\s*(\w+)\s*\)")
 
 # open.bpf.c's emit path has no ctx in scope: emit() is called by
 # exit_common() and emit_deferred(), which the sys_exit_* tracepoints call
@@ -78,25 +80,34 @@ def perf_variant_source(src_path) -> str:
     if n != 1:
         raise SystemExit(f"perf variant: expected one BPF_RINGBUF_OUTPUT(events, ...), found {n}")
     text = text.replace("BPF_RINGBUF_OUTPUT(events, RING_PAGES);", "BPF_PERF_OUTPUT(events);")
-    structs = sorted(set(_RESERVE.findall(text)))
+    # The ring helpers go; their perf versions come after the event structs
+    # (after the last RBTRACE_EVENT line): "reserving" hands out a per-CPU
+    # scratch slot big enough for any event, submitting copies it to the
+    # perf buffer, which needs the program's ctx and the record's size.
+    for name in ("reserve_event", "submit_event"):
+        text, got = re.subn(_HELPER.format(name=name), "", text, flags=re.S)
+        if got != 1:
+            raise SystemExit(f"perf variant: expected one definition of {name}() in common.h, "
+                             f"found {got}; update {__file__}")
+    structs = re.findall(r"^RBTRACE_EVENT\((\w+)\);[ \t]*$", text, re.M)
     if not structs:
-        raise SystemExit("perf variant: no events.ringbuf_reserve(sizeof(struct X)) found")
-    # One per-CPU slot per event struct, declared after the structs (after
-    # the last RBTRACE_EVENT line), and a reserve() that returns it.
-    decls = []
-    for s in structs:
-        decls.append(f"BPF_PERCPU_ARRAY(perf_slot_{s}, struct {s}, 1);\n"
-                     f"static __always_inline struct {s} *perf_reserve_{s}(void)\n"
-                     f"{{ int zero = 0; return perf_slot_{s}.lookup(&zero); }}\n")
-    last = list(re.finditer(r"^RBTRACE_EVENT\(\w+\);[ \t]*$", text, re.M))
-    if not last:
-        raise SystemExit("perf variant: no RBTRACE_EVENT(...) line to put the scratch slots after")
-    at = last[-1].end()
-    text = text[:at] + "\n" + "".join(decls) + text[at:]
-    text = _RESERVE.sub(lambda m: f"perf_reserve_{m.group(1)}()", text)
-    text, n = _SUBMIT.subn(lambda m: f"events.perf_submit(ctx, {m.group(1)}, sizeof(*{m.group(1)}))", text)
-    if not n:
-        raise SystemExit("perf variant: no events.ringbuf_submit(e, 0) found")
+        raise SystemExit("perf variant: no RBTRACE_EVENT(...) line to put the scratch slot after")
+    members = "".join(f" struct {s_} m{i};" for i, s_ in enumerate(structs))
+    helpers = (f"union perf_slot {{{members} }};\n"
+               "BPF_PERCPU_ARRAY(perf_slot, union perf_slot, 1);\n"
+               "static __always_inline void *reserve_event(u32 size, u64 seq)\n"
+               "{\n    int zero = 0;\n    struct rb_header *h = perf_slot.lookup(&zero);\n"
+               "    if (!h) {\n        count(STAT_RINGBUF_FULL);\n        return 0;\n    }\n"
+               "    fill_header(h, seq);\n    return h;\n}\n"
+               "static __always_inline void submit_event(void *ctx, void *record, u32 size)\n"
+               "{\n    events.perf_submit(ctx, record, size);\n    count(STAT_SUBMITTED);\n}\n")
+    at = list(re.finditer(r"^RBTRACE_EVENT\(\w+\);[ \t]*$", text, re.M))[-1].end()
+    text = text[:at] + "\n" + helpers + text[at:]
+    text, n = _SUBMIT_CALL.subn(lambda m: f"submit_event(ctx, {m.group(1)}, sizeof(*{m.group(1)}))",
+                                text)
+    if n != 2:
+        raise SystemExit(f"perf variant: submit_event(e) matched {n} times, expected 2; "
+                         f"open.bpf.c changed, update {__file__}")
     for pattern, repl, want in CTX_PLUMBING:
         text, got = re.subn(pattern, repl, text)
         if got != want:
@@ -206,7 +217,11 @@ def main():
         out.flush()
     except BrokenPipeError:
         pass
-    submitted, ringbuf_full, map_full = loaded.counters()
+    # counters() is (submitted, ringbuf_full, map_full, not_followed, ...):
+    # take the drop counters by position, so a counter added at the end
+    # does not break the baseline.
+    counters = loaded.counters()
+    submitted, ringbuf_full, map_full = counters[:3]
     summary = {"transport": args.transport, "seen": submitted + ringbuf_full + map_full,
                "submitted": submitted, "delivered": delivered[0],
                "dropped": ringbuf_full + map_full + perf_lost[0],

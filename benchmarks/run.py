@@ -57,6 +57,12 @@ READY_TIMEOUT = 120.0
 IDLE_S = 1.0
 STOP_TIMEOUT = 120.0
 
+# --smoke: every row, each in a few seconds (tests/kernel/test_bench_smoke.py
+# runs it so that a broken baseline is caught; the numbers mean nothing).
+SMOKE = {"opens": 20_000, "strace_opens": 2_000, "latency_opens": 2_000,
+         "latency_rate": 20_000, "startup_repeat": 1, "sustain_rates": "20000",
+         "sustain_seconds": 0.5, "quiet_wait": 0}
+
 VARIANTS = ("untraced", "rbtrace-json", "rbtrace-table", "rbtrace-nomatch",
             "bcc-ringbuf", "bcc-perf", "bpftrace", "strace")
 
@@ -826,13 +832,17 @@ HOW_SHORT = {
 
 
 def main_table(rows, latency_rows):
-    ref = next((r["ns_per_open"] for r in rows if r["variant"] == "untraced"), None)
-    lat = {r["variant"]: r.get("latency") for r in latency_rows}
+    ref = next((r["ns_per_open"] for r in rows
+                if r["variant"] == "untraced" and not r.get("error")), None)
+    lat = {r["variant"]: r.get("latency") for r in latency_rows if not r.get("error")}
     out = ["| variant | seen | delivered | dropped | counted by | consumer CPU ms "
            "| consumer CPU ns/event | workload ns/open | slowdown | latency p50 / p99 (paced) "
            "| latency p50 / p99 (this run) | tracer on storm's CPU |",
            "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
+        if r.get("error"):
+            out.append(f"| {r['variant']} (FAILED: {' '.join(r['error'].split())[:100]}) |" + " — |" * 11)
+            continue
         slow = f"{r['ns_per_open'] / ref:.1f}x" if ref and r["variant"] != "untraced" else ""
         pl = lat.get(r["variant"])
         own = r.get("latency")
@@ -883,6 +893,9 @@ def extras_tables(extras):
         out += ["| command | start-up (launch to start line), median | min | max | runs |",
                 "|---|---:|---:|---:|---:|"]
         for s in extras["startup"]:
+            if s.get("error"):
+                out.append(f"| rbtrace {s['probe']} --json | FAILED: {' '.join(s['error'].split())[:100]} | | | |")
+                continue
             out.append(f"| rbtrace {s['probe']} --json | {s['median_s']:.2f} s | {s['min_s']:.2f} s "
                        f"| {s['max_s']:.2f} s | {s['runs']} |")
         out.append("")
@@ -891,6 +904,10 @@ def extras_tables(extras):
                 "| seen | delivered | dropped | consumer CPU ns/event | consumer, % of a core |",
                 "|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for s in extras["sustain"]:
+            if s.get("error"):
+                out.append(f"| {fmt_int(int(s['target_rate']))}/s | FAILED: {' '.join(s['error'].split())[:100]} "
+                           "| | | | | | |")
+                continue
             note = (f" (others used {s['others_cpu_pct']:.0f}% of a CPU meanwhile)"
                     if disturbed(s) else "")
             out.append(f"| {fmt_int(int(s['target_rate']))}/s{note} | {fmt_int(s['achieved_rate'])}/s "
@@ -905,13 +922,14 @@ def median_rows(rounds):
     not a mix of numbers from different runs)."""
     out = []
     for name in rounds[0]:
-        runs = sorted((rd[name] for rd in rounds if name in rd), key=lambda r: r["ns_per_open"])
+        runs = sorted((rd[name] for rd in rounds if name in rd),
+                      key=lambda r: r.get("ns_per_open", float("inf")))
         out.append(runs[len(runs) // 2])
     return out
 
 
 def targets(rows):
-    by = {r["variant"]: r for r in rows}
+    by = {r["variant"]: r for r in rows if not r.get("error")}
     lines = []
 
     def get(v, k):
@@ -959,7 +977,24 @@ def main():
                     help="... for at most this many seconds, then run anyway and flag it")
     ap.add_argument("--sustain-rates", default="10000,100000,300000,500000,700000,900000")
     ap.add_argument("--sustain-seconds", type=float, default=4.0)
+    ap.add_argument("--smoke", action="store_true",
+                    help="a few seconds per row, to check that every row runs (not a "
+                         "measurement): tiny storms, one start-up, one sustained rate, "
+                         "no waiting for a quiet machine; the explicit options still win")
+    ap.add_argument("--results", metavar="DIR", default=RESULTS,
+                    help="where to write <timestamp>.json and latest.json "
+                         "(default benchmarks/results)")
     args = ap.parse_args()
+    if args.smoke:
+        given = {a.split("=", 1)[0] for a in sys.argv[1:] if a.startswith("--")}
+        for name, value in SMOKE.items():
+            if "--" + name.replace("_", "-") not in given:
+                setattr(args, name, value)
+        # A storm name of this run's own: a smoke run (a test) may overlap
+        # another run on the machine, whose storm every tracer here would
+        # otherwise count too.
+        global COMM
+        COMM = f"rbsmoke-{os.getpid() % 10**7}"
 
     if os.geteuid() != 0:
         sys.exit("run.py: needs root (BPF)")
@@ -985,34 +1020,56 @@ def main():
                        "cpu_model": _cpu_model()},
               "options": vars(args), "loader_opens": bench.loader_opens, "code": code_state(),
               "rounds": [], "latency": [], "extras": {}}
+    failed = []
+
+    def attempt(what, fn, *a, **kw):
+        """One row.  A row that fails (a tracer that never starts or never
+        exits) is recorded with its error, its processes killed, and the
+        run goes on: the other rows are still measured, and run.py exits
+        non-zero at the end."""
+        try:
+            return fn(*a, **kw)
+        except (Failure, RuntimeError, OSError, subprocess.SubprocessError) as e:
+            kill_all()
+            failed.append(what)
+            log(f"  FAILED: {type(e).__name__}: {e}")
+            return {"error": f"{type(e).__name__}: {e}"}
+
     try:
         for k in range(args.repeat):
             rnd = {}
             for name in only:
                 n = min(args.opens, args.strace_opens) if name == "strace" else args.opens
                 log(f"round {k + 1}/{args.repeat}: {name} ({n:,} opens) ...")
-                rnd[name] = run_variant(bench, name, n, args.rate)
-                log("  " + short(rnd[name]))
+                rnd[name] = {"variant": name, "opens": n,
+                             **attempt(name, run_variant, bench, name, n, args.rate)}
+                if "error" not in rnd[name]:
+                    log("  " + short(rnd[name]))
             result["rounds"].append(rnd)
         if not args.no_latency:
             for name in only:
                 if name in ("untraced", "rbtrace-nomatch"):
                     continue
                 log(f"latency: {name} at {args.latency_rate:.0f}/s ...")
-                row = run_variant(bench, name, args.latency_opens, args.latency_rate, latency=True)
+                row = {"variant": name, "opens": args.latency_opens,
+                       **attempt(f"latency {name}", run_variant, bench, name, args.latency_opens,
+                                 args.latency_rate, latency=True)}
                 result["latency"].append(row)
-                log("  " + short(row))
+                if "error" not in row:
+                    log("  " + short(row))
         if not args.no_extras:
             result["extras"]["startup"] = []
             for probe in ("exec", "open"):
                 log(f"start-up: rbtrace {probe} ...")
-                result["extras"]["startup"].append(startup_time(bench, probe, args.startup_repeat))
+                s = attempt(f"start-up {probe}", startup_time, bench, probe, args.startup_repeat)
+                result["extras"]["startup"].append({"probe": probe, **s})
             result["extras"]["sustain"] = []
             for rate in (float(x) for x in args.sustain_rates.split(",") if x.strip()):
                 log(f"sustain: {rate:.0f}/s for {args.sustain_seconds}s ...")
-                s = sustain(bench, rate, args.sustain_seconds)
-                result["extras"]["sustain"].append(s)
-                log(f"  achieved {s['achieved_rate']}/s dropped {s['dropped']} of {s['seen']}")
+                s = attempt(f"sustain {rate:.0f}/s", sustain, bench, rate, args.sustain_seconds)
+                result["extras"]["sustain"].append({"target_rate": rate, **s})
+                if "error" not in s:
+                    log(f"  achieved {s['achieved_rate']}/s dropped {s['dropped']} of {s['seen']}")
     except BaseException as e:
         kill_all()
         bench.close()
@@ -1056,21 +1113,31 @@ def main():
     if len(shas) > 1:
         text.append(f"WARNING: rbtrace/ or probes/ changed during this run (digests {sorted(shas)}); "
                     f"see code_sha256 in each row of the JSON")
+    if failed:
+        result["failed_rows"] = failed
+        text.append(f"FAILED rows (see 'error' in the JSON): {', '.join(failed)}")
     result["tables_markdown"] = "\n".join(text)
     print("\n".join(text))
     save(result, stamp)
     if not args.no_extras:
         # Reaction times and the long storm, moved out of the functional tests.
-        subprocess.run([sys.executable, os.path.join(HERE, "timing.py")], check=True)
+        timing = [sys.executable, os.path.join(HERE, "timing.py")]
+        if args.smoke:
+            timing += ["--repeat", "1", "--burst", "2000", "--soak-seconds", "2"]
+        if subprocess.run(timing).returncode != 0:
+            failed.append("timing.py")
+    if failed:
+        sys.exit(f"run.py: {len(failed)} row(s) failed: {', '.join(failed)}")
 
 
 def save(result, stamp, prefix=""):
-    """benchmarks/results/<prefix><stamp>.json and <prefix>latest.json."""
-    os.makedirs(RESULTS, exist_ok=True)
+    """<results>/<prefix><stamp>.json and <prefix>latest.json."""
+    where = result.get("options", {}).get("results") or RESULTS
+    os.makedirs(where, exist_ok=True)
     for name in (f"{prefix}{stamp}.json", f"{prefix}latest.json"):
-        with open(os.path.join(RESULTS, name), "w") as f:
+        with open(os.path.join(where, name), "w") as f:
             json.dump(result, f, indent=1)
-    log(f"wrote benchmarks/results/{prefix}{stamp}.json and {prefix}latest.json"
+    log(f"wrote {os.path.relpath(where, ROOT)}/{prefix}{stamp}.json and {prefix}latest.json"
         + (" (partial: " + result["error"] + ")" if result.get("error") else ""))
 
 

@@ -148,7 +148,12 @@ RAW_TRACEPOINT_PROBE(sched_process_fork)
  * attached, and a probe's own program there must still see the process
  * as followed.  Since 6.16 the hook passes group_dead (the last thread of
  * the process is going, so its pid can be reused and must not stay
- * followed); before, only the thread group leader's exit is known. */
+ * followed).  Before, the leader's exit is not the process's end (a
+ * leader that calls pthread_exit() leaves its threads running, and the
+ * leader that a non-leader's execve() replaces exits too), so the end is
+ * read as the kernel decides it: no thread left live (do_exit()
+ * decrements signal->live before the hook).  Two last threads may both
+ * see that; deleting twice does no harm. */
 int rbtrace_follow_exit(struct bpf_raw_tracepoint_args *ctx)
 {
     u64 pid_tgid = bpf_get_current_pid_tgid();
@@ -157,7 +162,13 @@ int rbtrace_follow_exit(struct bpf_raw_tracepoint_args *ctx)
     if (!ctx->args[1])
         return 0;
 #else
-    if ((u32)pid_tgid != tgid)
+    void *task = (void *)bpf_get_current_task();
+    void *signal = 0;
+    int live = 1;
+    bpf_probe_read_kernel(&signal, sizeof(signal), (char *)task + TASK_SIGNAL_OFF);
+    if (signal)
+        bpf_probe_read_kernel(&live, sizeof(live), (char *)signal + SIGNAL_LIVE_OFF);
+    if (live)
         return 0;
 #endif
     followed.delete(&tgid);

@@ -516,15 +516,23 @@ class LoadedProbe:
     def _attach_follow_exit(self):
         """common.h's hook that stops following a process when it exits,
         attached last so that it runs after the probe's own programs on
-        sched_process_exit (the kernel calls them in attach order)."""
+        sched_process_exit (the kernel calls them in attach order).
+        Attached by its fd, kept with _tp_fds: BCC keeps one program per
+        raw tracepoint in its table, and a probe's own (rbtrace exit) may
+        be there already."""
+        from bcc.libbcc import lib
         try:
             with captured_fds() as output:
-                self.bpf.attach_raw_tracepoint(tp=b"sched_process_exit",
-                                               fn_name=b"rbtrace_follow_exit")
+                fn = self.bpf.load_func(b"rbtrace_follow_exit", self.bpf.RAW_TRACEPOINT)
+                fd = lib.bpf_attach_raw_tracepoint(fn.fd, b"sched_process_exit")
+                errno = ctypes.get_errno()
+            if fd < 0:
+                raise Exception(os.strerror(errno) if errno else "failed")
         except Exception as e:  # BCC raises bare Exception
             self.close()
             raise ProbeError(f"cannot attach the raw tracepoint sched_process_exit: {e} "
                              f"{output.text.strip()}".strip(), hint="rbtrace doctor")
+        self._tp_fds.append(fd)
 
     def _attach_tracepoints(self, bcc, tracepoints, source, debug):
         """Programs attached by name, for generated sources (rbtrace tp):

@@ -34,11 +34,11 @@ class SizeType(click.ParamType):
         except ValueError as e:
             self.fail(str(e), param, ctx)
         if not fields.is_pow2_pages(n, mmap.PAGESIZE):
-            self.fail(f"{value!r} is not a power of two and a whole number of "
+            self.fail(f"'{fields.for_message(value)}' is not a power of two and a whole number of "
                       f"{mmap.PAGESIZE}-byte pages (try 4M, 16M, 64M)", param, ctx)
         from rbtrace.kernel import RINGBUF_MAX_BYTES
         if n > RINGBUF_MAX_BYTES:
-            self.fail(f"{value!r} is larger than the largest ring buffer the kernel "
+            self.fail(f"'{fields.for_message(value)}' is larger than the largest ring buffer the kernel "
                       f"accepts, {RINGBUF_MAX_BYTES >> 30}G (its size is a 32-bit "
                       f"count of bytes)", param, ctx)
         return n
@@ -56,9 +56,9 @@ class DurationType(click.ParamType):
         try:
             seconds = float(value)
         except (TypeError, ValueError):
-            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+            self.fail(f"'{fields.for_message(value)}' is not a number of seconds", param, ctx)
         if not math.isfinite(seconds) or seconds <= 0:
-            self.fail(f"{value!r} is not a number of seconds greater than 0 "
+            self.fail(f"'{fields.for_message(value)}' is not a number of seconds greater than 0 "
                       f"(finite, e.g. 0.5 or 60)", param, ctx)
         return seconds
 
@@ -81,9 +81,9 @@ class CommType(click.ParamType):
     name = "COMM"
 
     def convert(self, value, param, ctx):
-        raw = value.encode()
+        raw = os.fsencode(value)        # argv bytes that are not UTF-8 included
         if not raw or len(raw) >= TASK_COMM_LEN or b"\0" in raw:
-            self.fail(f"{value!r}: a command name is 1 to {TASK_COMM_LEN - 1} bytes "
+            self.fail(f"'{fields.for_message(value)}': a command name is 1 to {TASK_COMM_LEN - 1} bytes "
                       f"(the kernel truncates longer names)", param, ctx)
         return value
 
@@ -226,8 +226,10 @@ def _run_probe(probe_name, opts):
         filters.append(f"command={os.path.basename(target.argv[0])}")
     if opts.get("comm"):
         # Padded to the kernel's 15 bytes: common.h compares whole words.
-        opts["comm_literal"] = c_string_literal(opts["comm"].encode().ljust(TASK_COMM_LEN - 1, b"\0"))
-    opts["filters_text"] = " ".join(filters)
+        opts["comm_literal"] = c_string_literal(os.fsencode(opts["comm"]).ljust(TASK_COMM_LEN - 1, b"\0"))
+    # Text for the start record and the footer: argv bytes that are not
+    # UTF-8 (a --comm, a --path, CMD's name) can't go into JSON as they are.
+    opts["filters_text"] = os.fsencode(" ".join(filters)).decode("utf-8", "replace")
     probe = registry()[probe_name](opts)
 
     out_fd = None
@@ -235,7 +237,7 @@ def _run_probe(probe_name, opts):
         try:
             out_fd = os.open(opts["output"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
         except OSError as e:
-            raise UsageError(f"cannot open {fields.escape_str(opts['output'])}: {e.strerror}")
+            raise UsageError(f"cannot open {fields.for_message(opts['output'])}: {e.strerror}")
         out = Output(out_fd, opts["output"])
     else:
         out = Output(1, "standard output")
@@ -281,6 +283,8 @@ def _print_summary(s):
         line += f" (ring full {s['ringbuf_full']}, state map full {s['map_full']}; try a larger --ring-size)"
     if s.get("not_delivered_count_reached"):
         line += f", {s['not_delivered_count_reached']} more not shown after --count"
+    if s.get("missed_by_kernel"):
+        line += f", {s['missed_by_kernel']} probe runs skipped by the kernel (events may be lost)"
     if s.get("stopped_by") == "output error" and s.get("not_delivered_output_closed"):
         line += f", {s['not_delivered_output_closed']} not written after the output failed"
     if s.get("not_followed"):
@@ -292,7 +296,7 @@ def _print_summary(s):
         line += "; top errors: " + ", ".join(f"{k} {v}" for k, v in s["top_errors"].items())
     command = s.get("command")
     if command:
-        name = fields.escape_str(os.path.basename(command["argv"][0]))
+        name = fields.for_message(os.path.basename(command["argv"][0]))
         if command["status"] is None:
             how = "was not started"
         elif command["signal"]:
@@ -316,7 +320,7 @@ def _exec_arg_bytes(ctx, param, value):
         raise click.BadParameter(str(e), ctx, param)
     lo, hi = exec_probe.MIN_ARG_BYTES, exec_probe.LIMIT_ARG_BYTES
     if not lo <= n <= hi:
-        raise click.BadParameter(f"{value!r} is not between {lo} and {hi} (1M) bytes", ctx, param)
+        raise click.BadParameter(f"'{fields.for_message(value)}' is not between {lo} and {hi} (1M) bytes", ctx, param)
     return n
 
 
@@ -370,6 +374,21 @@ def exec_cmd(**opts):
 def open_cmd(**opts):
     """Every file open on the host (open, openat, openat2, creat), with its result."""
     sys.exit(_run_probe("open", opts))
+
+
+@cli.command("exit", cls=TraceCommand)
+@trace_options
+def exit_cmd(**opts):
+    """Every process exit on the host, once per process, with how it ended.
+
+    One event when the last thread of a process exits (not at each
+    thread's exit, nor when the parent reaps it).  JSON fields: the common
+    ones (comm is the process's, its leader's), exit_code (0-255, null when
+    a signal ended it), signal (its name, or null), core_dumped,
+    duration_ns (the process's lifetime) and status (the wait status).
+    -x: only exits with a non-zero code or by a signal, in the kernel.
+    """
+    sys.exit(_run_probe("exit", opts))
 
 
 class AddrType(click.ParamType):
@@ -430,12 +449,20 @@ def tp_cmd(**opts):
         for pattern in opts["tracepoints"] or (None,):
             found = tp.list_matching(pattern)
             if not found:
-                raise UsageError(f"no tracepoint matches {pattern!r}")
+                raise UsageError(f"no tracepoint matches '{fields.for_message(pattern)}'")
             names.extend(n for n in found if n not in names)
         sys.stdout.write("".join(n + "\n" for n in names))
         sys.stdout.flush()
         sys.exit(0)
     sys.exit(_run_probe("tp", opts))
+
+
+# A tracepoint has no result to select on: tp keeps -x/--failed only to
+# refuse it with the reason (TpProbe), and does not offer it in --help
+# or in shell completion.
+for _param in tp_cmd.params:
+    if _param.name == "failed":
+        _param.hidden = True
 
 
 @cli.command("run", cls=TraceCommand)
@@ -465,6 +492,15 @@ def _debug_requested(argv):
     return "--debug" in argv or os.environ.get("RBTRACE_DEBUG") == "1"
 
 
+def _usr1_ignored(signum, frame):
+    """SIGUSR1 is kept for reopening the -o file after a log rotation; until
+    then it is ignored, and said to be, rather than killing rbtrace."""
+    try:                     # os.write: the handler may interrupt a write to sys.stderr
+        os.write(2, b"rbtrace: SIGUSR1 ignored (reopening the output file is not supported yet)\n")
+    except OSError:
+        pass
+
+
 def _hold_standard_fds():
     """A standard fd the caller closed (`>&-`) is held by /dev/null opened
     read-only and close-on-exec: rbtrace's own files (the -o file, BPF
@@ -487,9 +523,19 @@ def _hold_standard_fds():
 
 
 def main(argv=None):
+    import signal
+    signal.signal(signal.SIGUSR1, _usr1_ignored)
     argv = sys.argv[1:] if argv is None else argv
     _hold_standard_fds()
     debug = _debug_requested(argv)
+    if not argv and "_RBTRACE_COMPLETE" not in os.environ:
+        # `rbtrace` alone names no command: the help, as --help prints it,
+        # but on stderr (stdout is for data) and with the usage-error status,
+        # as click does for a group (whose 8.1 printed it to stdout, exit 0).
+        # (Shell completion also comes without arguments: click answers it.)
+        ctx = click.Context(cli, info_name="rbtrace", **cli.context_settings)
+        sys.stderr.write(cli.get_help(ctx) + "\n")
+        sys.exit(int(Exit.USAGE))
     try:
         cli.main(args=argv, prog_name="rbtrace", standalone_mode=False)
         code = Exit.OK
@@ -501,7 +547,7 @@ def main(argv=None):
         # One line: click's own message, and where to look.
         ctx = getattr(e, "ctx", None)
         where = f" (see '{ctx.command_path} --help')" if ctx else ""
-        sys.stderr.write(f"rbtrace: {e.format_message()}{where}\n")
+        sys.stderr.write(fields.safe_message(f"rbtrace: {e.format_message()}{where}") + "\n")
         code = Exit.USAGE
     except click.exceptions.Abort:
         code = Exit.INTERRUPTED
@@ -514,13 +560,13 @@ def main(argv=None):
     except RbtraceError as e:
         if debug:
             traceback.print_exc()
-        sys.stderr.write(f"rbtrace: {e}\n")
+        sys.stderr.write(fields.safe_message(f"rbtrace: {e}") + "\n")
         code = e.exit_code
     except Exception as e:  # a bug: say so in one line, traceback with --debug
         if debug:
             traceback.print_exc()
-        sys.stderr.write(f"rbtrace: internal error: {type(e).__name__}: {e} "
-                         f"(run with --debug for the traceback)\n")
+        sys.stderr.write(fields.safe_message(f"rbtrace: internal error: {type(e).__name__}: {e} "
+                                             f"(run with --debug for the traceback)") + "\n")
         code = Exit.ERROR
     sys.exit(int(code))
 

@@ -14,7 +14,10 @@ class Exit(enum.IntEnum):
     OUTPUT = 74        # writing the output failed (sysexits.h's EX_IOERR)
     CANNOT_EXECUTE = 126   # `-- CMD`: CMD is not executable (as a shell says)
     NOT_FOUND = 127        # `-- CMD`: CMD is not found (as a shell says)
+    HANGUP = 129       # SIGHUP (128 + 1)
     INTERRUPTED = 130  # SIGINT (128 + 2)
+    QUIT = 131         # SIGQUIT (128 + 3)
+    ALARM = 142        # SIGALRM (128 + 14)
     TERMINATED = 143   # SIGTERM (128 + 15)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import errno
 import functools
+import os
 import pwd
 import re
 import time
@@ -91,6 +92,35 @@ def escape_str(text: str) -> str:
     ``\\xNN``; other surrogates print as ``\\uNNNN``.
     """
     return _escape(text)
+
+
+def for_message(value) -> str:
+    """User or traced text (a command name, a path, a pattern) as a message
+    for people repeats it: escaped as escape_text() does, so that the name
+    can't move the cursor, retitle or recolour the terminal, and stays
+    unambiguous.  Takes str (surrogate-escaped bytes included), bytes or a
+    path object."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if isinstance(value, bytes):
+        return escape_text(value)
+    return _escape(str(value))
+
+
+def _escape_unprintable(match: re.Match) -> str:
+    return "\\" if match.group() == "\\" else _escape_char(match)
+
+
+def safe_message(text: str) -> str:
+    """A whole message line made inert for a terminal, the last guard before
+    it is written: every character escape_str() escapes except the
+    backslash, so that text already escaped by for_message() is left as it is,
+    while a control character that reached the message some other way
+    (click's own messages, a compiler's line quoting the user's code) is
+    escaped too.  The line stays one line."""
+    if text.isprintable():
+        return text
+    return _ESCAPE_CANDIDATE.sub(_escape_unprintable, text)
 
 
 # Characters a POSIX shell reads as themselves outside quotes: shlex.quote's
@@ -261,15 +291,15 @@ def parse_open_flags(text: str) -> int:
         if key in _ACCESS_BY_NAME:
             if access is not None and access != key:
                 raise ValueError(
-                    f"conflicting access modes O_{access} and O_{key} in {text!r}")
+                    f"conflicting access modes O_{access} and O_{key} in '{for_message(text)}'")
             access = key
             value |= _ACCESS_BY_NAME[key]
         elif key in _FLAG_BY_NAME:
             value |= _FLAG_BY_NAME[key]
         elif not given:
-            raise ValueError(f"empty open flag name in {text!r}")
+            raise ValueError(f"empty open flag name in '{for_message(text)}'")
         else:
-            raise ValueError(f"unknown open flag {given!r}")
+            raise ValueError(f"unknown open flag '{for_message(given)}'")
     return value
 
 
@@ -384,7 +414,7 @@ def parse_uid(text: str) -> int:
     try:
         return pwd.getpwnam(given).pw_uid
     except (KeyError, ValueError):  # ValueError: an embedded NUL
-        raise ValueError(f"unknown user {given!r}") from None
+        raise ValueError(f"unknown user '{for_message(given)}'") from None
 
 
 # --- sizes ------------------------------------------------------------------
@@ -405,13 +435,13 @@ def parse_size(text: str) -> int:
     match = _SIZE.fullmatch(text.strip())
     if match is None:
         raise ValueError(
-            f"invalid size {text!r}: expected a whole number of bytes with an"
+            f"invalid size '{for_message(text)}': expected a whole number of bytes with an"
             f" optional K, M, G or T suffix (binary: 1K = 1024; KiB, MiB, GiB,"
             f" TiB also accepted)")
     unit = match.group(2)
     size = int(match.group(1)) << (_SIZE_SHIFT[unit.lower()] if unit else 0)
     if size <= 0:
-        raise ValueError(f"invalid size {text!r}: must be greater than zero")
+        raise ValueError(f"invalid size '{for_message(text)}': must be greater than zero")
     return size
 
 

@@ -16,7 +16,8 @@ import signal
 import stat
 import sys
 
-from rbtrace.errors import CommandError, Exit, UsageError
+from rbtrace.errors import CommandError, EnvironmentProblem, Exit, UsageError
+from rbtrace.fields import for_message
 
 NOT_FOUND, NOT_EXECUTABLE = Exit.NOT_FOUND, Exit.CANNOT_EXECUTE
 
@@ -44,19 +45,19 @@ def resolve(name: str, path_env=None) -> str:
         denied = denied or candidate
     if denied:
         return _check_file(denied)
-    raise CommandError(f"{name}: command not found", NOT_FOUND)
+    raise CommandError(f"{for_message(name)}: command not found", NOT_FOUND)
 
 
 def _check_file(path: str) -> str:
     try:
         st = os.stat(path)
     except OSError as e:
-        raise CommandError(f"{path}: {e.strerror}",
+        raise CommandError(f"{for_message(path)}: {e.strerror}",
                            NOT_FOUND if e.errno in (errno.ENOENT, errno.ENOTDIR) else NOT_EXECUTABLE)
     if stat.S_ISDIR(st.st_mode):
-        raise CommandError(f"{path}: Is a directory", NOT_EXECUTABLE)
+        raise CommandError(f"{for_message(path)}: Is a directory", NOT_EXECUTABLE)
     if not os.access(path, os.X_OK) or not stat.S_ISREG(st.st_mode):
-        raise CommandError(f"{path}: Permission denied", NOT_EXECUTABLE)
+        raise CommandError(f"{for_message(path)}: Permission denied", NOT_EXECUTABLE)
     return path
 
 
@@ -130,7 +131,13 @@ class Command:
         os.close(err_w)
         self.pid = pid
         self._go, self._err = go_w, err_r
-        self.pidfd = os.pidfd_open(pid)
+        try:
+            self.pidfd = os.pidfd_open(pid)
+        except OSError as e:             # ENOSYS before Linux 5.3, EMFILE...
+            self.abandon()               # held, never exec'd: kill and reap it
+            raise EnvironmentProblem(f"pidfd_open: {e.strerror}",
+                                     hint="following a command needs Linux 5.3 or later"
+                                     if e.errno == errno.ENOSYS else None) from e
 
     def roots(self):
         return [self.pid]
@@ -145,7 +152,7 @@ class Command:
         if report:
             self.wait()
             err = int(report)
-            raise CommandError(f"{self.path}: {os.strerror(err)}",
+            raise CommandError(f"{for_message(self.path)}: {os.strerror(err)}",
                                NOT_FOUND if err == errno.ENOENT else NOT_EXECUTABLE)
 
     def exited(self) -> bool:
@@ -193,7 +200,10 @@ class Command:
         sig = None
         if st is not None and os.WIFSIGNALED(st):
             sig = signal.Signals(os.WTERMSIG(st)).name
-        return {"command": {"argv": self.argv, "pid": self.pid,
+        # Valid UTF-8 for JSON: an argument that is not shows U+FFFD (CMD's
+        # exec event has the exact bytes, as argv_b64).
+        argv = [os.fsencode(a).decode("utf-8", "replace") for a in self.argv]
+        return {"command": {"argv": argv, "pid": self.pid,
                             "status": shell_status(st) if st is not None else None,
                             "signal": sig}}
 
@@ -236,8 +246,12 @@ class RunningProcess:
         self.pid = pid                    # checked by the CLI (check_process)
         try:
             self.pidfd = os.pidfd_open(pid)
-        except OSError:                   # gone since, or not a process leader
-            check_process(pid)
+        except OSError as e:
+            if e.errno not in (errno.ESRCH, errno.EINVAL):
+                raise EnvironmentProblem(f"pidfd_open: {e.strerror}",
+                                         hint="--children needs Linux 5.3 or later"
+                                         if e.errno == errno.ENOSYS else None) from e
+            check_process(pid)            # gone since, or not a process leader
             raise UsageError(f"--pid {pid}: no such process")
         self.released = True
         self._exited = False
@@ -321,7 +335,8 @@ _SIGINFO_BYTES = 128       # sizeof(struct signalfd_siginfo)
 
 
 class SignalFd:
-    """SIGINT and SIGTERM as a pollable fd, with who sent them.
+    """Signals (the session's stop signals: SIGINT, SIGTERM, SIGHUP,
+    SIGQUIT, SIGALRM) as a pollable fd, with who sent them.
 
     A Ctrl-C on the terminal goes to the whole foreground process group,
     CMD included, and arrives with si_code SI_KERNEL; one sent with

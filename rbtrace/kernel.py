@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rbtrace.errors import EnvironmentProblem
+from rbtrace.fields import for_message
 from rbtrace.paths import cache_dir
 
 # Capability numbers from linux/capability.h.
@@ -195,7 +196,8 @@ def find_headers(release=None, modules_root=Path("/lib/modules"), src_root=Path(
     explicit = os.environ.get("RBTRACE_KERNEL_HEADERS")
     if explicit:
         if not (Path(explicit) / "include").is_dir():
-            raise EnvironmentProblem(f"RBTRACE_KERNEL_HEADERS={explicit} has no include/ directory")
+            raise EnvironmentProblem(f"RBTRACE_KERNEL_HEADERS={for_message(explicit)} has no "
+                                     f"include/ directory")
         return Headers(Path(explicit), f"{explicit} (from RBTRACE_KERNEL_HEADERS)")
     build = modules_root / release / "build"
     if (build / "include").is_dir():
@@ -330,6 +332,9 @@ VMLINUX_BTF = Path("/sys/kernel/btf/vmlinux")
 TASK_OFFSETS = {
     "TASK_REAL_PARENT_OFF": ("task_struct", "real_parent"),
     "TASK_TGID_OFF": ("task_struct", "tgid"),
+    # Before 6.16, whether a process's last thread is exiting (common.h).
+    "TASK_SIGNAL_OFF": ("task_struct", "signal"),
+    "SIGNAL_LIVE_OFF": ("signal_struct", "live"),
 }
 
 

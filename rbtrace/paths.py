@@ -19,8 +19,9 @@ def probes_dir() -> Path:
         if (candidate / "common.h").is_file():
             return candidate
     from rbtrace.errors import EnvironmentProblem
+    from rbtrace.fields import for_message
     if override:
-        raise EnvironmentProblem(f"RBTRACE_PROBES_DIR={override} has no common.h",
+        raise EnvironmentProblem(f"RBTRACE_PROBES_DIR={for_message(override)} has no common.h",
                                  hint="point it at a copy of rbtrace's probes/ directory")
     raise EnvironmentProblem("rbtrace's probe sources (probes/common.h) are not installed",
                              hint="reinstall rbtrace (make setup)")

@@ -19,6 +19,20 @@ from rbtrace.errors import Exit, OutputError
 from rbtrace.ringbuf import RingConsumer
 
 STATS_INTERVAL = 0.1      # footer / lost-record cadence, seconds
+
+# Signals whose default action would end rbtrace with nothing drained or
+# summarised: each stops the run the same way (drain, summary, exit 128 +
+# the signal), and with `-- CMD` is first passed on to CMD (follow.SignalFd).
+# SIGALRM is here because a pending alarm(2) survives exec: one set by
+# whatever started rbtrace ends it as a SIGTERM would.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGALRM)
+
+
+def stop_signals():
+    """STOP_SIGNALS less a SIGHUP ignored when rbtrace started: under
+    nohup(1) a hang-up stays ignored, as a shell leaves it."""
+    return tuple(s for s in STOP_SIGNALS
+                 if not (s == signal.SIGHUP and signal.getsignal(s) == signal.SIG_IGN))
 BATCH_WAIT = 0.002        # seconds a small batch may wait to grow
 
 
@@ -111,7 +125,7 @@ class Session:
         self.stop_reason = self.stop_reason or signum
 
     def _on_command_signals(self):
-        """SIGINT/SIGTERM while following `-- CMD` (see follow.SignalFd):
+        """A stop signal while following `-- CMD` (see follow.SignalFd):
         CMD's to decide, as a shell leaves them to its foreground job;
         rbtrace goes on until CMD exits.  Once it has, they stop rbtrace."""
         for signum, from_kernel in self._sigfd.read():
@@ -128,7 +142,15 @@ class Session:
                              cost_hint=getattr(self.probe, "cost_hint", None))
         ring = self._ring = RingConsumer(loaded.ring_fd, self.ring_bytes, loaded.event_types)
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        signals = stop_signals()
+        self._pidfd = self._sigfd = None
+        if self.follow is not None and self.follow.waits_for_end:
+            # Blocked before any handler is in place: no stop signal can end
+            # the run between here and CMD's release, letting CMD go untraced;
+            # each waits in the fd and is forwarded once CMD runs.
+            from rbtrace.follow import SignalFd
+            self._sigfd = SignalFd(signals)
+        old_handlers = {s: signal.signal(s, self._on_signal) for s in signals}
         old_wakeup = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
         poller = select.epoll()
         poller.register(ring.fd, select.EPOLLIN)
@@ -144,14 +166,11 @@ class Session:
                 poller.register(self._out_fd, 0)
             except OSError:       # a regular file or tty can't be polled that way
                 self._out_fd = None
-        self._pidfd = self._sigfd = None
         if self.follow is not None:
             self._seed(loaded)
             self._pidfd = self.follow.pidfd
             poller.register(self._pidfd, select.EPOLLIN)
-        if self.follow is not None and self.follow.waits_for_end:
-            from rbtrace.follow import SignalFd
-            self._sigfd = SignalFd()
+        if self._sigfd is not None:
             poller.register(self._sigfd.fd, select.EPOLLIN)
         self.started = time.monotonic()
         try:
@@ -209,10 +228,8 @@ class Session:
             return self.command_error.exit_code
         if self.follow is not None and self.follow.waits_for_end:
             return summary["command"]["status"]
-        if self.stop_reason == signal.SIGINT:
-            return Exit.INTERRUPTED
-        if self.stop_reason == signal.SIGTERM:
-            return Exit.TERMINATED
+        if isinstance(self.stop_reason, int):       # a stop signal: as a shell reports it
+            return 128 + self.stop_reason
         return Exit.OK
 
     def _seed(self, loaded):

@@ -52,13 +52,13 @@ def parse_flags_filter(text: str) -> FlagsFilter:
     mask, accmode = 0, None
     for part in text.replace("|", ",").split(","):
         if not part.strip():
-            raise ValueError(f"empty flag name in {text!r} (names are separated by , or |)")
+            raise ValueError(f"empty flag name in '{fields.for_message(text)}' (names are separated by , or |)")
         value = fields.parse_open_flags(part)       # one name; raises ValueError
         if value & ~O_ACCMODE:
             mask |= value
         else:                                       # RDONLY, WRONLY, RDWR, ACCMODE
             if accmode is not None and accmode != value:
-                raise ValueError(f"conflicting access modes in {text!r}")
+                raise ValueError(f"conflicting access modes in '{fields.for_message(text)}'")
             accmode = value
     return FlagsFilter(mask, accmode, text)
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from rbtrace.bpf import USER_PROBE_COST_HINT, code_only
 from rbtrace.errors import ProbeError, UsageError
+from rbtrace.fields import for_message, safe_message
 from rbtrace.probes.generic import (HEADER_FIELDS, JSON_FIELDS, EventSpec, FieldSpec,
                                     GenericProbe)
 
@@ -91,7 +92,7 @@ class Found:
     line: int
 
     def where(self):
-        return f"{self.path}:{self.line}"
+        return f"{for_message(self.path)}:{self.line}"
 
 
 @dataclass
@@ -116,7 +117,7 @@ class UserProbe:
 def _read_text(path: str, shown: str) -> str:
     """The file's text; a file that can't be read is a usage error."""
     if os.path.isdir(path):
-        raise UsageError(f"{shown} is a directory, not a probe file")
+        raise UsageError(f"{for_message(shown)} is a directory, not a probe file")
     try:
         with open(path, encoding="utf-8", errors="surrogateescape") as f:
             return f.read()
@@ -125,9 +126,9 @@ def _read_text(path: str, shown: str) -> str:
         example = examples_dir() / os.path.basename(path)
         if os.sep not in shown and example.is_file():
             hint = f"rbtrace's example is {example}"
-        raise UsageError(f"{shown}: no such file", hint=hint) from None
+        raise UsageError(f"{for_message(shown)}: no such file", hint=hint) from None
     except OSError as e:
-        raise UsageError(f"cannot read {shown}: {e.strerror}") from None
+        raise UsageError(f"cannot read {for_message(shown)}: {e.strerror}") from None
 
 
 def _line(text, pos):
@@ -170,7 +171,7 @@ def read_probe(path, follow=False) -> UserProbe:
     can't work as an rbtrace probe (nothing would be attached, no event
     struct, no ring)."""
     shown = os.fspath(path)
-    probe = UserProbe(Path(os.path.abspath(shown)), shown)
+    probe = UserProbe(Path(os.path.abspath(shown)), for_message(shown))
     files, probe.includes_ring = _user_files(shown, shown)
     for name, text in files:
         code = code_only(text)
@@ -300,7 +301,7 @@ class RunProbe(GenericProbe):
         self.events = {name: EventSpec(label=name) for name in self.user.event_names}
         self.event_structs = self.user.event_names
         for line in ring_warnings(self.user):
-            sys.stderr.write(f"rbtrace run: warning: {line}\n")
+            sys.stderr.write(safe_message(f"rbtrace run: warning: {line}") + "\n")
         sys.stderr.flush()
 
     def source_path(self):

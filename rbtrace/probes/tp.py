@@ -58,6 +58,7 @@ from typing import Optional
 
 from rbtrace import kernel
 from rbtrace.errors import EnvironmentProblem, UsageError
+from rbtrace.fields import for_message
 from rbtrace.probes.generic import JSON_FIELDS, EventSpec, FieldSpec, GenericProbe
 
 __all__ = ["JSON_FIELDS", "TpProbe", "TpField", "TpFormat", "parse_format", "generate",
@@ -329,7 +330,7 @@ def resolve(specs, max_tracepoints=DEFAULT_MAX_TRACEPOINTS, root=None) -> list:
                          "(rbtrace tp --list shows them)")
     for s in specs:
         if not _NAME.match(s):
-            raise UsageError(f"{s!r} is not a tracepoint name: CATEGORY:EVENT, "
+            raise UsageError(f"'{for_message(s)}' is not a tracepoint name: CATEGORY:EVENT, "
                              f"like sched:sched_process_fork or 'syscalls:sys_enter_*'")
     names = list_tracepoints(root)
     known = set(names)
@@ -338,7 +339,7 @@ def resolve(specs, max_tracepoints=DEFAULT_MAX_TRACEPOINTS, root=None) -> list:
         if is_pattern(s):
             found = match(s, names)
             if not found:
-                raise UsageError(f"no tracepoint matches {s!r} (rbtrace tp --list shows them)")
+                raise UsageError(f"no tracepoint matches '{for_message(s)}' (rbtrace tp --list shows them)")
         elif s in known:
             found = [s]
         elif s.partition(":")[0] in UNTRACEABLE_CATEGORIES:
@@ -348,7 +349,7 @@ def resolve(specs, max_tracepoints=DEFAULT_MAX_TRACEPOINTS, root=None) -> list:
             close = difflib.get_close_matches(s, names, n=3, cutoff=0.75)
             hint = f"; did you mean {', '.join(close)}?" if close else \
                 " (rbtrace tp --list shows them)"
-            raise UsageError(f"no tracepoint {s} on this kernel{hint}")
+            raise UsageError(f"no tracepoint {for_message(s)} on this kernel{hint}")
         for n in found:
             if n not in seen:
                 seen.add(n)
@@ -367,7 +368,7 @@ def read_format(name: str, root=None) -> TpFormat:
     try:
         text = path.read_text(errors="replace")
     except OSError as e:
-        raise UsageError(f"cannot read the format of {name}: {e.strerror}") from e
+        raise UsageError(f"cannot read the format of {for_message(name)}: {e.strerror}") from e
     return parse_format(text, cat, ev)
 
 

@@ -60,6 +60,42 @@ def parse_json_lines(text):
     return r
 
 
+
+def bpf_ids_held(pid):
+    """(program ids, map ids) of the BPF objects process `pid` holds fds of,
+    from its fdinfo: ours alone, while other tracers on the machine come and
+    go."""
+    progs, maps = set(), set()
+    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+        try:
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                info = f.read()
+        except OSError:
+            continue
+        for line in info.splitlines():
+            key, _, value = line.partition(":")
+            if key == "prog_id":
+                progs.add(int(value))
+            elif key == "map_id":
+                maps.add(int(value))
+    return progs, maps
+
+
+def bpf_ids_loaded():
+    """(program ids, map ids) loaded in the kernel now, as bpftool lists them."""
+    ids = []
+    for kind in ("prog", "map"):
+        out = subprocess.run(["bpftool", kind, "list", "--json"], capture_output=True,
+                             check=True).stdout
+        ids.append({x["id"] for x in json.loads(out or b"[]")})
+    return tuple(ids)
+
+
+def still_loaded(held):
+    """Of the (programs, maps) a process held, those still loaded now."""
+    return [h & now for h, now in zip(held, bpf_ids_loaded())]
+
+
 class Tracer:
     def __init__(self, args, env=None):
         self.args = args

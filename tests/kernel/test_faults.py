@@ -14,42 +14,9 @@ import uuid
 
 import pytest
 
-from conftest import REPO, parse_json_lines
+from conftest import REPO, bpf_ids_held, bpf_ids_loaded, parse_json_lines, still_loaded
 
 RBTRACE = [sys.executable, "-m", "rbtrace"]
-
-
-def _ours_left(during, after):
-    """Programs and maps our rbtrace held (`during`: read from its own fds,
-    so other tracers coming and going on the machine don't count) that are
-    still loaded after it ended."""
-    return [d & a for d, a in zip(during, after)]
-
-
-def _held_ids(pid):
-    """(program ids, map ids) of the BPF objects process `pid` holds fds of."""
-    progs, maps = set(), set()
-    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
-        try:
-            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
-                info = f.read()
-        except OSError:
-            continue
-        for line in info.splitlines():
-            key, _, value = line.partition(":")
-            if key == "prog_id":
-                progs.add(int(value))
-            elif key == "map_id":
-                maps.add(int(value))
-    return progs, maps
-
-
-def _loaded_ids():
-    progs = json.loads(subprocess.run(["bpftool", "prog", "list", "--json"], capture_output=True,
-                                      check=True).stdout or b"[]")
-    maps = json.loads(subprocess.run(["bpftool", "map", "list", "--json"], capture_output=True,
-                                     check=True).stdout or b"[]")
-    return {p["id"] for p in progs}, {m["id"] for m in maps}
 
 
 def _start(*args):
@@ -67,8 +34,8 @@ def _start(*args):
 def test_signal_drains_summarizes_and_unloads_everything(kernel_ok, sig, code):
     mark = uuid.uuid4().hex
     p = _start("open", "--json")
-    during = _held_ids(p.pid)
-    assert during[0] and during[0] <= _loaded_ids()[0], "the probe's programs are loaded"
+    during = bpf_ids_held(p.pid)
+    assert during[0] and during[0] <= bpf_ids_loaded()[0], "the probe's programs are loaded"
     subprocess.run(["cat", f"/nonexistent/{mark}"], capture_output=True)
     time.sleep(0.2)
     p.send_signal(sig)
@@ -79,12 +46,12 @@ def test_signal_drains_summarizes_and_unloads_everything(kernel_ok, sig, code):
     assert r.summary["stopped_by"] == signal.Signals(sig).name
     assert r.summary["submitted"] == r.summary["delivered"]
     assert "Traceback" not in err.decode() and "events delivered" in err.decode()
-    assert _ours_left(during, _loaded_ids()) == [set(), set()], "left loaded"
+    assert still_loaded(during) == [set(), set()], "left loaded"
 
 
 def test_sigkill_then_start_again_at_once(kernel_ok):
     p = _start("exec", "--json")
-    during = _held_ids(p.pid)
+    during = bpf_ids_held(p.pid)
     assert during[0] and during[1]
     p.kill()
     p.wait()
@@ -96,10 +63,10 @@ def test_sigkill_then_start_again_at_once(kernel_ok):
     out, _ = q.communicate(timeout=30)
     assert any(mark in e["argv"] for e in parse_json_lines(out.decode()).events)
     deadline = time.monotonic() + 10          # the killed one's fds close with it
-    while _ours_left(during, _loaded_ids()) != [set(), set()] \
+    while still_loaded(during) != [set(), set()] \
             and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert _ours_left(during, _loaded_ids()) == [set(), set()]
+    assert still_loaded(during) == [set(), set()]
 
 
 def test_head_1_exits_by_itself_without_noise(kernel_ok):
@@ -174,7 +141,7 @@ def test_exception_in_event_handling_stops_with_an_error(kernel_ok):
     p = subprocess.Popen([sys.executable, "-c", code], cwd=REPO,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     p.stdout.readline()                        # attached
-    during = _held_ids(p.pid)
+    during = bpf_ids_held(p.pid)
     assert during[0] and during[1]
     subprocess.run(["/bin/true"])
     out, err = p.communicate(timeout=30)
@@ -182,7 +149,7 @@ def test_exception_in_event_handling_stops_with_an_error(kernel_ok):
     assert p.returncode == 1
     assert "decoder exploded" in err and "Traceback" not in err
     assert len([ln for ln in err.splitlines() if ln.strip()]) == 1, err
-    assert _ours_left(during, _loaded_ids()) == [set(), set()]
+    assert still_loaded(during) == [set(), set()]
 
 
 def _storm(tmp_path):

@@ -467,6 +467,64 @@ def envelope_fields():
     return out
 
 
+def envelope_orders():
+    """{"start": [keys], "lost": [[keys]], "summary": [[keys], ...]}: the
+    members of the engine's own lines in the order they are written (the
+    JSON renderer puts "type" first, and "version" in the start line)."""
+    from rbtrace import render
+    from rbtrace.follow import Command, RunningProcess
+    from rbtrace.probes import registry
+    from rbtrace.session import Session
+    probe = registry()[probe_commands()[0]]({})
+    out = {"lost": [], "summary": []}
+    running = RunningProcess(os.getpid())
+    try:
+        for target in (None, Command(["true"]), running):
+            renderer = _Recorder()
+            session = Session(probe, renderer, 1 << 20, follow=target)
+            session.started = 0.0
+            summary = session._summary(_FakeLoaded())
+            out["summary"].append(_written(render, "close", summary))
+            out["lost"].extend(_written(render, "lost", r) for r in renderer.lost_records)
+    finally:
+        running.close()
+    # The start line: the info dict Session.run hands to the renderer.
+    info = None
+    for node in ast.walk(ast.parse(textwrap.dedent(inspect.getsource(Session.run)))):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "start" \
+                and node.args and isinstance(node.args[0], ast.Dict):
+            info = {k.value: 0 for k in node.args[0].keys}
+    assert info, "Session.run starts the renderer with a dict display"
+    out["start"] = _written(render, "start", info)
+    return out
+
+
+def _written(render, method, record) -> list:
+    """The members, in order, of the line JsonRenderer writes for `record`."""
+    import json
+    buf = io.BytesIO()
+    getattr(render.JsonRenderer(buf, None), method)(record)
+    return list(json.loads(buf.getvalue()))
+
+
+def documented_order(page, subsection) -> list:
+    """The members a FIELDS subsection lists, in the order of its entries."""
+    return [w for e in page.entries("FIELDS", subsection) for w in e.words]
+
+
+def assert_in_documented_order(keys, documented, what):
+    """Every member of a real line is documented, and the line's members
+    come in the documented order (members that only appear sometimes may
+    be missing from a line, not out of place)."""
+    keys = list(keys)
+    missing = [k for k in keys if k not in documented]
+    assert not missing, f"{what}: {missing} not documented"
+    pos = [documented.index(k) for k in keys]
+    bad = [(keys[i], keys[i + 1]) for i in range(len(keys) - 1) if pos[i] > pos[i + 1]]
+    assert not bad, (f"{what}: the output has these members in another order than the page "
+                     f"(output, page): {bad}; output order {keys}")
+
+
 def env_vars_in_code() -> set:
     names = set()
     for path in glob.glob(os.path.join(REPO, "rbtrace", "**", "*.py"), recursive=True):
@@ -549,12 +607,48 @@ def test_every_option_is_documented_and_only_those(command):
     page = load(f"rbtrace-{command}")
     entries = page.entries("OPTIONS")
     documented = {o for e in entries for o in e.options()}
-    code = option_names(params)
+    # A hidden option (tp's -x) is accepted only to be refused with a
+    # reason: not an entry of its own, but explained in a subsection.
+    code = option_names(p for p in params if not p.hidden)
     assert code - documented == set(), f"undocumented in rbtrace-{command}.8"
     # Options of other tools are discussed in subsections; the entries
     # proper are this command's only.
     proper = {o for e in page.entries("OPTIONS", "") for o in e.options()}
     assert proper - code == set(), f"rbtrace-{command}.8 documents options that don't exist"
+    explained = "\n".join(page.text("OPTIONS", s) for s in page.subsections("OPTIONS"))
+    for p in params:
+        if p.hidden:
+            for o in (*p.opts, *p.secondary_opts):
+                assert re.search(rf"(?<![\w-]){o}(?![\w-])", explained), \
+                    f"rbtrace-{command}.8: hidden {o} is not explained"
+
+
+@pytest.mark.parametrize("command", command_names())
+def test_help_lists_the_options_the_page_has(command):
+    """`rbtrace CMD --help` offers exactly the options that are entries of
+    the page: tp's --help has no -x/--failed, which tp refuses."""
+    out = _rbtrace(command, "--help").stdout
+    listed = set(re.findall(r"^  (?:(-\w), )?(--[\w-]+)", out, re.M))
+    listed = {o for pair in listed for o in pair if o}
+    page = load(f"rbtrace-{command}")
+    proper = {o for e in page.entries("OPTIONS", "") for o in e.options()}
+    assert listed == proper, (sorted(listed ^ proper), out)
+    if command == "tp":
+        assert "-x" not in listed and "--failed" not in listed
+
+
+def test_rbtrace_alone_prints_the_help_on_stderr_and_exits_2():
+    """No command is a usage error (exit 2, stdout kept for data), and the
+    help is the useful thing to show: the same text as --help, without a
+    prefix glued to it."""
+    p = _rbtrace()
+    assert p.returncode == 2, p
+    assert p.stdout == ""
+    assert p.stderr == _rbtrace("--help").stdout
+    assert p.stderr.startswith("Usage: rbtrace ") and "rbtrace: " not in p.stderr
+    text = " ".join(load("rbtrace").text("OPTIONS").split())
+    assert "rbtrace alone, with no command, prints the same help on standard error and " \
+           "exits 2" in text
 
 
 def test_group_and_shared_options_are_in_rbtrace_8():
@@ -577,6 +671,8 @@ def test_defaults_and_limits_are_stated(command):
         for o in e.options():
             by_option[o] = e
     for p in command_params(cli.commands[command], command):
+        if p.hidden:
+            continue
         entry = by_option[p.opts[0]]
         if p.show_default and not p.is_flag and p.default is not None:
             assert str(p.default) in entry.body, f"{p.opts[0]}: default {p.default} not stated"
@@ -591,7 +687,8 @@ def test_defaults_and_limits_are_stated(command):
 @pytest.mark.parametrize("command", probe_commands())
 def test_snoop_options_are_there_or_explained(command):
     page = load(f"rbtrace-{command}")
-    code = option_names(command_params(cli.commands[command], command))
+    code = option_names(p for p in command_params(cli.commands[command], command)
+                        if not p.hidden)
     explained = "\n".join(page.text("OPTIONS", s) for s in page.subsections("OPTIONS"))
     for opt in SNOOP_OPTIONS:
         assert opt in code or re.search(rf"(?<![\w-]){opt}(?![\w-])", explained), \
@@ -695,6 +792,78 @@ def test_start_lost_and_summary_lines_are_documented(command):
         assert code == documented, (line_type, sorted(code ^ documented))
 
 
+@pytest.mark.parametrize("command", probe_commands())
+def test_start_lost_and_summary_members_are_in_the_output_order(command):
+    page = load(f"rbtrace-{command}")
+    orders = envelope_orders()
+    assert orders["lost"] and len(orders["summary"]) == 3
+    assert_in_documented_order(orders["start"], documented_order(page, "start lines"),
+                               f"rbtrace-{command}.8 start lines")
+    for line_type in ("lost", "summary"):
+        documented = documented_order(page, f"{line_type} lines")
+        for keys in orders[line_type]:
+            assert_in_documented_order(keys, documented, f"rbtrace-{command}.8 {line_type} lines")
+
+
+def _exec_events():
+    """Exec events with every member, non-UTF-8 text included, decoded
+    from hand-built records by the real decoder (tests/unit/test_exec_decode)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import test_exec_decode as ted
+    from rbtrace.probes import exec as ex
+    recs = [ted.record(args=[b"true", b"x"]),
+            ted.record(args=[b"\xff", b"x"], filename=b"/tmp/\xfe", comm=b"\xfd", syscall=1,
+                       dirfd=3, at_flags=0x1000, exe=b"/tmp/\xfc", flags=ex.ARGV_FAULT, ret=-2),
+            ted.record(args=[b"true"], syscall=1, dirfd=-100, flags=ex.FILENAME_TRUNCATED)]
+    return ted.decode(recs)
+
+
+def _open_events():
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import test_open_decode as tod
+    rows = [{"path": b"/a", "ret": 3}, {"path": b"bad-\xff", "comm": b"\xfe", "ret": -2},
+            {"path": b"rel", "ret": -2, "flags": 0o101, "mode": 0o640}]
+    _, plain = tod.decode(rows)
+    _, full = tod.decode(rows, full_path=True)
+    return plain + full
+
+
+@pytest.mark.parametrize("command", probe_commands())
+def test_event_members_are_documented_in_the_output_order(command):
+    """The FIELDS entries of a probe's event lines come in the order the
+    members are written: the decoder's real output where the unit tests
+    can build records (exec, open), the module's JSON_FIELDS (declared in
+    output order) otherwise.  tests/kernel/test_man_examples.py checks the
+    order of real output lines too."""
+    from rbtrace.probes import registry
+    page = load(f"rbtrace-{command}")
+    documented = documented_order(page, f"{command} lines")
+    events = {"exec": _exec_events, "open": _open_events}.get(command, lambda: [])()
+    for e in events:
+        assert_in_documented_order(e, documented, f"rbtrace-{command}.8 ({e})")
+    if command == "exec":
+        b64 = {k for e in events for k in e if k.endswith("_b64")}
+        assert b64 == {"comm_b64", "filename_b64", "exe_b64", "argv_b64"}, b64
+    if command == "open":
+        assert {k for e in events for k in e} >= {"comm_b64", "path_b64", "full_path", "mode"}
+    module = sys.modules[registry()[command].__module__]
+    declared = getattr(module, "JSON_FIELDS", None)
+    if declared is not None:
+        assert_in_documented_order(declared, documented, f"rbtrace-{command}.8 (JSON_FIELDS)")
+    else:
+        assert events, f"no way to see the order of {command}'s members: add JSON_FIELDS"
+
+
+@pytest.mark.parametrize("name", ["rbtrace"] + [f"rbtrace-{c}" for c in probe_commands()])
+def test_overhead_does_not_call_its_own_numbers_missing(name):
+    """rbtrace-exec(8) said "the measured numbers are still missing" and
+    then gave measured numbers."""
+    text = " ".join(load(name).text("OVERHEAD").split())
+    measured = re.search(r"[Mm]easured|\d(?:\.\d+)? ?(?:ns|us|ms|s)\b", text)
+    if measured:
+        assert not re.search(r"missing|not (?:yet )?measured|to be measured", text), text[:300]
+
+
 @pytest.mark.parametrize("name", ["rbtrace"] + [f"rbtrace-{c}" for c in probe_commands()])
 def test_json_format_version_is_stated(name):
     from rbtrace.render import JSON_FORMAT_VERSION
@@ -784,10 +953,19 @@ def test_setup_cfg_installs_every_page():
     assert installed == {f"{n}.8" for n in ALL_PAGES}
 
 
+# As for kernel tests (tests/conftest.py): under CI=true a missing tool
+# fails the test instead of skipping it, so CI can't pass without having
+# rendered the pages.  `make setup-test` installs groff-base and man-db.
+CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
 def _tool(name):
     path = shutil.which(name)
     if not path:
-        pytest.skip(f"{name} is not installed")
+        message = f"{name} is not installed (make setup-test installs groff-base and man-db)"
+        if CI:
+            pytest.fail(f"{message}; under CI=true this fails instead of skipping")
+        pytest.skip(message)
     return path
 
 
@@ -806,10 +984,8 @@ def test_page_renders_without_warnings_in_80_columns(name):
     assert man.returncode == 0 and err == "", err
     wide = [ln for ln in man.stdout.decode().splitlines() if len(ln) > 80]
     assert not wide, f"{name}.8 has lines over 80 columns: {wide}"
-    lexgrog = shutil.which("lexgrog")
-    if lexgrog:
-        whatis = subprocess.run([lexgrog, path], capture_output=True, text=True, timeout=60)
-        assert whatis.returncode == 0 and f'"{name} - ' in whatis.stdout, whatis.stdout
+    whatis = subprocess.run([_tool("lexgrog"), path], capture_output=True, text=True, timeout=60)
+    assert whatis.returncode == 0 and f'"{name} - ' in whatis.stdout, whatis.stdout
 
 
 def _rbtrace(*args, env=None):
