@@ -183,7 +183,8 @@ def trace_options(f):
 @click.version_option(__version__, prog_name="rbtrace")
 def cli():
     """Trace Linux events with BPF: a live table on a terminal, exact JSON
-    lines with --json.  Needs root (or CAP_BPF and CAP_PERFMON)."""
+    lines with --json.  Needs root (or CAP_BPF, CAP_PERFMON and
+    CAP_DAC_READ_SEARCH)."""
 
 
 def _follow_target(opts):

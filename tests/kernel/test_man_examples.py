@@ -802,6 +802,86 @@ def check_tp_truncated(run, out, w):
     _once(_out_lines(out), [w.long_path[:15]])
 
 
+# --- exit: every process the workload forked ends once, as waitpid saw it ----
+
+def _exit_truth(w):
+    """pid -> (comm, exit_code, signal) of every child the workload forked,
+    in fork order: the codes it waited for, and the sleeper it killed."""
+    truth = {p: (w.exit_comm[p], code, None) for p, code in w.exits.items()}
+    truth[w.sleeper.pid] = ("sleep", None, "SIGTERM")
+    assert set(truth) == set(w.forks), (sorted(truth), sorted(w.forks))
+    return {p: truth[p] for p in w.forks}
+
+
+def check_exit_failed(run, out, w):
+    truth = _exit_truth(w)
+    ours = [e for e in _out_json(out) if e["pid"] in truth]
+    assert ours == [{"pid": p, "comm": c, "exit_code": code, "signal": sig, "core_dumped": False}
+                    for p, (c, code, sig) in truth.items() if code or sig]
+
+
+def check_exit_signalled(run, out, w):
+    truth = _exit_truth(w)
+    ours = [ln for ln in _out_lines(out) if _word(ln, 0) in truth]
+    assert ours == [f"{p} {c} {sig}" for p, (c, _, sig) in truth.items() if sig]
+
+
+def check_exit_short_lived(run, out, w):
+    # Lifetimes are the kernel's; what the workload knows is who ended
+    # and with what name: the lines are exactly the events under 10 ms.
+    events = [e for e in run.lines if e["type"] == "exit"]
+    truth = _exit_truth(w)
+    ours = {e["pid"]: e for e in events if e["pid"] in truth}
+    assert sorted(ours) == sorted(truth), "every child of the workload ended once"
+    assert all(ours[p]["comm"] == c for p, (c, _, _) in truth.items())
+    assert _out_lines(out) == [f"{e['duration_ns'] // 1000}us {e['comm']}" for e in events
+                               if e["duration_ns"] < 10_000_000]
+
+
+def check_exit_status(run, out, w):
+    lines = _out_lines(out)
+    truth = _exit_truth(w)
+    # The comms carrying the marker are the workload's alone.
+    _once(lines, [f"{w.noprog_comm} 127", f"true-with-a-lon {truth[w.long_exec][1]}"])
+    assert all(re.fullmatch(r".* \d+", ln) for ln in lines), lines
+
+
+def check_exit_per_command(run, out, w):
+    table = json.loads(out)          # jq -s: one array, pretty-printed
+    _sorted_desc(table, "exits")
+    by = {e["comm"]: e for e in table}
+    events = [e for e in run.lines if e["type"] == "exit"]
+    assert sum(e["exits"] for e in table) == len(events)
+    [noprog] = [e for e in events if e["pid"] == w.noprog]
+    assert by[w.noprog_comm] == {"comm": w.noprog_comm, "exits": 1,
+                                 "seconds": noprog["duration_ns"] / 1e9}
+
+
+def _strace_exits(argv):
+    """[(comm, exit code)] of every process of the command that exited, in
+    order, from strace -f: comm is the name of the last program the pid
+    ran (the command's own for one that never execs)."""
+    trace = subprocess.run(["strace", "-f", "-e", "trace=execve", "-o", "/dev/stdout", *argv],
+                           capture_output=True, text=True, timeout=60, cwd=REPO)
+    prog, out = {}, []
+    for ln in trace.stdout.splitlines():
+        pid = int(ln.split()[0])
+        m = re.search(r'execve\("([^"]*)".* = 0$', ln)
+        if m:
+            prog[pid] = os.path.basename(m.group(1))[:15]
+        m = re.search(r"\+\+\+ exited with (\d+) \+\+\+", ln)
+        if m:
+            out.append((prog.get(pid, os.path.basename(argv[0])), int(m.group(1))))
+    assert out, trace.stdout
+    return out
+
+
+def check_exit_command_failed(run, out, w):
+    exits = _strace_exits(["sh", "-c", "false; ls /nofile >&2; true"])
+    assert ("ls", 2) in exits
+    assert _out_lines(out) == [f"{c} {code}" for c, code in exits if code]
+
+
 CHECKS = [
     # (rbtrace's arguments, a piece of the pipeline that tells the recipe
     # apart, the check)
@@ -838,6 +918,12 @@ CHECKS = [
     ("run signal.bpf.c --json", "handler", check_run_signals),
     ("run exit.bpf.c --json", "foreach", check_run_exit_seconds),
     ("run exit.bpf.c --json -- sh -c 'sh -c \"exit 3\"; true'", "code", check_run_command_exits),
+    ("exit --json -x", "core_dumped", check_exit_failed),
+    ("exit --json", ".signal != null", check_exit_signalled),
+    ("exit --json", "10000000", check_exit_short_lived),
+    ("exit --json", "128 + (.status % 128)", check_exit_status),
+    ("exit --json -d 10", "group_by(.comm)", check_exit_per_command),
+    ("exit --json -x -- sh -c 'false; ls /nofile >&2; true'", "exit_code", check_exit_command_failed),
     ("tp --json 'sched:sched_process_*'", "sched_process_exec", check_tp_execs),
     ("tp --json 'sched:sched_process_*'", "sched_process_fork", check_tp_forks),
     ("tp --json 'sched:sched_process_*'", "group_by(.event)", check_tp_counts),

@@ -297,6 +297,25 @@ def check_exec_make(recipe, tmp, running):
                         (make["PID"], "0", f"/bin/true {mark}-a")], rows
 
 
+def check_exit_make(recipe, tmp, running):
+    """`exit -x -- make -j2`: the processes of a failing build that failed,
+    with the codes waitpid gives: the failing rule's program and make."""
+    mark = _marker()
+    write_makefile(tmp, f"all: a b\na:\n\t/bin/true {mark}-a\nb:\n\t/bin/false {mark}-b\n")
+    untraced = subprocess.run(["make", "-j2"], cwd=tmp, capture_output=True, timeout=60)
+    false_code = subprocess.run(["/bin/false"]).returncode
+    r = running(recipe, cwd=tmp).wait_first_line().finish(interrupt=False)
+    assert untraced.returncode == 2 and false_code == 1
+    assert r.returncode == untraced.returncode, r.stderr
+    others = []
+    rows = plain_rows(r.out, others)
+    assert sorted(others) == [f"/bin/false {mark}-b", f"/bin/true {mark}-a"], others
+    assert [(row["COMM"], row["CODE/SIGNAL"]) for row in rows] == \
+        [("false", str(false_code)), ("make", str(untraced.returncode))], rows
+    [false, make] = rows
+    assert false["PPID"] == make["PID"], rows
+
+
 def check_open_make(recipe, tmp, running):
     """`open --json -o opens.json -- make`: make's own output on stdout,
     the events in the file: the file cat read, by cat, make's Makefile,
@@ -451,6 +470,7 @@ CHECKS = {
     "exec -u www-data -c 100": check_exec_user,
     "doctor": check_doctor,
     "exec -- make -j2": check_exec_make,
+    "exit -x -- make -j2": check_exit_make,
     "open --json -o opens.json -- make": check_open_make,
     "exec --pid 1234 --children": check_exec_pid_children,
     "tp --list 'sched:*'": check_tp_list,
