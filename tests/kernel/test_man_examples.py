@@ -257,6 +257,8 @@ class Workload:
              f"refused:6:{self.tcp_closed}:nb"])
         with open(record) as f:
             self.tcp = json.load(f)
+        self.exits[self.tcp_pid] = 0
+        self.exit_comm[self.tcp_pid] = self.tcp[0]["comm"]
         return self
 
     def exec_of(self, pid):
