@@ -216,7 +216,7 @@ def _run_probe(probe_name, opts):
     target = _follow_target(opts)
     opts["follow"] = target is not None
     filters = []
-    for key in ("pid", "tid", "uid", "comm", "path", "flags"):
+    for key in ("pid", "tid", "uid", "comm", "path", "flags", "port", "addr"):
         if opts.get(key) not in (None, "", False):
             filters.append(f"{key}={opts[key]}")
     if opts.get("failed"):
@@ -390,6 +390,37 @@ def exit_cmd(**opts):
     -x: only exits with a non-zero code or by a signal, in the kernel.
     """
     sys.exit(_run_probe("exit", opts))
+
+
+class AddrType(click.ParamType):
+    """An IPv4 or IPv6 address (rbtrace tcp --addr)."""
+
+    name = "ADDR"
+
+    def convert(self, value, param, ctx):
+        from rbtrace.probes.tcp import parse_addr
+        try:
+            return parse_addr(value)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
+@cli.command("tcp", cls=TraceCommand)
+@trace_options
+@click.option("--port", type=click.IntRange(1, 65535), metavar="PORT",
+              help="Only connections whose local or remote port is PORT.")
+@click.option("--addr", type=AddrType(), metavar="ADDR",
+              help="Only connections whose local or remote address is ADDR (IPv4 or IPv6).")
+def tcp_cmd(**opts):
+    """TCP connections: connect (with its result), accept, and close (with
+    duration and bytes), on tracepoints.  -x keeps only failed connects.
+
+    close events, and the outcome of a non-blocking connect, happen in the
+    kernel's network context: they carry the pid, comm and uid of the
+    process that connected or accepted, and -p, -u, -n and -- CMD select
+    connections by that process, when it connects or accepts.
+    """
+    sys.exit(_run_probe("tcp", opts))
 
 
 @cli.command("tp", cls=TraceCommand)

@@ -136,5 +136,7 @@ def registry():
     from rbtrace.probes import tp as tp_probe
     from rbtrace.probes import run as run_probe
     from rbtrace.probes import exit as exit_probe
+    from rbtrace.probes import tcp as tcp_probe
     return {"exec": exec_probe.ExecProbe, "open": open_probe.OpenProbe, "tp": tp_probe.TpProbe,
-            "run": run_probe.RunProbe, "exit": exit_probe.ExitProbe}
+            "run": run_probe.RunProbe, "exit": exit_probe.ExitProbe,
+            "tcp": tcp_probe.TcpProbe}

@@ -246,6 +246,19 @@ class Workload:
             pid, _ = self.exec_ok(["/bin/true", m, f"n{i}"])
             self.many.append(pid)
         self.pids = {e["pid"] for e in self.execs} | {self.me, s}
+        # TCP on the loopback (tcp_workload.py, its own record): IPv4 and
+        # IPv6, blocking and not, refused connects.
+        from tcp_workload import __file__ as tcp_workload, free_port
+        self.tcp_port, self.tcp_closed = free_port(4), free_port(4)
+        record = os.path.join(tmp, "tcp.json")
+        self.tcp_pid, _ = self.child(
+            [sys.executable, tcp_workload, record, f"pair:4:{self.tcp_port}:100:200",
+             f"pair:6:{self.tcp_port}:300:400:nb", f"refused:4:{self.tcp_closed}",
+             f"refused:6:{self.tcp_closed}:nb"])
+        with open(record) as f:
+            self.tcp = json.load(f)
+        self.exits[self.tcp_pid] = 0
+        self.exit_comm[self.tcp_pid] = self.tcp[0]["comm"]
         return self
 
     def exec_of(self, pid):
@@ -406,6 +419,10 @@ def check_lost_summary(run, out, w):
         assert {(o["pid"], _text(o["path"])) for o in w.opens} <= seen
     elif s["probe"] == "exec":
         assert {e["pid"] for e in w.execs} <= {e["pid"] for e in events}
+    elif s["probe"] == "tcp":
+        seen = {(e["pid"], e["comm"], e["daddr"], e["dport"], e["errno"], e["source"])
+                for e in events if e["event"] == "connect"}
+        assert set(_tcp_connects(w)) <= seen
     else:
         seen = {(e["pid"], e["args"]["target"], e["args"]["sig"], e["args"]["ret"])
                 for e in events}
@@ -650,6 +667,94 @@ def check_run_command_exits(run, out, w):
     assert (comm, code) == ("sh", "3") and int(inner) != sh
 
 
+def _tcp_connects(w):
+    """(pid, comm, family, daddr, dport, errno, source) of the workload's
+    connect events, from its record."""
+    from rbtrace.fields import errno_name
+    out = []
+    for r in w.tcp:
+        out.append((r["pid"], r["comm"], r["peer"][0], r["peer"][1],
+                    errno_name(r["ret"]) or None, "syscall"))
+        if r["nonblocking"]:
+            out.append((r["pid"], r["comm"], r["peer"][0], r["peer"][1],
+                        errno_name(r["outcome"]) or None, "state"))
+    return out
+
+
+def _tcp_closes(w):
+    """(pid, comm, sport, daddr, dport, tx, rx) of each side of each pair:
+    ss before close, plus one for each FIN (see rbtrace-tcp(8))."""
+    out = []
+    for r in w.tcp:
+        if r["scenario"] != "pair":
+            continue
+        s = r["server"]
+        out.append((r["pid"], r["comm"], r["local"][1], r["peer"][0], r["peer"][1],
+                    r["ss"]["bytes_acked"] + 1, r["ss"]["bytes_received"] + 1))
+        out.append((s["pid"], s["comm"], s["local"][1], s["peer"][0], s["peer"][1],
+                    s["ss"]["bytes_acked"] + 1, s["ss"]["bytes_received"] + 1))
+    return out
+
+
+def check_tcp_connects(run, out, w):
+    got = _out_json(out)
+    assert all(set(e) == {"comm", "daddr", "dport", "errno"} for e in got)
+    # the workload's pids are not in the recipe's output: its comms are
+    wanted = [{"comm": c, "daddr": a, "dport": p, "errno": e}
+              for _, c, a, p, e, _ in _tcp_connects(w)]
+    for x in wanted:
+        assert got.count(x) >= wanted.count(x), (x, got[:20])
+
+
+def check_tcp_failed_counts(run, out, w):
+    lines = _out_lines(out)
+    counts = {tuple(ln.split()[1:]): int(ln.split()[0]) for ln in lines}
+    assert [int(ln.split()[0]) for ln in lines] == sorted(counts.values(), reverse=True)
+    # refused connects to a port nothing listens on: one per family, and
+    # nothing that is not a failure
+    for fam_host in ("127.0.0.1", "::1"):
+        assert counts.get((fam_host, str(w.tcp_closed), "ECONNREFUSED"), 0) >= 1, lines
+    assert not any(k[-1] in ("null", "EINPROGRESS") for k in counts), lines
+
+
+def check_tcp_life(run, out, w):
+    lines = _out_lines(out)
+    for pid, comm, sport, daddr, dport, tx, rx in _tcp_closes(w):
+        head = f"{pid} {comm} {sport} {daddr}:{dport} "
+        [ln] = [ln for ln in lines if ln.startswith(head)]
+        assert ln.endswith(f"ms tx={tx} rx={rx}"), (ln, tx, rx)
+        assert float(ln[len(head):].split("ms")[0]) > 0
+
+
+def check_tcp_accepts_v6(run, out, w):
+    got = _out_json(out)
+    assert got and all(e["peer"].startswith("::1 ") for e in got), got
+    wanted = [{"pid": r["server"]["pid"], "comm": r["server"]["comm"],
+               "peer": f"{r['server']['peer'][0]} {r['server']['peer'][1]}",
+               "port": r["server"]["local"][1]}
+              for r in w.tcp if r["scenario"] == "pair" and r["family"] == 6]
+    assert wanted and all(got.count(x) == 1 for x in wanted), (wanted, got)
+
+
+def check_tcp_rx_per_command(run, out, w):
+    got = json.loads(out)                   # jq -s: one array, indented
+    _sorted_desc(got, "rx_bytes")
+    by_comm = {e["comm"]: e["rx_bytes"] for e in got}
+    # tcp-server is the workload's servers' own name
+    servers = sum(rx for pid, comm, *_, rx in _tcp_closes(w) if comm == "tcp-server")
+    assert by_comm["tcp-server"] == servers, (by_comm, servers)
+
+
+def check_tcp_connect_times(run, out, w):
+    lines = _out_lines(out)
+    for r in w.tcp:
+        if r["nonblocking"]:
+            from rbtrace.fields import errno_name
+            head = f"{r['peer'][1]} {errno_name(r['outcome']) or 'ok'} "
+            assert any(ln.startswith(head) and ln.endswith("us")
+                       and float(ln[len(head):-2]) >= 0 for ln in lines), (head, lines)
+
+
 def check_tp_execs(run, out, w):
     lines = _out_lines(out)
     ours = [ln for ln in lines if _word(ln, 0) in w.pids]
@@ -830,6 +935,13 @@ CHECKS = [
     ("tp --json 'syscalls:sys_*_openat'", "sys_exit_openat", check_tp_openat_failed),
     ("tp --json --string-bytes 16 sched:sched_process_exec", "filename_truncated",
      check_tp_truncated),
+    ("tcp --json", "{comm, daddr, dport, errno}", check_tcp_connects),
+    ("tcp --json -x -d 10", "uniq -c", check_tcp_failed_counts),
+    ("tcp --json", "tx=", check_tcp_life),
+    ("tcp --json --addr ::1", "peer:", check_tcp_accepts_v6),
+    ("tcp --json -d 10", "rx_bytes", check_tcp_rx_per_command),
+    ("tcp --json", "foreach", check_tcp_connect_times),
+    ("tcp --json -d 5", '"lost" or', check_lost_summary),
 ]
 
 
@@ -915,6 +1027,7 @@ def _odd_workload(tmp):
     ("exec", ["--max-arg-bytes", "64"]),
     ("open", ["--full-path"]),
     ("tp", ["sched:sched_process_exec"]),
+    ("tcp", []),
 ])
 def test_every_member_in_real_output_is_documented(command, extra, tmp_path, kernel_ok):
     run = Run([command, "--json", *extra], tmp_path, work=_odd_workload)
@@ -937,7 +1050,7 @@ def test_every_member_in_real_output_is_documented(command, extra, tmp_path, ker
     b64 = {k for e in events for k in e if k.endswith("_b64")}
     wanted = {"exec": {"argv_b64", "filename_b64", "comm_b64", "exe_b64"},
               "open": {"path_b64", "full_path_b64"},
-              "tp": {"comm_b64"}}[command]
+              "tp": {"comm_b64"}, "tcp": set()}[command]
     assert wanted <= b64, f"the workload should have produced {wanted - b64}"
     for e in events:
         for k in b64 & set(e):

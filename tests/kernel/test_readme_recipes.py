@@ -421,6 +421,48 @@ def check_run_kill_make(recipe, tmp, running):
                           ("kill", "kill_event", f"ret={-errno.ESRCH} target={gone.pid} sig=0")]), rows
 
 
+def check_tcp_curl_refused(recipe, tmp, running):
+    """`tcp -x -- curl -s http://localhost:1/`: nothing listens on port 1;
+    curl's non-blocking connects are refused, shown as their outcome, and
+    rbtrace exits with curl's status (7: could not connect)."""
+    untraced = subprocess.run(["curl", "-s", "http://localhost:1/"], capture_output=True,
+                              timeout=60)
+    r = running(recipe).wait_first_line().finish(interrupt=False)
+    assert untraced.returncode == 7
+    assert r.returncode == untraced.returncode, r.stderr
+    rows = plain_rows(r.out)
+    assert rows, r.out
+    for row in rows:
+        assert (row["COMM"], row["EVENT"], row["RESULT"]) == ("curl", "connect\u2026",
+                                                             "ECONNREFUSED"), row
+        assert row["REMOTE"] in ("127.0.0.1:1", "[::1]:1"), row
+
+
+def check_tcp_port_closes(recipe, tmp, running, tail):
+    """`tcp --json --port 8080 | jq ... close`: a loopback server on 8080
+    and its client (tests/kernel/tcp_workload.py): their two closes, with
+    the bytes of the workload's record, and only connections on 8080."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import tcp_workload
+    r = running(recipe).wait_first_line()
+    record = os.path.join(tmp, "tcp.json")
+    subprocess.run([sys.executable, tcp_workload.__file__, record, "pair:4:8080:1000:3000"],
+                   check=True, timeout=120)
+    r.finish()
+    assert r.returncode == 130, r.stderr
+    got = [json.loads(ln) for ln in run_tail(tail, r.out).splitlines()]
+    assert got and all(e["type"] == "tcp" and e["event"] == "close" for e in got), got
+    assert all(8080 in (e["sport"], e["dport"]) for e in got), got
+    [w] = json.load(open(record))
+    s = w["server"]
+    # ss before close, plus one for each FIN (rbtrace-tcp(8), tx_bytes)
+    wanted = {(w["pid"], w["local"][1], w["ss"]["bytes_acked"] + 1, w["ss"]["bytes_received"] + 1),
+              (s["pid"], s["local"][1], s["ss"]["bytes_acked"] + 1, s["ss"]["bytes_received"] + 1)}
+    mine = {(e["pid"], e["sport"], e["tx_bytes"], e["rx_bytes"]) for e in got
+            if e["pid"] in (w["pid"], s["pid"])}
+    assert mine == wanted, (mine, wanted)
+
+
 CHECKS = {
     "exec": check_exec_table,
     "exec --json | jq -c 'select(.type == \"exec\") | {pid, argv}'": check_exec_jq,
@@ -434,6 +476,9 @@ CHECKS = {
     "tp --list 'sched:*'": check_tp_list,
     "tp sched:sched_process_fork 'syscalls:sys_enter_kill'": check_tp_fork_kill,
     "run examples/kill.bpf.c -- make -j2": check_run_kill_make,
+    "tcp -x -- curl -s http://localhost:1/": check_tcp_curl_refused,
+    "tcp --json --port 8080 | jq -c 'select(.type == \"tcp\" and .event == \"close\")'":
+        check_tcp_port_closes,
 }
 
 
