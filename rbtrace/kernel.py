@@ -338,13 +338,20 @@ TASK_OFFSETS = {
 }
 
 
-def task_offsets() -> dict:
+def btf_offsets(table: dict) -> dict:
+    """{-D name: byte offset} of the kernel struct members a probe reads,
+    `table` being {-D name: (struct, member path)}, from the running
+    kernel's BTF (the installed headers may be another version's)."""
     from rbtrace.btf import BTFError, kernel_offsets
     if not VMLINUX_BTF.exists():
         raise EnvironmentProblem(
             f"{VMLINUX_BTF} is missing: the kernel was built without BTF (CONFIG_DEBUG_INFO_BTF)",
             hint="rbtrace needs BTF to read kernel structs of the running kernel")
     try:
-        return kernel_offsets(TASK_OFFSETS, str(VMLINUX_BTF))
-    except BTFError as e:
+        return kernel_offsets(table, str(VMLINUX_BTF))
+    except (BTFError, OSError) as e:
         raise EnvironmentProblem(f"reading {VMLINUX_BTF}: {e}") from e
+
+
+def task_offsets() -> dict:
+    return btf_offsets(TASK_OFFSETS)

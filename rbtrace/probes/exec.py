@@ -10,6 +10,7 @@ its own event struct; the decoder handles them all alike.
 import functools
 
 from rbtrace import fields
+from rbtrace.kernel import btf_offsets
 from rbtrace.probes import (Column, Probe, cstr, pid_column, put_text, put_text_list, shown,
                             shown_list, time_column)
 
@@ -97,16 +98,6 @@ STRUCT_OFFSETS = {
     "MM_ARG_END_OFF": ("mm_struct", "arg_end"),
     "MM_START_STACK_OFF": ("mm_struct", "start_stack"),
 }
-
-
-def struct_offsets() -> dict:
-    from rbtrace.btf import BTFError, kernel_offsets
-    from rbtrace.errors import EnvironmentProblem
-    from rbtrace.kernel import VMLINUX_BTF
-    try:
-        return kernel_offsets(STRUCT_OFFSETS, str(VMLINUX_BTF))
-    except (BTFError, OSError) as e:
-        raise EnvironmentProblem(f"reading {VMLINUX_BTF}: {e}") from e
 
 
 def split_args(raw: bytes) -> tuple:
@@ -207,12 +198,11 @@ class ExecProbe(Probe):
 
     def cflags(self):
         flags = super().cflags()
-        o = self.options
         flags["MAX_ARGS"] = self.max_args
         flags["ARGS_BYTES"] = self.arg_bytes
         flags["ARGV_PAGES"] = ARGV_PAGES
         flags["SCRATCH_SLOTS"] = possible_cpus()
-        flags.update(struct_offsets())
+        flags.update(btf_offsets(STRUCT_OFFSETS))
         return flags
 
     def decode(self, event_type, records, offsets, data):

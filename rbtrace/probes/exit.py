@@ -7,6 +7,7 @@ and the record columns it is made from.
 import signal as signals
 
 from rbtrace import fields
+from rbtrace.kernel import btf_offsets
 from rbtrace.probes import Column, Probe, cstr, pid_column, put_text, shown, time_column
 
 
@@ -71,16 +72,6 @@ STRUCT_OFFSETS = {
 }
 
 
-def struct_offsets() -> dict:
-    from rbtrace.btf import BTFError, kernel_offsets
-    from rbtrace.errors import EnvironmentProblem
-    from rbtrace.kernel import VMLINUX_BTF
-    try:
-        return kernel_offsets(STRUCT_OFFSETS, str(VMLINUX_BTF))
-    except (BTFError, OSError) as e:
-        raise EnvironmentProblem(f"reading {VMLINUX_BTF}: {e}") from e
-
-
 def age_text(ns) -> str:
     """A lifetime, short: 850us, 12.3ms, 4.07s, 5m02s, 3h05m, 2d04h."""
     if ns < 1_000_000:
@@ -127,7 +118,7 @@ class ExitProbe(Probe):
         # Which exit is the process's end (see the C file); bpf.py sets the
         # same for following a command.
         flags["EXIT_HAS_GROUP_DEAD"] = int(kernel.exit_has_group_dead())
-        flags.update(struct_offsets())
+        flags.update(btf_offsets(STRUCT_OFFSETS))
         return flags
 
     def decode(self, event_type, records, offsets, data):

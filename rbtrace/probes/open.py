@@ -11,6 +11,7 @@ import numpy as np
 from typing import NamedTuple, Optional
 
 from rbtrace import fields
+from rbtrace.kernel import btf_offsets
 from rbtrace.probes import Column, Probe, cstr, pid_column, put_text, shown, time_column
 
 SYSCALLS = ("open", "openat", "openat2", "creat")
@@ -106,16 +107,6 @@ STRUCT_OFFSETS = {
     "MOUNT_MNT_PARENT_OFF": ("mount", "mnt_parent"),
     "MOUNT_MNT_MOUNTPOINT_OFF": ("mount", "mnt_mountpoint"),
 }
-
-
-def struct_offsets() -> dict:
-    from rbtrace.btf import BTFError, kernel_offsets
-    from rbtrace.errors import EnvironmentProblem
-    from rbtrace.kernel import VMLINUX_BTF
-    try:
-        return kernel_offsets(STRUCT_OFFSETS, str(VMLINUX_BTF))
-    except (BTFError, OSError) as e:
-        raise EnvironmentProblem(f"reading {VMLINUX_BTF}: {e}") from e
 
 
 def full_path(raw: Optional[bytes], status: int, components: bytes) -> tuple:
@@ -223,7 +214,7 @@ class OpenProbe(Probe):
                 flags["FILTER_ACCMODE"] = f.accmode
         if o.get("full_path"):
             flags["FULL_PATH"] = 1
-            flags.update(struct_offsets())
+            flags.update(btf_offsets(STRUCT_OFFSETS))
         return flags
 
     def decode(self, event_type, records, offsets, data):

@@ -11,6 +11,7 @@ import ipaddress
 import socket
 
 from rbtrace import fields
+from rbtrace.kernel import btf_offsets
 from rbtrace.probes import Column, Probe, cstr, pid_column, put_text, shown, time_column
 
 # Mirrors EV_* and SRC_* in probes/tcp.bpf.c.
@@ -65,16 +66,6 @@ STRUCT_OFFSETS = {
     "TCP_BYTES_ACKED_OFF": ("tcp_sock", "bytes_acked"),
     "TCP_BYTES_RECEIVED_OFF": ("tcp_sock", "bytes_received"),
 }
-
-
-def struct_offsets() -> dict:
-    from rbtrace.btf import BTFError, kernel_offsets
-    from rbtrace.errors import EnvironmentProblem
-    from rbtrace.kernel import VMLINUX_BTF
-    try:
-        return kernel_offsets(STRUCT_OFFSETS, str(VMLINUX_BTF))
-    except (BTFError, OSError) as e:
-        raise EnvironmentProblem(f"reading {VMLINUX_BTF}: {e}") from e
 
 
 def parse_addr(text: str):
@@ -153,7 +144,7 @@ class TcpProbe(Probe):
             if isinstance(addr, str):
                 addr = parse_addr(addr)
             flags.update(addr_cflags(addr))
-        flags.update(struct_offsets())
+        flags.update(btf_offsets(STRUCT_OFFSETS))
         return flags
 
     def decode(self, event_type, records, offsets, data):

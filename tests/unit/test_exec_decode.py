@@ -300,7 +300,7 @@ def test_possible_cpus(tmp_path):
 
 
 def test_cflags_carry_the_limits(monkeypatch):
-    monkeypatch.setattr(ex, "struct_offsets", lambda: {"TASK_MM_OFF": 1})
+    monkeypatch.setattr(ex, "btf_offsets", lambda table: {"TASK_MM_OFF": 1})
     p = ex.ExecProbe({"max_args": 1000, "max_arg_bytes": 100 * 1024, "pid": 7})
     f = p.cflags()
     assert (f["MAX_ARGS"], f["ARGS_BYTES"], f["FILTER_PID"]) == (1000, 102400, 7)
