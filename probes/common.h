@@ -97,6 +97,56 @@ static __always_inline u64 next_seq(void)
     return __sync_fetch_and_add(v, 1);
 }
 
+/* Reads of kernel memory at an offset from the running kernel's BTF; 0
+ * when unreadable (the helper zeroes its buffer on error). */
+static __always_inline void *kernel_ptr(const void *base, u64 off)
+{
+    void *p = 0;
+    bpf_probe_read_kernel(&p, sizeof(p), (const char *)base + off);
+    return p;
+}
+
+static __always_inline u32 kernel_u32(const void *base, u64 off)
+{
+    u32 v = 0;
+    bpf_probe_read_kernel(&v, sizeof(v), (const char *)base + off);
+    return v;
+}
+
+static __always_inline u64 kernel_u64(const void *base, u64 off)
+{
+    u64 v = 0;
+    bpf_probe_read_kernel(&v, sizeof(v), (const char *)base + off);
+    return v;
+}
+
+#ifdef FDTABLE_FD_OFF
+#define S_IFMT   0170000
+#define S_IFSOCK 0140000
+#define S_IFDIR  0040000
+
+/* The struct file of the current task's fd when its inode is of `type`
+ * (S_IFDIR, S_IFSOCK...), else 0: task->files->fdt->fd[fd], bounded by
+ * fdt->max_fds.  For probes given the TASK_FILES_OFF, FILES_FDT_OFF,
+ * FDTABLE_*_OFF, FILE_F_INODE_OFF and INODE_I_MODE_OFF offsets. */
+static __always_inline void *current_fd_file(long fd, u16 type)
+{
+    if (fd < 0)
+        return 0;                                   /* EBADF */
+    void *task = (void *)bpf_get_current_task();
+    void *fdt = kernel_ptr(kernel_ptr(task, TASK_FILES_OFF), FILES_FDT_OFF);
+    if ((u64)fd >= kernel_u32(fdt, FDTABLE_MAX_FDS_OFF))
+        return 0;                                   /* EBADF */
+    void *file = kernel_ptr(kernel_ptr(fdt, FDTABLE_FD_OFF), (u64)fd * sizeof(void *));
+    if (!file)
+        return 0;                                   /* EBADF */
+    u16 mode = 0;
+    bpf_probe_read_kernel(&mode, sizeof(mode),
+                          (char *)kernel_ptr(file, FILE_F_INODE_OFF) + INODE_I_MODE_OFF);
+    return (mode & S_IFMT) == type ? file : 0;
+}
+#endif
+
 /* The parent's tgid, read with offsets of the running kernel. */
 static __always_inline u32 current_ppid(void)
 {

@@ -388,13 +388,6 @@ TRACEPOINT_PROBE(syscalls, sys_enter_execveat)
                  (s32)args->fd, (s32)args->flags);
 }
 
-static __always_inline void *read_ptr(void *base, u32 off)
-{
-    void *p = 0;
-    bpf_probe_read_kernel(&p, sizeof(p), (char *)base + off);
-    return p;
-}
-
 /* The path of the running executable (current->mm->exe_file), appended to
  * s->a.data as NUL-terminated components from the file up to the root,
  * the way d_path() walks it (fs/d_path.c prepend_path): up the dentries,
@@ -405,42 +398,42 @@ static __always_inline void *read_ptr(void *base, u32 off)
 static __always_inline void exe_path(struct exec_scratch *s)
 {
     void *task = (void *)bpf_get_current_task();
-    void *mm = read_ptr(task, TASK_MM_OFF);
+    void *mm = kernel_ptr(task, TASK_MM_OFF);
     if (!mm)
         return;
-    void *file = read_ptr(mm, MM_EXE_FILE_OFF);
+    void *file = kernel_ptr(mm, MM_EXE_FILE_OFF);
     if (!file)
         return;
-    void *vfsmnt = read_ptr(file, FILE_F_PATH_OFF + PATH_MNT_OFF);
-    void *dentry = read_ptr(file, FILE_F_PATH_OFF + PATH_DENTRY_OFF);
+    void *vfsmnt = kernel_ptr(file, FILE_F_PATH_OFF + PATH_MNT_OFF);
+    void *dentry = kernel_ptr(file, FILE_F_PATH_OFF + PATH_DENTRY_OFF);
     if (!vfsmnt || !dentry)
         return;
     void *mnt = (char *)vfsmnt - MOUNT_MNT_OFF;      /* container_of */
 
     /* d_unlinked(): unhashed, and not the root of its tree. */
-    void *pprev = read_ptr(dentry, DENTRY_D_HASH_OFF + sizeof(void *));
-    if (!pprev && read_ptr(dentry, DENTRY_D_PARENT_OFF) != dentry)
+    void *pprev = kernel_ptr(dentry, DENTRY_D_HASH_OFF + sizeof(void *));
+    if (!pprev && kernel_ptr(dentry, DENTRY_D_PARENT_OFF) != dentry)
         s->a.i.flags |= FLAG_EXE_DELETED;
 
     int complete = 0;
     for (int depth = 0; depth < EXE_DEPTH; depth++) {
-        if (dentry == read_ptr(vfsmnt, VFSMOUNT_MNT_ROOT_OFF)) {
-            void *parent = read_ptr(mnt, MOUNT_MNT_PARENT_OFF);
+        if (dentry == kernel_ptr(vfsmnt, VFSMOUNT_MNT_ROOT_OFF)) {
+            void *parent = kernel_ptr(mnt, MOUNT_MNT_PARENT_OFF);
             if (!parent || parent == mnt) {
                 complete = 1;                       /* the root mount */
                 break;
             }
-            dentry = read_ptr(mnt, MOUNT_MNT_MOUNTPOINT_OFF);
+            dentry = kernel_ptr(mnt, MOUNT_MNT_MOUNTPOINT_OFF);
             mnt = parent;
             vfsmnt = (char *)mnt + MOUNT_MNT_OFF;
             continue;
         }
-        void *up = read_ptr(dentry, DENTRY_D_PARENT_OFF);
+        void *up = kernel_ptr(dentry, DENTRY_D_PARENT_OFF);
         if (!up || up == dentry) {
             complete = 1;            /* a root that is not a mount root */
             break;
         }
-        const char *name = read_ptr(dentry, DENTRY_D_NAME_OFF + QSTR_NAME_OFF);
+        const char *name = kernel_ptr(dentry, DENTRY_D_NAME_OFF + QSTR_NAME_OFF);
         u32 used = s->a.i.exe_len;
         if (used >= EXE_BYTES - NAME_BYTES)
             break;
@@ -484,10 +477,10 @@ static __always_inline void rebuild(struct exec_scratch *s, struct exec_args *a,
     int recovered = 0;
     if ((flags & FLAG_ARGV_FAULT) &&
         !(flags & (FLAG_ARGC_CAPPED | FLAG_ARGV_NULL | FLAG_ARGC_FAULT))) {
-        void *mm = read_ptr((void *)bpf_get_current_task(), TASK_MM_OFF);
-        u64 start = (u64)read_ptr(mm, MM_ARG_START_OFF);
-        u64 end = (u64)read_ptr(mm, MM_ARG_END_OFF);
-        u64 sp = (u64)read_ptr(mm, MM_START_STACK_OFF);
+        void *mm = kernel_ptr((void *)bpf_get_current_task(), TASK_MM_OFF);
+        u64 start = (u64)kernel_ptr(mm, MM_ARG_START_OFF);
+        u64 end = (u64)kernel_ptr(mm, MM_ARG_END_OFF);
+        u64 sp = (u64)kernel_ptr(mm, MM_START_STACK_OFF);
         u64 new_argc = 0;
         bpf_probe_read_user(&new_argc, sizeof(new_argc), (void *)sp);
         if (mm && new_argc == a->i.argc && end > start) {

@@ -50,20 +50,6 @@ struct exit_key {
 BPF_TABLE("lru_hash", struct exit_key, u8, reported, 1024);
 #endif
 
-static __always_inline u64 read_u64(const void *base, u64 off)
-{
-    u64 v = 0;
-    bpf_probe_read_kernel(&v, sizeof(v), (const char *)base + off);
-    return v;             /* 0 when unreadable: the helper zeroes on error */
-}
-
-static __always_inline u32 read_u32(const void *base, u64 off)
-{
-    u32 v = 0;
-    bpf_probe_read_kernel(&v, sizeof(v), (const char *)base + off);
-    return v;
-}
-
 RAW_TRACEPOINT_PROBE(sched_process_exit)
 {
 #if EXIT_HAS_GROUP_DEAD
@@ -73,11 +59,11 @@ RAW_TRACEPOINT_PROBE(sched_process_exit)
     if (!task_wanted(bpf_get_current_pid_tgid(), (u32)bpf_get_current_uid_gid()))
         return 0;
     void *task = (void *)bpf_get_current_task();
-    void *signal = (void *)read_u64(task, TASK_SIGNAL_OFF);
+    void *signal = (void *)kernel_u64(task, TASK_SIGNAL_OFF);
     if (!signal)
         return 0;
 #if !EXIT_HAS_GROUP_DEAD
-    if (read_u32(signal, SIGNAL_LIVE_OFF) != 0)   /* atomic_t: other threads live */
+    if (kernel_u32(signal, SIGNAL_LIVE_OFF) != 0)   /* atomic_t: other threads live */
         return 0;
 #endif
     /* What wait_task_zombie() will report: the group's code once a group
@@ -86,12 +72,12 @@ RAW_TRACEPOINT_PROBE(sched_process_exit)
      * since 5.17 so does the last thread's plain exit(2) (do_exit() ->
      * synchronize_group_exit(), before the hook); only older kernels take
      * the leader's code when another thread exits last. */
-    void *leader = (void *)read_u64(task, TASK_GROUP_LEADER_OFF);
+    void *leader = (void *)kernel_u64(task, TASK_GROUP_LEADER_OFF);
     u32 status;
-    if (read_u32(signal, SIGNAL_FLAGS_OFF) & SIGNAL_GROUP_EXIT)
-        status = read_u32(signal, SIGNAL_GROUP_EXIT_CODE_OFF);
+    if (kernel_u32(signal, SIGNAL_FLAGS_OFF) & SIGNAL_GROUP_EXIT)
+        status = kernel_u32(signal, SIGNAL_GROUP_EXIT_CODE_OFF);
     else
-        status = read_u32(leader, TASK_EXIT_CODE_OFF);
+        status = kernel_u32(leader, TASK_EXIT_CODE_OFF);
     if (FILTER_FAILED && status == 0)
         return 0;
     /* The leader's name, which ps shows for the process: the last thread
@@ -102,7 +88,7 @@ RAW_TRACEPOINT_PROBE(sched_process_exit)
         return 0;
     /* The process's start: de_thread() gives a non-leader that execs the
      * leader's start_time as it takes its place. */
-    u64 start = read_u64(leader, TASK_START_TIME_OFF);
+    u64 start = kernel_u64(leader, TASK_START_TIME_OFF);
 #if !EXIT_HAS_GROUP_DEAD
     struct exit_key key = {.signal = (u64)signal, .start_ns = start};
     u8 one = 1;

@@ -195,15 +195,6 @@ static __always_inline int read_path(struct open_state_long *s)
 #error "the fs, files, path and mount offsets must come from the running kernel's BTF"
 #endif
 
-#define S_IFMT 0170000
-#define S_IFDIR 0040000
-
-static __always_inline void *read_ptr(const void *base, u64 off)
-{
-    void *p = 0;
-    bpf_probe_read_kernel(&p, sizeof(p), (const char *)base + off);
-    return p;              /* 0 when unreadable: the helper zeroes on error */
-}
 
 /* The directory a relative path of this call is resolved against, as
  * components appended after the path's NUL: innermost first, each with its
@@ -224,31 +215,18 @@ static __always_inline void dir_path(struct open_state_long *s)
     void *vfsmnt, *dentry;
     s32 dirfd = s->i.dirfd;
     if (dirfd == AT_FDCWD) {
-        void *fs = read_ptr(task, TASK_FS_OFF);
+        void *fs = kernel_ptr(task, TASK_FS_OFF);
         if (!fs)
             return;                /* an exiting task: no fs any more */
-        vfsmnt = read_ptr(fs, FS_PWD_OFF + PATH_MNT_OFF);
-        dentry = read_ptr(fs, FS_PWD_OFF + PATH_DENTRY_OFF);
+        vfsmnt = kernel_ptr(fs, FS_PWD_OFF + PATH_MNT_OFF);
+        dentry = kernel_ptr(fs, FS_PWD_OFF + PATH_DENTRY_OFF);
     } else {
-        if (dirfd < 0)
-            return;                /* EBADF */
-        void *files = read_ptr(task, TASK_FILES_OFF);
-        void *fdt = read_ptr(files, FILES_FDT_OFF);
-        u32 max_fds = 0;
-        bpf_probe_read_kernel(&max_fds, sizeof(max_fds), (char *)fdt + FDTABLE_MAX_FDS_OFF);
-        if ((u32)dirfd >= max_fds)
-            return;                /* EBADF */
-        void *fd_array = read_ptr(fdt, FDTABLE_FD_OFF);
-        void *file = read_ptr(fd_array, (u64)(u32)dirfd * sizeof(void *));
+        /* EBADF, ENOTDIR, or a pipe, socket...: no directory */
+        void *file = current_fd_file(dirfd, S_IFDIR);
         if (!file)
-            return;                /* EBADF */
-        void *inode = read_ptr(file, FILE_F_INODE_OFF);
-        u16 mode = 0;
-        bpf_probe_read_kernel(&mode, sizeof(mode), (char *)inode + INODE_I_MODE_OFF);
-        if ((mode & S_IFMT) != S_IFDIR)
-            return;                /* ENOTDIR, or a pipe, socket...: no directory */
-        vfsmnt = read_ptr(file, FILE_F_PATH_OFF + PATH_MNT_OFF);
-        dentry = read_ptr(file, FILE_F_PATH_OFF + PATH_DENTRY_OFF);
+            return;
+        vfsmnt = kernel_ptr(file, FILE_F_PATH_OFF + PATH_MNT_OFF);
+        dentry = kernel_ptr(file, FILE_F_PATH_OFF + PATH_DENTRY_OFF);
     }
     if (!vfsmnt || !dentry)
         return;
@@ -256,8 +234,8 @@ static __always_inline void dir_path(struct open_state_long *s)
     /* d_unlinked(): unhashed, and not the root of its tree.  The walk still
      * gives where it was (its d_parent is kept), as /proc adds
      * " (deleted)" to it. */
-    void *pprev = read_ptr(dentry, DENTRY_D_HASH_OFF + sizeof(void *));
-    if (!pprev && read_ptr(dentry, DENTRY_D_PARENT_OFF) != dentry)
+    void *pprev = kernel_ptr(dentry, DENTRY_D_HASH_OFF + sizeof(void *));
+    if (!pprev && kernel_ptr(dentry, DENTRY_D_PARENT_OFF) != dentry)
         s->i.status |= ST_DIR_DELETED;
 
     /* The loop's state (where the walk is, how many bytes are kept) lives
@@ -268,20 +246,20 @@ static __always_inline void dir_path(struct open_state_long *s)
      * 128 (42.5k with the state in registers; 1M is its limit). */
     s->walk_dentry = (u64)dentry;
     s->walk_mnt = (u64)vfsmnt - MOUNT_MNT_OFF;           /* container_of */
-    s->walk_mnt_root = (u64)read_ptr(vfsmnt, VFSMOUNT_MNT_ROOT_OFF);
+    s->walk_mnt_root = (u64)kernel_ptr(vfsmnt, VFSMOUNT_MNT_ROOT_OFF);
 #pragma clang loop unroll(disable)
     for (int depth = 0; depth < DIR_DEPTH; depth++) {
         dentry = (void *)s->walk_dentry;
         if ((u64)dentry == s->walk_mnt_root) {
             void *mnt = (void *)s->walk_mnt;
-            void *parent = read_ptr(mnt, MOUNT_MNT_PARENT_OFF);
+            void *parent = kernel_ptr(mnt, MOUNT_MNT_PARENT_OFF);
             if (!parent || parent == mnt) {
                 s->i.status |= ST_DIR;                    /* the namespace's root */
                 return;
             }
-            s->walk_dentry = (u64)read_ptr(mnt, MOUNT_MNT_MOUNTPOINT_OFF);
+            s->walk_dentry = (u64)kernel_ptr(mnt, MOUNT_MNT_MOUNTPOINT_OFF);
             s->walk_mnt = (u64)parent;
-            s->walk_mnt_root = (u64)read_ptr(parent, MOUNT_MNT_OFF + VFSMOUNT_MNT_ROOT_OFF);
+            s->walk_mnt_root = (u64)kernel_ptr(parent, MOUNT_MNT_OFF + VFSMOUNT_MNT_ROOT_OFF);
             continue;
         }
         /* d_parent and d_name.name, in one read when they are close (they
@@ -295,8 +273,8 @@ static __always_inline void dir_path(struct open_state_long *s)
         up = (void *)pair[0];
         __builtin_memcpy(&name, (char *)pair + NAME_FROM_PARENT, sizeof(name));
 #else
-        up = read_ptr(dentry, DENTRY_D_PARENT_OFF);
-        name = read_ptr(dentry, DENTRY_D_NAME_OFF + QSTR_NAME_OFF);
+        up = kernel_ptr(dentry, DENTRY_D_PARENT_OFF);
+        name = kernel_ptr(dentry, DENTRY_D_NAME_OFF + QSTR_NAME_OFF);
 #endif
         if (!up || up == dentry) {
             s->i.status |= ST_DIR;   /* a root that is not a mount's root: d_path stops too */

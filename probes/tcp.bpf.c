@@ -51,8 +51,6 @@
 #define AF_INET6 10
 #define IPPROTO_TCP 6
 #define SOCK_STREAM 1
-#define S_IFMT 0170000
-#define S_IFSOCK 0140000
 #define EINTR 4
 #define ECONNABORTED 103
 #define EINPROGRESS 115
@@ -111,38 +109,16 @@ BPF_HASH(conns, u64, struct conn, CONNS_MAX);
 BPF_HASH(pending, u32, u64, 10240);        /* tid -> sock of a running connect() */
 BPF_PERCPU_ARRAY(scratch, struct conn, 1);
 
-static __always_inline void *read_ptr(const void *base, u64 off)
-{
-    void *p = 0;
-    bpf_probe_read_kernel(&p, sizeof(p), (const char *)base + off);
-    return p;              /* 0 when unreadable: the helper zeroes on error */
-}
-
 /* The struct sock of a TCP socket fd of the current task, else 0:
  * task->files->fdt->fd[fd]->private_data (a struct socket when the inode
  * is a socket's), then socket->sk. */
 static __always_inline void *tcp_sock_of_fd(long fd)
 {
-    if (fd < 0)
-        return 0;
-    void *task = (void *)bpf_get_current_task();
-    void *files = read_ptr(task, TASK_FILES_OFF);
-    void *fdt = read_ptr(files, FILES_FDT_OFF);
-    u32 max_fds = 0;
-    bpf_probe_read_kernel(&max_fds, sizeof(max_fds), (char *)fdt + FDTABLE_MAX_FDS_OFF);
-    if ((u64)fd >= max_fds)
-        return 0;
-    void *fd_array = read_ptr(fdt, FDTABLE_FD_OFF);
-    void *file = read_ptr(fd_array, (u64)fd * sizeof(void *));
+    void *file = current_fd_file(fd, S_IFSOCK);
     if (!file)
         return 0;
-    void *inode = read_ptr(file, FILE_F_INODE_OFF);
-    u16 mode = 0;
-    bpf_probe_read_kernel(&mode, sizeof(mode), (char *)inode + INODE_I_MODE_OFF);
-    if ((mode & S_IFMT) != S_IFSOCK)
-        return 0;
-    void *socket = read_ptr(file, FILE_PRIVATE_DATA_OFF);
-    void *sk = read_ptr(socket, SOCKET_SK_OFF);
+    void *socket = kernel_ptr(file, FILE_PRIVATE_DATA_OFF);
+    void *sk = kernel_ptr(socket, SOCKET_SK_OFF);
     if (!sk)
         return 0;
     u16 protocol = 0, type = 0, family = 0;
