@@ -61,6 +61,24 @@ def parse_json_lines(text):
 
 
 
+def strace_whole_lines(text):
+    """The lines of `strace -f` output with every call whole: a call cut in
+    two by another thread's ("<unfinished ...>" then "<... X resumed>") is
+    joined back, under its first line's pid."""
+    import re
+    lines, pending = [], {}
+    for line in text.splitlines():
+        m = re.match(r"^(\d+) +(.*) <unfinished \.\.\.>$", line)
+        if m:
+            pending[m.group(1)] = m.group(2)
+            continue
+        m = re.match(r"^(\d+) +<\.\.\. \w+ resumed>(.*)$", line)
+        if m:
+            line = f"{m.group(1)} {pending.pop(m.group(1))}{m.group(2)}"
+        lines.append(line)
+    return lines
+
+
 def bpf_ids_held(pid):
     """(program ids, map ids) of the BPF objects process `pid` holds fds of,
     from its fdinfo: ours alone, while other tracers on the machine come and

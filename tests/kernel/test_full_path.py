@@ -23,7 +23,7 @@ import sys
 
 import pytest
 
-from conftest import parse_json_lines
+from conftest import parse_json_lines, strace_whole_lines
 from test_follow import ENV, assert_complete, make_clean, make_project, norm
 
 STRACE = shutil.which("strace")
@@ -45,16 +45,7 @@ def parse_strace(text):
     the directory as -y shows it for the dirfd argument (None for open and
     creat, which have none, and for a dirfd strace could not name); result
     is "ok" or the errno name."""
-    lines, pending = [], {}
-    for line in text.splitlines():
-        m = re.match(r"^(\d+) +(.*) <unfinished \.\.\.>$", line)
-        if m:
-            pending[m.group(1)] = m.group(2)
-            continue
-        m = re.match(r"^(\d+) +<\.\.\. \w+ resumed>(.*)$", line)
-        if m:
-            line = f"{m.group(1)} {pending.pop(m.group(1))}{m.group(2)}"
-        lines.append(line)
+    lines = strace_whole_lines(text)
     calls = []
     for line in lines:
         m = _LINE.match(line)

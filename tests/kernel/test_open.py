@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from conftest import REPO, parse_json_lines
+from conftest import REPO, parse_json_lines, strace_whole_lines
 from rbtrace.fields import parse_open_flags
 
 AT_FDCWD = -100
@@ -214,16 +214,7 @@ def _takes_mode(flags):
 
 def parse_strace(text):
     """strace -f -xx lines -> (tid, syscall, dirfd, path, truncated, flags, mode, ret)."""
-    lines, pending = [], {}
-    for line in text.splitlines():
-        m = re.match(r"^(\d+) +(.*) <unfinished \.\.\.>$", line)
-        if m:
-            pending[m.group(1)] = m.group(2)
-            continue
-        m = re.match(r"^(\d+) +<\.\.\. \w+ resumed>(.*)$", line)
-        if m:
-            line = f"{m.group(1)} {pending.pop(m.group(1))}{m.group(2)}"
-        lines.append(line)
+    lines = strace_whole_lines(text)
     out = []
     for line in lines:
         m = _STRACE_LINE.match(line)
