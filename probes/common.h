@@ -24,9 +24,6 @@
 #ifndef FILTER_UID
 #define FILTER_UID 0xffffffff         /* (u32)-1: any user */
 #endif
-#ifndef SELF_PID
-#define SELF_PID 0                    /* rbtrace's own tgid: never reported */
-#endif
 #ifndef FILTER_FAILED
 #define FILTER_FAILED 0               /* 1: only calls that returned < 0 */
 #endif
@@ -79,6 +76,14 @@ BPF_RINGBUF_OUTPUT(events, RING_PAGES);
 #define RBTRACE_EVENT(name) \
     BPF_F_TABLE("hash", int, struct name, layout_##name, 1, BPF_F_NO_PREALLOC)
 BPF_PERCPU_ARRAY(stats, u64, STAT_NR);
+
+/* Values of this run, written by user space before any hook is attached
+ * (rbtrace/bpf.py).  Kept out of the compiled bytes, which the compile
+ * cache shares between runs. */
+struct rbtrace_config {
+    u32 self_pid;     /* rbtrace's own tgid: never reported */
+};
+BPF_ARRAY(rbtrace_config, struct rbtrace_config, 1);
 BPF_ARRAY(seq_counter, u64, 1);
 
 static __always_inline void count(int which)
@@ -239,7 +244,9 @@ static __always_inline int task_wanted(u64 pid_tgid, u32 uid)
 {
     /* rbtrace's own work (its writes, its opens) would otherwise feed
      * back into what it traces: tp on a write path loops on itself. */
-    if (SELF_PID && (u32)(pid_tgid >> 32) == SELF_PID)
+    u32 zero = 0;
+    struct rbtrace_config *config = rbtrace_config.lookup(&zero);
+    if (config && config->self_pid == (u32)(pid_tgid >> 32))
         return 0;
     if (!follow_wanted(pid_tgid >> 32))
         return 0;

@@ -7,9 +7,10 @@ with both redirected to a temporary file; stdout stays pure data.
 """
 import contextlib
 import ctypes
-import functools
+import errno
 import os
 import re
+import struct
 import sys
 import tempfile
 
@@ -17,6 +18,8 @@ import numpy as np
 
 from rbtrace import kernel
 from rbtrace.errors import EnvironmentProblem, ProbeError
+from rbtrace.loader import (INSN_SIZE, PROG_TYPE_RAW_TRACEPOINT, PROG_TYPE_TRACEPOINT, Compiled,
+                            Loaded, LoadError, MapSpec, ProgSpec, map_fd_refs, recursion_misses)
 from rbtrace.paths import probes_dir
 from rbtrace.ringbuf import EventType
 
@@ -147,40 +150,26 @@ def _too_large(text, source, cost_hint=None):
     return ProbeError(f"{source}: the kernel's verifier gave up: it {why}{size}", hint=hint)
 
 
-def _verifier_log(bcc, module, fn_name, prog_type) -> str:
-    """The verifier's own last lines for `fn_name` of a compiled BCC
-    module, which BCC does not show after E2BIG: the program is loaded
-    again with a log buffer at BPF_LOG_STATS (4), which gives the reason
-    and the counts without a line per instruction.  "" when that fails."""
-    log = ctypes.create_string_buffer(1 << 16)
+def _verifier_log(bcc, module, fn_name, prog_type, level=4) -> str:
+    """The verifier's log for `fn_name` of a compiled BCC module, loaded
+    again through BCC, which passes the program's BTF: its line info puts
+    "; code @ file:line" before the instructions.  Level 1 gives the whole
+    log (its tail says why); BPF_LOG_STATS (4) only the reason and the
+    counts, for E2BIG, where the whole log would be millions of lines.
+    BCC's own hints (HINT: lines) come with it.  "" when that fails."""
+    log = ctypes.create_string_buffer(1 << 22 if level == 1 else 1 << 16)
     lib = bcc.lib
-    with captured_fds():
+    with captured_fds() as output:
         fd = lib.bcc_func_load(module, prog_type, fn_name,
                                lib.bpf_function_start(module, fn_name),
                                lib.bpf_function_size(module, fn_name),
                                lib.bpf_module_license(module),
                                lib.bpf_module_kern_version(module),
-                               4, log, len(log), None, -1)
+                               level, log, len(log), None, -1)
     if fd >= 0:
         os.close(fd)
-    return log.value.decode(errors="replace")
-
-
-def _recompiled_verifier_log(bcc, text, cflags, fn_name, prog_type) -> str:
-    """_verifier_log for a program that BPF() failed to load while loading
-    the module's others: compiled again, nothing else loaded."""
-    class NoAutoload(bcc.BPF):
-        def _trace_autoload(self):
-            pass
-    try:
-        with captured_fds():
-            b = NoAutoload(text=text, cflags=cflags)
-        try:
-            return _verifier_log(bcc, b.module, fn_name, prog_type)
-        finally:
-            b.cleanup()
-    except Exception:  # BCC raises bare Exception; the first message stands
-        return ""
+    hints = "\n".join(ln for ln in output.text.splitlines() if ln.startswith("HINT:"))
+    return log.value.decode(errors="replace") + ("\n" + hints if hints else "")
 
 
 def _load_failure(failure, text, source, cost_hint=None) -> ProbeError:
@@ -421,191 +410,296 @@ def check_event_types(event_types, source):
 
 
 _TRACEPOINT_USE = re.compile(r"^\s*TRACEPOINT_PROBE\s*\(\s*(\w+)\s*,\s*(\w+)\s*\)", re.M)
+_LINE_MARKER = re.compile(r'^(#line \d+ )"([^"]*/)?([^"/]*)"$', re.M)
 
-BPF_OBJ_GET_INFO_BY_FD = 15
-_PROG_INFO_SIZE = 232            # sizeof(struct bpf_prog_info), uapi 6.1
-_RECURSION_MISSES_OFF = 208      # offsetof(struct bpf_prog_info, recursion_misses)
-
-
-def _recursion_misses(prog_fd: int) -> int:
-    from rbtrace.doctor import SYS_BPF
-    info = ctypes.create_string_buffer(_PROG_INFO_SIZE)
-    attr = (ctypes.c_uint64 * 4)()
-    attr[0] = prog_fd | (_PROG_INFO_SIZE << 32)       # bpf_fd, info_len
-    attr[1] = ctypes.addressof(info)                  # info
-    if kernel.libc().syscall(SYS_BPF, BPF_OBJ_GET_INFO_BY_FD, ctypes.byref(attr), 16) != 0:
-        return 0
-    return int.from_bytes(info.raw[_RECURSION_MISSES_OFF:_RECURSION_MISSES_OFF + 8], "little")
+# The ring's size is chosen at each run, and set when its map is created:
+# the compiled bytes don't depend on it.  BCC still creates every map while
+# compiling, so it compiles with the smallest ring.
+RING_PAGES_AT_COMPILE = 1
+DEFAULT_RING_BYTES = 16 << 20
 
 
-def _close_in_parallel(closers):
-    """Detach hooks from several threads.  Each detach waits for RCU grace
-    periods (tracepoint_synchronize_unregister; for a perf tracepoint under
-    the kernel's event_mutex, perf_trace_event_unreg, 6.18): 40-80 ms each
-    here, so one after the other the exec probe took 0.4 s to stop.
-    Threads overlap the waits outside the mutex."""
-    if len(closers) <= 1:
-        for close in closers:
-            close()
-        return
-    from concurrent.futures import ThreadPoolExecutor
-    with ThreadPoolExecutor(max_workers=min(8, len(closers))) as pool:
-        list(pool.map(lambda close: close(), closers))
+def dtype_to_data(dtype: np.dtype) -> dict:
+    """A record layout as JSON-able data (for the compile cache)."""
+    def fmt(d):
+        return [d.subdtype[0].str, list(d.subdtype[1])] if d.subdtype else d.str
+    return {"names": list(dtype.names),
+            "formats": [fmt(dtype.fields[n][0]) for n in dtype.names],
+            "offsets": [dtype.fields[n][1] for n in dtype.names],
+            "itemsize": dtype.itemsize,
+            "c_paths": dict((dtype.metadata or {}).get("c_paths", {}))}
+
+
+def dtype_from_data(data: dict) -> np.dtype:
+    formats = [f if isinstance(f, str) else (f[0], tuple(f[1])) for f in data["formats"]]
+    return np.dtype({"names": data["names"], "formats": formats, "offsets": data["offsets"],
+                     "itemsize": data["itemsize"]}, metadata={"c_paths": data["c_paths"]})
+
+
+def compile_flags(cflags: dict) -> list:
+    """The -D flags BCC compiles a probe with: the probe's options and what
+    the running kernel's BTF and tracepoints say (offsets, group_dead)."""
+    if cflags.get("FOLLOW"):
+        cflags = {**cflags, "EXIT_HAS_GROUP_DEAD": int(kernel.exit_has_group_dead())}
+    return [f"-D{name}" if value is True else f"-D{name}={value}"
+            for name, value in {**kernel.task_offsets(), **cflags}.items()]
+
+
+def _key_flags(cflags: dict) -> list:
+    """The options part of the cache key: what the kernel decides (offsets,
+    group_dead) is keyed by the kernel's identity, so it need not be read
+    from BTF before a cache hit."""
+    return sorted(f"{k}={v}" for k, v in cflags.items())
+
+
+def _attach_point(name: str, tracepoints: dict):
+    """(attach kind, target) of a function BCC compiled, by BCC's naming
+    (tracepoint__CAT__EVENT, raw_tracepoint__NAME), by the probe's own list
+    (generated sources), or None: not an entry point."""
+    if name in tracepoints:
+        return "tracepoint", tracepoints[name]
+    if name.startswith("tracepoint__"):
+        return "tracepoint", name[len("tracepoint__"):].replace("__", ":", 1)
+    if name.startswith("raw_tracepoint__"):
+        return "raw_tracepoint", name[len("raw_tracepoint__"):]
+    if name == "rbtrace_follow_exit":
+        # common.h's hook that stops following a process when it exits,
+        # attached last so that it runs after the probe's own programs on
+        # sched_process_exit (the kernel calls them in attach order).
+        return "raw_tracepoint", "sched_process_exit"
+    return None
+
+
+def _from_bcc(bcc, b, source, tracepoints: dict) -> Compiled:
+    """What BCC compiled, as data: each entry point's instructions (BCC
+    has patched its own map fds in; each becomes a reference by name), the
+    maps' specs and the license."""
+    lib = bcc.lib
+    module = b.module
+    for fn, res, args in (("bpf_num_tables", ctypes.c_ulonglong, [ctypes.c_void_p]),
+                          ("bpf_table_name", ctypes.c_char_p, [ctypes.c_void_p, ctypes.c_ulonglong]),
+                          ("bpf_table_key_size_id", ctypes.c_size_t,
+                           [ctypes.c_void_p, ctypes.c_ulonglong]),
+                          ("bpf_table_leaf_size_id", ctypes.c_size_t,
+                           [ctypes.c_void_p, ctypes.c_ulonglong]),
+                          ("bpf_table_fd_id", ctypes.c_int, [ctypes.c_void_p, ctypes.c_ulonglong])):
+        getattr(lib, fn).restype, getattr(lib, fn).argtypes = res, args
+    maps, by_fd = [], {}
+    for i in range(lib.bpf_num_tables(module)):
+        name = lib.bpf_table_name(module, i).decode()
+        spec = MapSpec(name=name, type=lib.bpf_table_type_id(module, i),
+                       key_size=lib.bpf_table_key_size_id(module, i),
+                       value_size=lib.bpf_table_leaf_size_id(module, i),
+                       max_entries=lib.bpf_table_max_entries_id(module, i),
+                       flags=lib.bpf_table_flags_id(module, i))
+        maps.append(spec)
+        by_fd[lib.bpf_table_fd_id(module, i)] = name
+    programs, last = [], []
+    for i in range(lib.bpf_num_functions(module)):
+        name = lib.bpf_function_name(module, i).decode()
+        point = _attach_point(name, tracepoints)
+        if point is None:
+            continue
+        start, size = lib.bpf_function_start(module, name.encode()), \
+            lib.bpf_function_size(module, name.encode())
+        insns = ctypes.string_at(start, size)
+        refs = []
+        for index, fd in map_fd_refs(insns):
+            if fd not in by_fd:
+                raise ProbeError(f"{source}: function {name} refers to a map BCC did not "
+                                 f"create (fd {fd}); it can't be loaded by rbtrace")
+            refs.append((index, by_fd[fd]))
+        kind, target = point
+        spec = ProgSpec(name=name, type=PROG_TYPE_RAW_TRACEPOINT if kind == "raw_tracepoint"
+                        else PROG_TYPE_TRACEPOINT, attach=kind, target=target,
+                        insns=insns, map_refs=refs)
+        (last if name == "rbtrace_follow_exit" else programs).append(spec)
+    # Generated programs (rbtrace tp) go in the order given.
+    order = {name: n for n, name in enumerate(tracepoints)}
+    programs.sort(key=lambda p: (p.name in order, order.get(p.name, 0)))
+    return Compiled(license=lib.bpf_module_license(module).decode(), maps=maps,
+                    programs=programs + last)
 
 
 class LoadedProbe:
-    """A compiled probe with its tracepoints attached."""
+    """A compiled probe, its maps created and its programs attached.
+
+    Compiled by BCC, or taken from the compile cache (rbtrace/cache.py);
+    either way loaded by rbtrace/loader.py, so that a cached start never
+    imports bcc."""
 
     def __init__(self, source, cflags: dict, event_structs, debug=False, tracepoints=(),
-                 cost_hint=None):
+                 cost_hint=None, ring_bytes=None, use_cache=True, attach=True):
         """`tracepoints`: (function name, "category:event") pairs to load and
-        attach besides what BCC attaches by itself (see _attach_tracepoints).
+        attach besides what BCC attaches by name (generated sources).
         `cost_hint`: the options that make the probe cheaper to verify, for
-        when the verifier gives up."""
+        when the verifier gives up.  `ring_bytes`: the ring's size.
+        `attach`: False to load (verify) only."""
+        from rbtrace import cache
         self.cost_hint = cost_hint
-        bcc, self.headers = prepare()
-        flags = []
-        if cflags.get("FOLLOW"):
-            cflags = {**cflags, "EXIT_HAS_GROUP_DEAD": int(kernel.exit_has_group_dead())}
-        cflags = {"SELF_PID": os.getpid(), **cflags}
-        for name, value in {**kernel.task_offsets(), **cflags}.items():
-            flags.append(f"-D{name}" if value is True else f"-D{name}={value}")
-        self.cflags = flags
+        self.source = source
+        self.generated = dict(tracepoints)
+        kernel.ensure_privileges()
+        kernel.ensure_tracefs()
+        cflags = {k: v for k, v in cflags.items() if k not in ("RING_PAGES", "SELF_PID")}
+        ring_bytes = ring_bytes or DEFAULT_RING_BYTES
         text = inline_local_includes(source, [probes_dir()])
+        self.headers = kernel.find_headers()
+        self.from_cache = False
+        self.loaded = None
+        entries, key = None, None
+        if use_cache:
+            try:
+                entries = cache.open_dir()
+            except cache.Unsafe as e:
+                cache.say(f"not using the compile cache: {e}")
+        if entries is not None:
+            used = [f"{c}:{e}" for c, e in _TRACEPOINT_USE.findall(code_only(text))]
+            key, parts = cache.make_key(_LINE_MARKER.sub(r'\1"\3"', text), _key_flags(cflags),
+                                        used + list(self.generated.values()),
+                                        self.headers.how)
+            compiled = cache.lookup(entries, key)
+            if compiled is not None:
+                try:
+                    self._load(compiled, ring_bytes, attach)
+                    self.from_cache = True
+                    if debug:
+                        cache.say(f"{source}: loaded from the compile cache ({key[:16]})")
+                    return
+                except (LoadError, ValueError, KeyError, TypeError) as e:
+                    cache.say(f"the cached {os.path.basename(str(source))} did not load "
+                              f"({e}); compiling again")
+                    self.close()
+        bcc, b, compiled = self._compile(text, cflags, source, event_structs, debug)
+        try:
+            try:
+                self._load(compiled, ring_bytes, attach)
+            except LoadError as e:
+                raise self._diagnose(bcc, b, e) from None
+        finally:
+            b.cleanup()
+        if entries is not None:
+            try:
+                cache.store(entries, key, compiled, os.path.basename(str(source)), parts)
+            except OSError as e:
+                cache.say(f"cannot store in the compile cache {entries}: {e.strerror}")
+
+    def _compile(self, text, cflags, source, event_structs, debug):
+        """(bcc, the BPF object, Compiled): BCC compiles; nothing is loaded."""
+        if self.headers.path is not None:
+            os.environ["BCC_KERNEL_SOURCE"] = str(self.headers.path)
+        bcc = import_bcc()
         for category, event in _TRACEPOINT_USE.findall(code_only(text)):
             if not kernel.tracepoint_exists(category, event):
                 raise ProbeError(f"{source}: tracepoint {category}:{event} does not exist on this kernel",
                                  hint=f"ls {kernel.tracefs_dir()}/events/{category}")
         _refuse_hooks_that_cannot_load(text, source)
+        flags = compile_flags({**cflags, "RING_PAGES": RING_PAGES_AT_COMPILE})
+
+        class CompileOnly(bcc.BPF):
+            def _trace_autoload(self):
+                pass        # rbtrace/loader.py loads and attaches
         with captured_fds() as output:
             try:
-                text_bytes = text.encode(errors="surrogateescape")
-                self.bpf = bcc.BPF(text=text_bytes, cflags=flags)
+                b = CompileOnly(text=text.encode(errors="surrogateescape"), cflags=flags)
                 failure = None
             except Exception as e:  # BCC raises bare Exception for all of these
                 failure = e
-        text = output.text
-        if debug and text.strip():
-            sys.stderr.write(text)
+        if debug and output.text.strip():
+            sys.stderr.write(output.text)
         if failure is not None:
-            fn = _FAILED_FN.search(str(failure))
-            if fn and _BCC_E2BIG.search(text):
-                prog_type = (bcc.BPF.RAW_TRACEPOINT if fn.group(1).startswith("raw_tracepoint__")
-                             else bcc.BPF.TRACEPOINT)
-                log = _recompiled_verifier_log(bcc, text_bytes, flags, fn.group(1).encode(),
-                                               prog_type)
-                if debug:
-                    sys.stderr.write(log)
-                text += "\n" + log
-            raise _load_failure(failure, text, source, cost_hint)
+            raise _load_failure(failure, output.text, source, self.cost_hint)
         try:
-            self.event_types = [self._event_type(bcc, name, source) for name in event_structs]
-            check_event_types(self.event_types, source)
+            compiled = _from_bcc(bcc, b, source, self.generated)
+            event_types = [self._event_type(bcc, b, name, source) for name in event_structs]
+            check_event_types(event_types, source)
+            compiled.event_types = [(et.name, dtype_to_data(et.dtype)) for et in event_types]
         except BaseException:
-            self.bpf.cleanup()
+            b.cleanup()
             raise
-        ring = self.bpf[b"events"]
-        self.ring_fd = ring.map_fd
-        self._stats = self.bpf[b"stats"]
-        self._tp_fds = []
-        if tracepoints:
-            self._attach_tracepoints(bcc, tracepoints, source, debug)
-        if cflags.get("FOLLOW"):
-            self._attach_follow_exit()
+        return bcc, b, compiled
 
-    def _attach_follow_exit(self):
-        """common.h's hook that stops following a process when it exits,
-        attached last so that it runs after the probe's own programs on
-        sched_process_exit (the kernel calls them in attach order).
-        Attached by its fd, kept with _tp_fds: BCC keeps one program per
-        raw tracepoint in its table, and a probe's own (rbtrace exit) may
-        be there already."""
-        from bcc.libbcc import lib
+    def _load(self, compiled: Compiled, ring_bytes, attach):
+        self.event_types = [EventType(name, dtype_from_data(d))
+                            for name, d in compiled.event_types]
         try:
-            with captured_fds() as output:
-                fn = self.bpf.load_func(b"rbtrace_follow_exit", self.bpf.RAW_TRACEPOINT)
-                fd = lib.bpf_attach_raw_tracepoint(fn.fd, b"sched_process_exit")
-                errno = ctypes.get_errno()
-            if fd < 0:
-                raise Exception(os.strerror(errno) if errno else "failed")
-        except Exception as e:  # BCC raises bare Exception
+            self.loaded = Loaded(compiled, sizes={"events": ring_bytes})
+        except LoadError as e:
+            if e.what == "map events":
+                raise ProbeError(f"the kernel could not create the ring buffer: "
+                                 f"{os.strerror(e.errno)}", hint="try a smaller --ring-size") from None
+            if e.what.startswith("map "):
+                raise ProbeError(f"{self.source}: the kernel could not create BPF {e.what}: "
+                                 f"{os.strerror(e.errno)}", hint="make the map smaller") from None
+            raise
+        self.ring_fd = self.loaded.map("events").fd
+        config = self.loaded.map("rbtrace_config")
+        if config is not None:
+            # rbtrace's own tgid, never reported (common.h task_wanted).
+            config.update(struct.pack("<I", 0), struct.pack("<I", os.getpid()).ljust(
+                config.spec.value_size, b"\0"))
+        if attach:
+            self._attach()
+
+    def _attach(self):
+        # Off while attaching, so that every hook starts at once: the first
+        # ones would otherwise fill the ring before the last is on.
+        self._set_stop(1)
+        try:
+            self.loaded.attach_all()
+        except LoadError as e:
             self.close()
-            raise ProbeError(f"cannot attach the raw tracepoint sched_process_exit: {e} "
-                             f"{output.text.strip()}".strip(), hint="rbtrace doctor")
-        self._tp_fds.append(fd)
+            raise self._attach_failure(e) from None
+        self._set_stop(0)
 
-    def _attach_tracepoints(self, bcc, tracepoints, source, debug):
-        """Programs attached by name, for generated sources (rbtrace tp):
-        BCC attaches a tracepoint only for a function it can spell
-        tracepoint__CAT__EVENT, which not every name allows, and keys it
-        by tracepoint, so a second program on one (common.h's FOLLOW hooks
-        sched_process_exit) would replace the first in its table."""
-        from bcc.libbcc import lib
-        # Off while attaching, so that every tracepoint starts at once: the
-        # first ones would otherwise fill the ring before the last is on.
-        self._set_stop(1)
-        try:
-            for fn_name, tp in tracepoints:
-                with captured_fds() as output:
-                    try:
-                        fn = self.bpf.load_func(fn_name.encode(), bcc.BPF.TRACEPOINT)
-                        failure = None
-                    except Exception as e:  # BCC raises bare Exception
-                        failure = e
-                if debug and output.text.strip():
-                    sys.stderr.write(output.text)
-                if failure is not None:
-                    text = output.text
-                    if _BCC_E2BIG.search(text):
-                        text += "\n" + _verifier_log(bcc, self.bpf.module, fn_name.encode(),
-                                                     bcc.BPF.TRACEPOINT)
-                    err = _load_failure(failure, text, source, self.cost_hint)
-                    raise ProbeError(f"{tp}: {err.message}", hint=err.hint)
-                category, _, event = tp.partition(":")
-                with captured_fds():
-                    fd = lib.bpf_attach_tracepoint(fn.fd, category.encode(), event.encode())
-                    errno = ctypes.get_errno()
-                if fd < 0:
-                    from rbtrace.doctor import try_hook
-                    ok, reason = try_hook("tracepoint")
-                    if not ok:
-                        raise ProbeError(f"{tp}: tracepoints can't be attached on this kernel: "
-                                         f"{reason}", hint="rbtrace doctor")
-                    raise ProbeError(f"cannot attach to tracepoint {tp}: {os.strerror(errno)}",
-                                     hint="some events (ftrace:*) exist in tracefs but "
-                                          "take no BPF program")
-                self._tp_fds.append(fd)
-            self._set_stop(0)
-        except BaseException:
-            self._close_tp_fds()
-            self.bpf.cleanup()
-            raise
+    def _attach_failure(self, e: LoadError) -> ProbeError:
+        from rbtrace.doctor import try_hook
+        kind = "raw_tracepoint" if e.what.startswith("raw ") else "tracepoint"
+        target = e.what.split(" ", 2)[-1]
+        ok, reason = try_hook(kind)
+        if not ok:
+            return ProbeError(f"{target}: {kind.replace('_', ' ')}s can't be attached on this "
+                              f"kernel: {reason}", hint="rbtrace doctor")
+        if kind == "raw_tracepoint":
+            return ProbeError(f"cannot attach the raw tracepoint {target}: "
+                              f"{os.strerror(e.errno)}", hint="rbtrace doctor")
+        return ProbeError(f"cannot attach to tracepoint {target}: {os.strerror(e.errno)}",
+                          hint="some events (ftrace:*) exist in tracefs but take no BPF program")
 
-    def _close_tp_fds(self):
-        """Detach the programs attached by name (see _close_in_parallel)."""
-        fds, self._tp_fds = self._tp_fds, []
-        _close_in_parallel([functools.partial(os.close, fd) for fd in fds])
-
-    def _stop_programs(self):
-        self._set_stop(1)
+    def _diagnose(self, bcc, b, e: LoadError) -> ProbeError:
+        """One line for a program the kernel refused, from the verifier's
+        log with source lines (BCC loads it again with its BTF)."""
+        p = e.program
+        if p is None:
+            return ProbeError(f"{self.source}: {e}", hint="rbtrace doctor")
+        prog_type = bcc.BPF.RAW_TRACEPOINT if p.type == PROG_TYPE_RAW_TRACEPOINT \
+            else bcc.BPF.TRACEPOINT
+        if e.errno == errno.E2BIG:
+            text = (f"Program too large ({len(p.insns) // INSN_SIZE} insns), at most 4096 insns\n"
+                    + _verifier_log(bcc, b.module, p.name.encode(), prog_type, level=4))
+        else:
+            text = _verifier_log(bcc, b.module, p.name.encode(), prog_type, level=1)
+        failure = Exception(f"Failed to load BPF program b'{p.name}': {os.strerror(e.errno)}")
+        err = _load_failure(failure, text, self.source, self.cost_hint)
+        if p.name in self.generated:
+            return ProbeError(f"{self.generated[p.name]}: {err.message}", hint=err.hint)
+        return err
 
     def _set_stop(self, value):
         """Probes with many tracepoints declare `BPF_ARRAY(rbtrace_stop, u32,
-        1)` and return at once while it is set: detaching them takes seconds
-        (see _close_tp_fds), and nothing may be counted meanwhile."""
-        try:
-            table = self.bpf.get_table(b"rbtrace_stop")
-        except KeyError:
-            return
-        table[table.Key(0)] = table.Leaf(value)
+        1)` and return at once while it is set: detaching them takes seconds,
+        and nothing may be counted meanwhile."""
+        stop = self.loaded.map("rbtrace_stop") if self.loaded else None
+        if stop is not None:
+            stop.update(struct.pack("<I", 0), struct.pack("<I", value))
 
-    def _event_type(self, bcc, name, source) -> EventType:
+    def _event_type(self, bcc, b, name, source) -> EventType:
         """The record layout of event struct `name`, from its layout_ map."""
         table = f"layout_{name}".encode()
         # BCC 0.26 has no ctypes type for "signed char" (s8) and fails on it.
         bcc.BPF.str2ctype.setdefault("signed char", ctypes.c_byte)
         try:
-            leaf = self.bpf[table].Leaf
+            leaf = b[table].Leaf
         except KeyError:
             raise ProbeError(f"{source}: no event struct {name}: RBTRACE_EVENT({name}) is "
                              f"missing or compiled out") from None
@@ -618,7 +712,7 @@ class LoadedProbe:
         lib = bcc.lib
         lib.bpf_table_leaf_size.restype = ctypes.c_size_t
         lib.bpf_table_leaf_size.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-        size = lib.bpf_table_leaf_size(self.bpf.module, table)
+        size = lib.bpf_table_leaf_size(b.module, table)
         if size != dtype.itemsize:
             # BCC keeps only the first dimension of a multi-dimensional array.
             raise ProbeError(f"{source}: struct {name} is {size} bytes but BCC describes "
@@ -626,28 +720,29 @@ class LoadedProbe:
                              hint="declare them one-dimensional")
         return EventType(name, dtype)
 
+    def program_count(self) -> int:
+        return len(self.loaded.prog_fds) if self.loaded else 0
+
     def counters(self):
         """Per-CPU counters summed: submitted, ringbuf_full, map_full,
         not_followed."""
-        out = []
-        for i in (STAT_SUBMITTED, STAT_RINGBUF_FULL, STAT_MAP_FULL, STAT_NOT_FOLLOWED):
-            vals = self._stats[self._stats.Key(i)]
-            out.append(sum(int(v) for v in vals))
-        return out
+        stats = self.loaded.map("stats")
+        return [stats.u64_sum(i) for i in
+                (STAT_SUBMITTED, STAT_RINGBUF_FULL, STAT_MAP_FULL, STAT_NOT_FOLLOWED)]
 
     def follow(self, pids):
         """Add processes to the probe's `followed` map (FOLLOW=1 only)."""
-        followed = self.bpf[b"followed"]
+        followed = self.loaded.map("followed")
+        one = b"\1".ljust(followed.spec.value_size, b"\0")
         for pid in pids:
-            followed[followed.Key(pid)] = followed.Leaf(1)
-
-    def followed_count(self) -> int:
-        """Followed processes still alive (they leave the map at exit)."""
-        return sum(1 for _ in self.bpf[b"followed"].keys())
+            followed.update(struct.pack("<I", pid), one)
 
     def followed_pids(self) -> set:
         """The followed processes still alive (they leave the map at exit)."""
-        return {k.value for k in self.bpf[b"followed"].keys()}
+        return {int.from_bytes(k, "little") for k in self.loaded.map("followed").keys()}
+
+    def followed_count(self) -> int:
+        return len(self.followed_pids())
 
     def prog_misses(self) -> int:
         """Program runs the kernel skipped (bpf_prog_info.recursion_misses).
@@ -655,22 +750,13 @@ class LoadedProbe:
         The kernel refuses to run a tracing program on a CPU where a BPF
         program is already running (another tracer's, say) and only counts
         it.  Each skipped run may be a lost event, so it is reported."""
-        return sum(_recursion_misses(f.fd) for f in self.bpf.funcs.values())
+        return sum(recursion_misses(fd) for fd in self.loaded.prog_fds.values())
 
     def detach(self):
         """Stop the programs; maps and the ring stay readable."""
-        from bcc.libbcc import lib
-        self._stop_programs()
-        closers = [functools.partial(os.close, fd) for fd in self._tp_fds]
-        # What BCC's detach_tracepoint and detach_raw_tracepoint do, at once.
-        closers += [functools.partial(lib.bpf_close_perf_event_fd, fd)
-                    for fd in self.bpf.tracepoint_fds.values()]
-        closers += [functools.partial(os.close, fd) for fd in self.bpf.raw_tracepoint_fds.values()]
-        self._tp_fds = []
-        self.bpf.tracepoint_fds.clear()
-        self.bpf.raw_tracepoint_fds.clear()
-        _close_in_parallel(closers)
+        self._set_stop(1)
+        self.loaded.detach()
 
     def close(self):
-        self._close_tp_fds()
-        self.bpf.cleanup()
+        if self.loaded is not None:
+            self.loaded.close()

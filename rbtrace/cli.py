@@ -172,6 +172,9 @@ def trace_options(f):
                      help="TIME in UTC instead of local time (JSON time is always UTC)."),
         click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True),
                      metavar="FILE", help="Write events to FILE instead of stdout."),
+        click.option("--no-cache", is_flag=True,
+                     help="Compile the probe even if the compile cache holds it, and "
+                          "store nothing."),
         click.option("--debug", is_flag=True, help="Show tracebacks and compiler output."),
     ]
     for d in reversed(decorators):
@@ -254,7 +257,8 @@ def _run_probe(probe_name, opts):
         else:
             renderer = PlainRenderer(out, probe)
         session = Session(probe, renderer, opts["ring_size"], count=opts.get("count"),
-                          duration=opts.get("duration"), debug=opts.get("debug"), follow=target)
+                          duration=opts.get("duration"), debug=opts.get("debug"), follow=target,
+                          use_cache=not opts.get("no_cache"))
         if target is not None:
             target.start()                    # CMD forked, held until attached
         try:
@@ -479,6 +483,41 @@ def run_cmd(**opts):
     hooks are attached.  See rbtrace-run(8) for the API and examples.
     """
     sys.exit(_run_probe("run", opts))
+
+
+@cli.command("cache")
+@click.argument("action", type=click.Choice(["list", "clear"]), default="list")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def cache_cmd(action, debug):
+    """List or clear the compile cache (compiled probes kept between runs)."""
+    from rbtrace import cache
+    try:
+        d = cache.open_dir(create=False)
+    except cache.Unsafe as e:
+        raise RbtraceError(f"the compile cache can't be used: {e}",
+                           hint="fix its owner and mode (0700), or set RBTRACE_CACHE_DIR")
+    if not d.exists():
+        cache.say(f"the compile cache {d} is empty")
+        return
+    if action == "clear":
+        n = cache.clear(d)
+        cache.say(f"removed {n} compiled probe{'s' if n != 1 else ''} from {d}")
+        return
+    rows = cache.entries(d)
+    out = [f"{'KEY':<16}  {'PROBE':<16}  {'BYTES':>8}  {'CREATED':<19}  STATE"]
+    for path, doc, problem in rows:
+        size = path.stat().st_size if path.exists() else 0
+        if doc is None:
+            probe, created, state = "?", "?", f"refused: {problem}"
+        else:
+            import time
+            probe = doc["payload"].get("source", "?")
+            created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(doc.get("created", 0)))
+            state = "ok"
+        out.append(f"{path.name[:16]:<16}  {fields.for_message(probe)[:16]:<16}  {size:>8}  "
+                   f"{created:<19}  {state}")
+    sys.stdout.write("\n".join(out) + "\n")
+    cache.say(f"{len(rows)} compiled probe{'s' if len(rows) != 1 else ''} in {d}")
 
 
 @cli.command("doctor")

@@ -147,6 +147,29 @@ def _bcc_check():
     return Check("BCC", True, f"{getattr(bcc, '__version__', '?')} ({os.path.dirname(bcc.__file__)})")
 
 
+def _libbpf_check():
+    from rbtrace import loader
+    lib = loader.libbpf()
+    return Check("libbpf", True, f"{lib._name} (loads probes without BCC)")
+
+
+def _cache_check():
+    from rbtrace import cache
+    try:
+        d = cache.open_dir(create=False)
+    except cache.Unsafe as e:
+        return Check("compile cache", False, f"not used: {e}",
+                     "fix its owner and mode (0700), or set RBTRACE_CACHE_DIR", required=False)
+    if not d.exists():
+        return Check("compile cache", True, f"{d}: empty (made at the first run)", required=False)
+    rows = cache.entries(d)
+    refused = sum(1 for _, doc, _ in rows if doc is None)
+    text = f"{d}: {len(rows)} compiled probe{'s' if len(rows) != 1 else ''}"
+    if refused:
+        text += f", {refused} refused (compiled again when used; rbtrace cache list)"
+    return Check("compile cache", True, text, required=False)
+
+
 def run_checks(out) -> int:
     """Every check, one line each, in a fixed order (rbtrace-doctor(8),
     CHECKS): a check that can't be made says why instead of stopping."""
@@ -165,6 +188,8 @@ def run_checks(out) -> int:
     checks.append(_guarded("kernel headers", True, _headers_check))
     checks.append(_guarded("tracefs", True, _tracefs_check))
     checks.append(_guarded("BCC", True, _bcc_check))
+    checks.append(_guarded("libbpf", True, _libbpf_check))
+    checks.append(_guarded("compile cache", False, _cache_check))
     ready = {c.name: c.ok for c in checks}
     can_load = privileged and ready["BCC"] and ready["tracefs"] and ready["kernel headers"]
     if not privileged:

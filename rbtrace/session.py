@@ -100,8 +100,9 @@ class Tally:
 
 class Session:
     def __init__(self, probe, renderer, ring_bytes, count=None, duration=None, debug=False,
-                 follow=None):
+                 follow=None, use_cache=True):
         self.probe = probe
+        self.use_cache = use_cache  # False: compile, bypassing the compile cache
         self.follow = follow        # follow.Command or follow.RunningProcess
         self.command_error = None
         self.output_error = None    # OutputError: writing the output failed
@@ -133,13 +134,11 @@ class Session:
                 self.stop_reason = self.stop_reason or signum
 
     def run(self) -> int:
-        import mmap
-        cflags = dict(self.probe.cflags())
-        cflags["RING_PAGES"] = self.ring_bytes // mmap.PAGESIZE
-        loaded = LoadedProbe(self.probe.source_path(), cflags,
+        loaded = LoadedProbe(self.probe.source_path(), dict(self.probe.cflags()),
                              self.probe.event_structs, debug=self.debug,
                              tracepoints=getattr(self.probe, "tracepoints", ()),
-                             cost_hint=getattr(self.probe, "cost_hint", None))
+                             cost_hint=getattr(self.probe, "cost_hint", None),
+                             ring_bytes=self.ring_bytes, use_cache=self.use_cache)
         ring = self._ring = RingConsumer(loaded.ring_fd, self.ring_bytes, loaded.event_types)
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signals = stop_signals()
