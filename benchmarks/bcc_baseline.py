@@ -1,7 +1,7 @@
 """The "BCC per-event callback" baselines for benchmarks/run.py.
 
 rbtrace's own probe (probes/open.bpf.c, same -D flags as `rbtrace open
---comm COMM`) loaded through rbtrace.bpf.LoadedProbe, but consumed the way
+--comm COMM`) compiled, loaded and attached by BCC itself, and consumed the way
 BCC tools do it: one ctypes callback per event, the record cast to the
 struct BCC describes (what `table.event()` does), the fields put in a dict
 and written as one stdlib `json.dumps` line.
@@ -33,10 +33,37 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from rbtrace.bpf import LoadedProbe, inline_local_includes  # noqa: E402
+from rbtrace.bpf import captured_fds, compile_flags, inline_local_includes, prepare  # noqa: E402
+from rbtrace.loader import recursion_misses  # noqa: E402
 from rbtrace.cli import TASK_COMM_LEN, c_string_literal  # noqa: E402
 from rbtrace.paths import probes_dir  # noqa: E402
 from rbtrace.probes.open import SYSCALLS, OpenProbe  # noqa: E402
+
+
+class BccProbe:
+    """The probe loaded the way a BCC tool loads it: BPF(text=...) compiles,
+    loads and attaches; its maps are read through BCC's tables."""
+
+    def __init__(self, src, cflags):
+        bcc, _ = prepare()
+        text = inline_local_includes(src, [probes_dir()])
+        with captured_fds():
+            self.bpf = bcc.BPF(text=text.encode(errors="surrogateescape"),
+                               cflags=compile_flags(cflags))
+
+    def counters(self):
+        stats = self.bpf["stats"]
+        return [sum(int(v) for v in stats[stats.Key(i)]) for i in range(4)]
+
+    def prog_misses(self):
+        return sum(recursion_misses(f.fd) for f in self.bpf.funcs.values())
+
+    def detach(self):
+        for tp in list(self.bpf.tracepoint_fds):
+            self.bpf.detach_tracepoint(tp)
+
+    def close(self):
+        self.bpf.cleanup()
 
 
 def probe_flags(comm):
@@ -172,7 +199,7 @@ def main():
     signal.signal(signal.SIGINT, lambda *a: stop.append(1))
     signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
 
-    loaded = LoadedProbe(src, cflags, probe.event_structs)
+    loaded = BccProbe(src, cflags)
     bpf = loaded.bpf
     leaves = [bpf[f"layout_{name}"].Leaf for name in probe.event_structs]
     decode = make_decoder(leaves)

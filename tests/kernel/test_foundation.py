@@ -219,7 +219,7 @@ def test_doctor_reports_each_check(kernel_ok):
     out = p.stdout.decode()
     assert p.returncode == 0, out + p.stderr.decode()
     names = ["privileges", "kernel", "ring buffer", "BTF", "kernel headers", "tracefs", "BCC",
-             "hook tracepoint", "hook raw_tracepoint", "hook kprobe", "hook uprobe", "hook fentry"]
+             "libbpf", "compile cache", "hook tracepoint", "hook raw_tracepoint", "hook kprobe", "hook uprobe", "hook fentry"]
     lines = out.splitlines()
     assert len(lines) == len(names)
     for name, line in zip(names, lines):

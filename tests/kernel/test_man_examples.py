@@ -1104,8 +1104,9 @@ def test_members_of_synthetic_records_are_documented(command, kernel_ok):
             opts[p.name] = True            # --full-path and the like: every member
     opts["filters_text"] = ""
     probe = registry()[command](opts)
-    loaded = LoadedProbe(probe.source_path(), {**probe.cflags(), "RING_PAGES": 1},
-                         probe.event_structs)
+    loaded = LoadedProbe(probe.source_path(), probe.cflags(), probe.event_structs,
+                         tracepoints=getattr(probe, "tracepoints", ()), ring_bytes=4096,
+                         attach=False)
     try:
         event_types = list(loaded.event_types)
     finally:

@@ -314,12 +314,11 @@ def test_every_format_on_this_kernel_generates_and_one_per_category_verifies(ker
         if not any(fl.kind == kind for f in chosen for fl in f.fields):
             chosen.append(next(f for f in formats if any(fl.kind == kind for fl in f.fields)))
     probe = tp.TpProbe({"tracepoints": [f.name for f in chosen], "max_tracepoints": 2000})
-    loaded = LoadedProbe(probe.source_path(), {**probe.cflags(), "RING_PAGES": 1},
-                         probe.event_structs)
+    loaded = LoadedProbe(probe.source_path(), probe.cflags(), probe.event_structs,
+                         tracepoints=probe.tracepoints, ring_bytes=4096, use_cache=False,
+                         attach=False)
     try:
-        import bcc
-        for fn, _ in probe.tracepoints:
-            loaded.bpf.load_func(fn.encode(), bcc.BPF.TRACEPOINT)
+        assert loaded.program_count() == len(probe.tracepoints) == len(chosen)
         sizes = [et.size for et in loaded.event_types]
         assert len(set(sizes)) == len(sizes) == len(chosen)
     finally:
