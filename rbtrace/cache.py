@@ -165,7 +165,7 @@ def _compiled(payload) -> Compiled:
         programs=[ProgSpec(**{**p, "insns": base64.b64decode(p["insns"], validate=True),
                               "map_refs": [tuple(r) for r in p["map_refs"]]})
                   for p in payload["programs"]],
-        event_types=payload["event_types"])
+        event_types=[tuple(t) for t in payload["event_types"]])
 
 
 def read_entry(path: Path, key=None):

@@ -17,7 +17,12 @@ import click
 from rbtrace import __version__, fields
 from rbtrace.errors import Exit, RbtraceError, UsageError
 
-DEFAULT_RING = "16M"
+# The ring's default size per kind, from the rates measured here: its
+# pages count in full in rbtrace's memory (twice: the kernel maps the data
+# area twice), so a ring no larger than a kind needs.  An open() storm of
+# a million failing calls (benchmarks/storm.c) dropped none into 8M and
+# 0.3% into 4M; exec, exit and tcp events come thousands of times slower.
+DEFAULT_RING = {"exec": "4M", "open": "8M", "exit": "1M", "tcp": "2M", "tp": "8M", "run": "8M"}
 TASK_COMM_LEN = 16
 
 
@@ -147,8 +152,12 @@ class TraceCommand(click.Command):
         return super().collect_usage_pieces(ctx) + ["[-- CMD [ARGS]...]"]
 
 
-def trace_options(f):
-    """Options shared by every probe command."""
+def trace_options(kind):
+    """Options shared by every probe command (`kind`: the command's name)."""
+    return functools.partial(_trace_options, ring=DEFAULT_RING[kind])
+
+
+def _trace_options(f, ring):
     decorators = [
         click.option("--json", "json_out", is_flag=True,
                      help="One JSON object per line (for jq) instead of the table."),
@@ -166,7 +175,7 @@ def trace_options(f):
         click.option("-n", "--comm", type=CommType(), metavar="COMM",
                      help="Only processes whose command name is COMM."),
         click.option("-x", "--failed", is_flag=True, help="Only failed calls."),
-        click.option("--ring-size", type=SizeType(), default=DEFAULT_RING, show_default=True,
+        click.option("--ring-size", type=SizeType(), default=ring, show_default=True,
                      help="Ring buffer size: a power of two, whole pages (4M, 16M, 64M)."),
         click.option("--utc", is_flag=True,
                      help="TIME in UTC instead of local time (JSON time is always UTC)."),
@@ -330,7 +339,7 @@ def _exec_arg_bytes(ctx, param, value):
 
 
 @cli.command("exec", cls=TraceCommand)
-@trace_options
+@trace_options("exec")
 @click.option("--max-args", type=click.IntRange(1, 4096), default=64, show_default=True,
               metavar="N",
               help="Arguments captured per exec, 1 to 4096.  argc is counted "
@@ -366,7 +375,7 @@ def exec_cmd(**opts):
 
 
 @cli.command("open", cls=TraceCommand)
-@trace_options
+@trace_options("open")
 @click.option("-t", "--tid", type=click.IntRange(1, 2**22), metavar="TID",
               help="Only this thread.")
 @click.option("--path", type=PathPrefixType(), metavar="PREFIX",
@@ -382,7 +391,7 @@ def open_cmd(**opts):
 
 
 @cli.command("exit", cls=TraceCommand)
-@trace_options
+@trace_options("exit")
 def exit_cmd(**opts):
     """Every process exit on the host, once per process, with how it ended.
 
@@ -410,7 +419,7 @@ class AddrType(click.ParamType):
 
 
 @cli.command("tcp", cls=TraceCommand)
-@trace_options
+@trace_options("tcp")
 @click.option("--port", type=click.IntRange(1, 65535), metavar="PORT",
               help="Only connections whose local or remote port is PORT.")
 @click.option("--addr", type=AddrType(), metavar="ADDR",
@@ -428,7 +437,7 @@ def tcp_cmd(**opts):
 
 
 @cli.command("tp", cls=TraceCommand)
-@trace_options
+@trace_options("tp")
 @click.argument("tracepoints", nargs=-1, metavar="CATEGORY:EVENT...")
 @click.option("--list", "list_only", is_flag=True,
               help="Print the tracepoints that exist (those matching the arguments, "
@@ -471,7 +480,7 @@ for _param in tp_cmd.params:
 
 
 @cli.command("run", cls=TraceCommand)
-@trace_options
+@trace_options("run")
 @click.argument("file", metavar="FILE.bpf.c", type=click.Path(path_type=str))
 def run_cmd(**opts):
     """A probe of your own: a BCC C file that includes "rbtrace.h".

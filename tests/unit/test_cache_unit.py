@@ -1,0 +1,156 @@
+"""The compile cache's rules and the loader's relocation, without a kernel.
+
+Entries are written and read in a temporary directory; the instructions
+are hand-made (ld_imm64 of a map fd, and others that merely look alike)."""
+import json
+import os
+import stat
+import struct
+
+import numpy as np
+import pytest
+
+from rbtrace import cache
+from rbtrace.bpf import dtype_from_data, dtype_to_data
+from rbtrace.loader import (LD_IMM64, PROG_TYPE_TRACEPOINT, Compiled, MapSpec, ProgSpec,
+                            map_fd_refs, patched)
+
+
+def insn(code, dst=0, src=0, off=0, imm=0):
+    return struct.pack("<BBhi", code, (src << 4) | dst, off, imm)
+
+
+def ld_map(fd, dst=1, src=1):
+    return insn(LD_IMM64, dst, src, 0, fd) + insn(0, 0, 0, 0, 0)
+
+
+MOV_IMM = 0xb7      # r = imm: an imm that looks like an fd but is not a map
+EXIT = 0x95
+
+
+def program(*parts):
+    return b"".join(parts)
+
+
+def test_map_loads_are_found_and_nothing_else():
+    insns = program(insn(MOV_IMM, 1, 0, 0, 7), ld_map(7), ld_map(9, src=2),
+                    ld_map(5, src=0),        # a plain 64-bit constant: not a map
+                    insn(EXIT))
+    assert map_fd_refs(insns) == [(1, 7), (3, 9)]
+
+
+def test_patching_puts_each_maps_fd_in_place():
+    insns = program(ld_map(7), ld_map(9), insn(EXIT))
+    out = patched(insns, [(0, "a"), (2, "b")], {"a": 41, "b": 42})
+    assert map_fd_refs(out) == [(0, 41), (2, 42)]
+    assert out[16 + 8:] == insns[16 + 8:] and len(out) == len(insns)
+
+
+def test_an_unrecorded_map_load_is_refused():
+    """A stale fd left in place could name another map of this process."""
+    insns = program(ld_map(7), ld_map(9), insn(EXIT))
+    with pytest.raises(ValueError, match="instructions \\[2\\]"):
+        patched(insns, [(0, "a")], {"a": 41})
+
+
+def _compiled():
+    return Compiled(license="GPL",
+                    maps=[MapSpec("events", 27, 0, 0, 4096), MapSpec("stats", 6, 4, 8, 4)],
+                    programs=[ProgSpec("tracepoint__a__b", PROG_TYPE_TRACEPOINT, "tracepoint",
+                                       "a:b", program(ld_map(3), insn(EXIT)), [(0, "stats")])],
+                    event_types=[("ev", {"names": ["x"], "formats": ["<u8"], "offsets": [0],
+                                         "itemsize": 8, "c_paths": {"x": "x"}})])
+
+
+@pytest.fixture
+def entries(tmp_path, monkeypatch):
+    monkeypatch.setenv("RBTRACE_CACHE_DIR", str(tmp_path / "cache"))
+    return cache.open_dir()
+
+
+def test_the_directory_is_made_private(entries):
+    st = os.stat(entries)
+    assert stat.S_IMODE(st.st_mode) == 0o700 and st.st_uid == os.geteuid()
+
+
+def test_an_entry_round_trips(entries):
+    c = _compiled()
+    cache.store(entries, "k1", c, "x.bpf.c", {"why": 1})
+    path = entries / ("k1" + cache.SUFFIX)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    back = cache.lookup(entries, "k1")
+    assert back == c
+
+
+def test_a_missing_entry_is_a_quiet_miss(entries, capsys):
+    assert cache.lookup(entries, "nope") is None
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("tamper,why", [
+    (lambda p: os.chmod(p, 0o604), "mode 0604"),
+    (lambda p: p.write_text(p.read_text().replace('"GPL"', '"MIT"')), "digest"),
+    (lambda p: p.write_text(p.read_text()[:-5]), "corrupt"),
+    (lambda p: p.write_text(json.dumps({**json.loads(p.read_text()), "format": 99})),
+     "another format"),
+])
+def test_a_tampered_entry_is_refused_with_one_line(entries, capsys, tamper, why):
+    cache.store(entries, "k1", _compiled(), "x.bpf.c", {})
+    tamper(entries / ("k1" + cache.SUFFIX))
+    assert cache.lookup(entries, "k1") is None
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and why in err[0] and "compiling again" in err[0]
+
+
+def test_another_keys_entry_is_refused(entries, capsys):
+    cache.store(entries, "k1", _compiled(), "x.bpf.c", {})
+    os.rename(entries / ("k1" + cache.SUFFIX), entries / ("k2" + cache.SUFFIX))
+    assert cache.lookup(entries, "k2") is None
+    assert "another key" in capsys.readouterr().err
+
+
+def test_a_symlinked_entry_is_refused(entries, tmp_path, capsys):
+    cache.store(entries, "k1", _compiled(), "x.bpf.c", {})
+    real = tmp_path / "real.json"
+    os.rename(entries / ("k1" + cache.SUFFIX), real)
+    os.symlink(real, entries / ("k1" + cache.SUFFIX))
+    assert cache.lookup(entries, "k1") is None
+    assert "k1" in capsys.readouterr().err
+
+
+def test_a_world_writable_root_is_not_trusted(tmp_path, monkeypatch):
+    root = tmp_path / "open"
+    root.mkdir()
+    os.chmod(root, 0o777)
+    monkeypatch.setenv("RBTRACE_CACHE_DIR", str(root))
+    with pytest.raises(cache.Unsafe, match="can be written by others"):
+        cache.open_dir()
+
+
+def test_list_and_clear(entries):
+    cache.store(entries, "k1", _compiled(), "x.bpf.c", {})
+    cache.store(entries, "k2", _compiled(), "y.bpf.c", {})
+    os.chmod(entries / ("k2" + cache.SUFFIX), 0o644)
+    rows = cache.entries(entries)
+    assert [(p.name, doc is not None, problem is None) for p, doc, problem in rows] == [
+        ("k1" + cache.SUFFIX, True, True), ("k2" + cache.SUFFIX, False, False)]
+    assert cache.clear(entries) == 2 and cache.entries(entries) == []
+
+
+def test_the_key_changes_with_each_input(monkeypatch):
+    monkeypatch.setattr(cache, "btf_digest", lambda: "btf1")
+    base = cache.make_key("int x;", ["A=1"], [], "headers 1")[0]
+    assert base == cache.make_key("int x;", ["A=1"], [], "headers 1")[0]
+    assert base != cache.make_key("int y;", ["A=1"], [], "headers 1")[0]
+    assert base != cache.make_key("int x;", ["A=2"], [], "headers 1")[0]
+    assert base != cache.make_key("int x;", ["A=1"], [], "headers 2")[0]
+    monkeypatch.setattr(cache, "btf_digest", lambda: "btf2")
+    assert base != cache.make_key("int x;", ["A=1"], [], "headers 1")[0]
+
+
+def test_record_layouts_round_trip_through_json():
+    dt = np.dtype({"names": ["a", "s", "arr"], "formats": ["<u4", "S16", ("<i2", (3,))],
+                   "offsets": [0, 8, 24], "itemsize": 32}, metadata={"c_paths": {"a": "h.a"}})
+    back = dtype_from_data(json.loads(json.dumps(dtype_to_data(dt))))
+    assert back == dt and back.itemsize == 32
+    assert back.metadata["c_paths"] == {"a": "h.a"}
