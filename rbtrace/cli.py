@@ -525,7 +525,8 @@ def cache_cmd(action, debug):
             state = "ok"
         out.append(f"{path.name[:16]:<16}  {fields.for_message(probe)[:16]:<16}  {size:>8}  "
                    f"{created:<19}  {state}")
-    sys.stdout.write("\n".join(out) + "\n")
+    from rbtrace.render import Output
+    Output(1, "standard output").write_all(("\n".join(out) + "\n").encode())
     cache.say(f"{len(rows)} compiled probe{'s' if len(rows) != 1 else ''} in {d}")
 
 
