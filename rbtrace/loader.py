@@ -162,12 +162,12 @@ class _PerfEventAttr(ctypes.Structure):
 def libbpf():
     """libbpf.so.1 with the prototypes rbtrace calls (all return -errno on
     failure, libbpf 1.0 semantics)."""
-    name = ctypes.util.find_library("bpf") or "libbpf.so.1"
     try:
         lib = ctypes.CDLL("libbpf.so.1", use_errno=True)
     except OSError:
+        # find_library runs ldconfig -p: only when the soname isn't found.
         try:
-            lib = ctypes.CDLL(name, use_errno=True)
+            lib = ctypes.CDLL(ctypes.util.find_library("bpf") or "libbpf.so.1", use_errno=True)
         except OSError as e:
             from rbtrace.errors import EnvironmentProblem
             raise EnvironmentProblem(f"libbpf is not installed ({e})",
