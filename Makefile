@@ -50,9 +50,13 @@ $(VENV)/.test-installed: $(STAMP)
 	@touch $@
 
 run: setup
+	@$(PY) -m compileall -q rbtrace
 	$(VENV)/bin/rbtrace exec
 
+# Byte-compiled first: where PYTHONDONTWRITEBYTECODE is set, every
+# rbtrace a test starts would otherwise compile the package from source.
 test: setup-test
+	@$(PY) -m compileall -q rbtrace
 	$(PY) -m pytest tests
 
 unit: setup-test

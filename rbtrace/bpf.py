@@ -12,7 +12,6 @@ import os
 import re
 import struct
 import sys
-import tempfile
 
 import numpy as np
 
@@ -48,6 +47,7 @@ def captured_fds():
     sys.stdout.flush()
     sys.stderr.flush()
     captured = Captured()
+    import tempfile    # here, not at start-up: the import costs 5 ms
     with tempfile.TemporaryFile(mode="w+b") as tmp:
         saved = [os.dup(1), os.dup(2)]
         try:

@@ -19,7 +19,6 @@ import json
 import os
 import stat
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -218,6 +217,7 @@ def store(d: Path, key: str, compiled: Compiled, source: str, parts: dict):
     payload = _payload(compiled, source)
     doc = {"format": FORMAT, "key": key, "created": time.time(), "made_of": parts,
            "digest": _sha(_canonical(payload)), "payload": payload}
+    import tempfile    # here, not at start-up: the import costs 5 ms
     fd, tmp = tempfile.mkstemp(dir=d, prefix=".new-", suffix=SUFFIX)
     try:
         with os.fdopen(fd, "wb") as f:

@@ -9,13 +9,12 @@ libbpf's low-level calls (libbpf.so.1, which BCC itself depends on), and a
 tracepoint is attached with perf_event_open, as the kernel's own samples do.
 """
 import ctypes
-import ctypes.util
 import errno as errno_mod
 import functools
 import os
 import platform
 import struct
-from concurrent.futures import ThreadPoolExecutor
+import threading
 from dataclasses import dataclass, field
 
 from rbtrace import kernel
@@ -167,7 +166,8 @@ def libbpf():
     except OSError:
         # find_library runs ldconfig -p: only when the soname isn't found.
         try:
-            lib = ctypes.CDLL(ctypes.util.find_library("bpf") or "libbpf.so.1", use_errno=True)
+            from ctypes.util import find_library
+            lib = ctypes.CDLL(find_library("bpf") or "libbpf.so.1", use_errno=True)
         except OSError as e:
             from rbtrace.errors import EnvironmentProblem
             raise EnvironmentProblem(f"libbpf is not installed ({e})",
@@ -375,18 +375,44 @@ def recursion_misses(prog_fd: int) -> int:
     return int.from_bytes(info.raw[_RECURSION_MISSES_OFF:_RECURSION_MISSES_OFF + 8], "little")
 
 
+def in_threads(calls, workers):
+    """Run `calls` (no-argument callables) on up to `workers` threads; a
+    list of (result, exception) in the order of `calls`.  For system calls
+    that block in the kernel (ctypes and os let go of the GIL meanwhile).
+    Plain threads: concurrent.futures costs every start 5 ms of imports."""
+    results = [None] * len(calls)
+    todo = iter(range(len(calls)))
+    lock = threading.Lock()
+
+    def work():
+        while True:
+            with lock:
+                i = next(todo, None)
+            if i is None:
+                return
+            try:
+                results[i] = (calls[i](), None)
+            except BaseException as e:  # handed to the caller, who decides
+                results[i] = (None, e)
+    threads = [threading.Thread(target=work, daemon=True)
+               for _ in range(max(1, min(workers, len(calls))) - 1)]
+    for t in threads:
+        t.start()
+    work()                              # this thread takes its share too
+    for t in threads:
+        t.join()
+    return results
+
+
 def close_in_parallel(closers):
     """Detach hooks from several threads.  Each detach waits for RCU grace
     periods (tracepoint_synchronize_unregister; for a perf tracepoint under
     the kernel's event_mutex, perf_trace_event_unreg, 6.18): 40-80 ms each
     here, so one after the other the exec probe took 0.4 s to stop.
     Threads overlap the waits outside the mutex."""
-    if len(closers) <= 1:
-        for close in closers:
-            close()
-        return
-    with ThreadPoolExecutor(max_workers=min(8, len(closers))) as pool:
-        list(pool.map(lambda close: close(), closers))
+    for _, e in in_threads(list(closers), 8):
+        if e is not None:
+            raise e
 
 
 class Loaded:
@@ -412,17 +438,16 @@ class Loaded:
             fds = {name: m.fd for name, m in self.maps.items()}
             images = [patched(p.insns, p.map_refs, fds) for p in compiled.programs]
 
-            def one(i):
-                return load_program(compiled.programs[i], images[i], compiled.license)
-            workers = min(len(images), os.cpu_count() or 1) or 1
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                futures = [pool.submit(one, i) for i in range(len(images))]
-                failure = None
-                for p, fut in zip(compiled.programs, futures):
-                    try:
-                        self.prog_fds[p.name] = fut.result()
-                    except LoadError as e:
-                        failure = failure or e
+            calls = [functools.partial(load_program, p, image, compiled.license)
+                     for p, image in zip(compiled.programs, images)]
+            failure = None
+            for p, (fd, e) in zip(compiled.programs, in_threads(calls, os.cpu_count() or 1)):
+                if e is None:
+                    self.prog_fds[p.name] = fd
+                elif isinstance(e, LoadError):
+                    failure = failure or e
+                else:
+                    raise e
             if failure is not None:
                 raise failure
         except BaseException:
