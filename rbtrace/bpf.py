@@ -19,7 +19,8 @@ import numpy as np
 from rbtrace import kernel
 from rbtrace.errors import EnvironmentProblem, ProbeError
 from rbtrace.loader import (INSN_SIZE, PROG_TYPE_RAW_TRACEPOINT, PROG_TYPE_TRACEPOINT, Compiled,
-                            Loaded, LoadError, MapSpec, ProgSpec, map_fd_refs, recursion_misses)
+                            Loaded, LoadError, MapSpec, ProgSpec, link_callbacks, map_fd_refs,
+                            recursion_misses)
 from rbtrace.paths import probes_dir
 from rbtrace.ringbuf import EventType
 
@@ -470,6 +471,10 @@ def _attach_point(name: str, tracepoints: dict):
     return None
 
 
+# LOOP_CALLBACK(n, name) in probes/common.h.
+_CALLBACK_NAME = re.compile(r"^rbtrace_cb(\d+)__\w+$")
+
+
 def _from_bcc(bcc, b, source, tracepoints: dict) -> Compiled:
     """What BCC compiled, as data: each entry point's instructions (BCC
     has patched its own map fds in; each becomes a reference by name), the
@@ -495,14 +500,22 @@ def _from_bcc(bcc, b, source, tracepoints: dict) -> Compiled:
         maps.append(spec)
         by_fd[lib.bpf_table_fd_id(module, i)] = name
     programs, last = [], []
-    for i in range(lib.bpf_num_functions(module)):
-        name = lib.bpf_function_name(module, i).decode()
+    names = [lib.bpf_function_name(module, i).decode() for i in range(lib.bpf_num_functions(module))]
+
+    def code(name):
+        return ctypes.string_at(lib.bpf_function_start(module, name.encode()),
+                                lib.bpf_function_size(module, name.encode()))
+    callbacks = {int(m.group(1)): (name, code(name))
+                 for name in names for m in [_CALLBACK_NAME.match(name)] if m}
+    for name in names:
         point = _attach_point(name, tracepoints)
         if point is None:
             continue
-        start, size = lib.bpf_function_start(module, name.encode()), \
-            lib.bpf_function_size(module, name.encode())
-        insns = ctypes.string_at(start, size)
+        try:
+            insns, subprogs = link_callbacks(code(name), callbacks)
+        except KeyError as e:
+            raise ProbeError(f"{source}: function {name} refers to bpf_loop callback {e.args[0]}, "
+                             f"which has no LOOP_CALLBACK({e.args[0]}, ...) function") from None
         refs = []
         for index, fd in map_fd_refs(insns):
             if fd not in by_fd:
@@ -512,7 +525,7 @@ def _from_bcc(bcc, b, source, tracepoints: dict) -> Compiled:
         kind, target = point
         spec = ProgSpec(name=name, type=PROG_TYPE_RAW_TRACEPOINT if kind == "raw_tracepoint"
                         else PROG_TYPE_TRACEPOINT, attach=kind, target=target,
-                        insns=insns, map_refs=refs)
+                        insns=insns, map_refs=refs, subprogs=subprogs)
         (last if name == "rbtrace_follow_exit" else programs).append(spec)
     # Generated programs (rbtrace tp) go in the order given.
     order = {name: n for n, name in enumerate(tracepoints)}
@@ -542,6 +555,9 @@ class LoadedProbe:
         kernel.ensure_privileges()
         kernel.ensure_tracefs()
         cflags = {k: v for k, v in cflags.items() if k not in ("RING_PAGES", "SELF_PID")}
+        # Decided here, not by the probe, and part of the cache key: a probe
+        # compiled with bpf_loop does not load on a kernel without it.
+        cflags["HAVE_BPF_LOOP"] = int(kernel.bpf_loop_usable())
         ring_bytes = ring_bytes or DEFAULT_RING_BYTES
         text = inline_local_includes(source, [probes_dir()])
         self.headers = kernel.find_headers()
