@@ -516,6 +516,21 @@ def recursion_misses(prog_fd: int) -> int:
     return int.from_bytes(info.raw[_RECURSION_MISSES_OFF:_RECURSION_MISSES_OFF + 8], "little")
 
 
+_VERIFIED_INSNS_OFF = 216                       # offsetof(struct bpf_prog_info, verified_insns)
+
+
+def verified_insns(prog_fd: int) -> int:
+    """Instructions the verifier checked to load the program (Linux 5.16
+    and later; 0 when unknown): its cost to load, paid at every load."""
+    info = ctypes.create_string_buffer(BPF_OBJ_GET_INFO_BY_FD_PROG_INFO_SIZE)
+    size = ctypes.c_uint32(len(info))
+    if libbpf().bpf_obj_get_info_by_fd(prog_fd, info, ctypes.byref(size)) != 0:
+        return 0
+    if size.value < _VERIFIED_INSNS_OFF + 4:
+        return 0
+    return int.from_bytes(info.raw[_VERIFIED_INSNS_OFF:_VERIFIED_INSNS_OFF + 4], "little")
+
+
 def close_in_parallel(closers):
     """Detach hooks from several threads.  Each detach waits for RCU grace
     periods (tracepoint_synchronize_unregister; for a perf tracepoint under
