@@ -173,6 +173,24 @@ def _verifier_log(bcc, module, fn_name, prog_type, level=4) -> str:
     return log.value.decode(errors="replace") + ("\n" + hints if hints else "")
 
 
+def _linked_verifier_log(bcc, p, b, level) -> str:
+    """The verifier's log for program `p`, which has callbacks linked in,
+    loaded as rbtrace loads it (no line info: no "; code @ file:line")."""
+    from rbtrace.loader import FuncBTF, load_program
+    btf = None
+    try:
+        btf = FuncBTF([p])
+        size = 1 << 22 if level == 1 else 1 << 16
+        license = bcc.lib.bpf_module_license(b.module).decode()
+        os.close(load_program(p, p.insns, license, log_level=level, log_size=size, btf=btf))
+        return ""
+    except LoadError as e:
+        return e.log
+    finally:
+        if btf is not None:
+            btf.close()
+
+
 def _load_failure(failure, text, source, cost_hint=None) -> ProbeError:
     """One line for BCC's failure: which size or complexity limit was hit,
     the verifier's reason, the compiler's first error (file:line: error:
@@ -690,11 +708,16 @@ class LoadedProbe:
             return ProbeError(f"{self.source}: {e}", hint="rbtrace doctor")
         prog_type = bcc.BPF.RAW_TRACEPOINT if p.type == PROG_TYPE_RAW_TRACEPOINT \
             else bcc.BPF.TRACEPOINT
+        level = 4 if e.errno == errno.E2BIG else 1
+        if p.subprogs:
+            # BCC's copy lacks the callbacks rbtrace linked in: the log of
+            # the program as loaded (BCC's map fds are still in it).
+            text = _linked_verifier_log(bcc, p, b, level)
+        else:
+            text = _verifier_log(bcc, b.module, p.name.encode(), prog_type, level=level)
         if e.errno == errno.E2BIG:
             text = (f"Program too large ({len(p.insns) // INSN_SIZE} insns), at most 4096 insns\n"
-                    + _verifier_log(bcc, b.module, p.name.encode(), prog_type, level=4))
-        else:
-            text = _verifier_log(bcc, b.module, p.name.encode(), prog_type, level=1)
+                    + text)
         failure = Exception(f"Failed to load BPF program b'{p.name}': {os.strerror(e.errno)}")
         err = _load_failure(failure, text, self.source, self.cost_hint)
         if p.name in self.generated:
