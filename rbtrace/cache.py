@@ -162,7 +162,8 @@ def _compiled(payload) -> Compiled:
         license=payload["license"],
         maps=[MapSpec(**m) for m in payload["maps"]],
         programs=[ProgSpec(**{**p, "insns": base64.b64decode(p["insns"], validate=True),
-                              "map_refs": [tuple(r) for r in p["map_refs"]]})
+                              "map_refs": [tuple(r) for r in p["map_refs"]],
+                              "subprogs": [tuple(x) for x in p.get("subprogs", [])]})
                   for p in payload["programs"]],
         event_types=[tuple(t) for t in payload["event_types"]])
 
