@@ -436,8 +436,11 @@ def test_burst_of_2000_execs_matches_strace_with_nothing_dropped(rbtrace, tmp_pa
     assert len(events) == len(calls) == 2001
     assert sorted(int(e["argv"][2]) for e in events if e["argv"][:2] == ["/bin/true", "burst"]) \
         == list(range(2000))
+    # Each event has its own seq and none is missing.  Their order may
+    # differ slightly from seq's between CPUs: seq is taken before the ring
+    # gives out space (rbtrace(8), JSON OUTPUT).
     seqs = [e["seq"] for e in r.events]
-    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    assert r.summary["dropped"] == 0 and sorted(seqs) == list(range(len(seqs)))
     print(f"burst: {len(events)} events of the workload, {r.summary['delivered']} delivered "
           f"in all, {r.summary['dropped']} dropped, workload {r.took:.2f}s under strace")
 
