@@ -32,6 +32,12 @@ def _stride(payload: int) -> int:
     return (payload + HDR + 7) & ~7
 
 
+# Records per segment: big enough that numpy's fixed cost per call is
+# small, small enough that the session looks at the clock and its signals
+# between segments (an 8 MiB ring can hold 80,000 records, whose decoding
+# takes seconds when the machine is overloaded).
+SEGMENT_RECORDS = 4096
+
 @dataclass
 class EventType:
     """One C event struct: its name, numpy dtype (payload only) and size."""
@@ -98,8 +104,9 @@ class RingConsumer:
         """How full the ring is, 0.0 to 1.0."""
         return min(1.0, self.pending() / self.size)
 
-    def segments(self):
-        """Yield (EventType, records, data_offsets) for committed records.
+    def segments(self, max_records=SEGMENT_RECORDS):
+        """Yield (EventType, records, data_offsets) for committed records,
+        at most `max_records` at a time.
 
         `records` is a structured array viewing the ring (fields under
         `_payload`); it is valid only until the generator resumes, because
@@ -125,7 +132,7 @@ class RingConsumer:
                 raise RuntimeError(f"ring record of unknown size {length} at {cons}")
             et, rec = entry
             stride = rec.itemsize
-            n = min((prod - cons) // stride, self.size // stride)
+            n = min((prod - cons) // stride, self.size // stride, max_records)
             view = np.ndarray((n,), dtype=rec, buffer=self._data_map,
                               offset=mmap.PAGESIZE + off)
             lens = view["_len"]

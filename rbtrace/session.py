@@ -7,6 +7,7 @@ then the counters read, so  submitted == delivered (+ cut by --count)  and
 seen == submitted + dropped.
 """
 import collections
+import math
 import os
 import select
 import signal
@@ -358,7 +359,7 @@ class Session:
                     self.follow.reap()
                     self.stop_reason = self.stop_reason or self.follow.end_reason
             if self.stop_reason is None:
-                self._drain(ring)
+                self._drain(ring, deadline=deadline or math.inf)
                 # Under a storm the ring always holds something, and draining
                 # it as soon as it does makes batches of a few dozen records
                 # whose fixed cost (numpy calls, one write) dominates.  When
@@ -382,9 +383,12 @@ class Session:
                 return
             time.sleep(0.001)
 
-    def _drain(self, ring):
+    def _drain(self, ring, deadline=None):
+        """Deliver what the ring holds.  With a `deadline` (the main loop),
+        stop early once it has passed or a stop was asked for: what is left
+        is delivered after detaching (_drain_after_detach), not lost."""
         try:
-            self._drain_segments(ring)
+            self._drain_segments(ring, deadline)
         except OutputError as e:
             self._output_failed(e)
         except BrokenPipeError:
@@ -393,9 +397,12 @@ class Session:
             self.stop_reason = "output closed"
             self.renderer.output_gone()
 
-    def _drain_segments(self, ring):
+    def _drain_segments(self, ring, deadline=None):
         probe, renderer = self.probe, self.renderer
         for et, records, offsets in ring.segments():
+            if deadline is not None and (self.stop_reason is not None
+                                         or time.monotonic() >= deadline):
+                break       # this segment stays in the ring, unconsumed
             n = len(records)
             if self.count is not None and self.delivered + n >= self.count:
                 keep = self.count - self.delivered

@@ -206,3 +206,17 @@ def test_a_discarded_record_behind_a_busy_one_waits(ring):
     ring.commit(busy, rec_a(0))
     assert drain(c) == [("a", 0)] and c.discarded == 1
     c.close()
+
+
+def test_segments_are_cut_to_max_records_and_each_record_comes_once(ring):
+    """A run of one type longer than max_records comes in several segments
+    (the session checks its clock between them), in order, none twice."""
+    c = ring.consumer([A, B])
+    for seq in range(10):
+        ring.add(rec_a(seq))
+    ring.add(rec_b(10))
+    sizes = [(et.name, [int(s) for s in recs["seq"]]) for et, recs, _ in c.segments(max_records=4)]
+    assert sizes == [("a", [0, 1, 2, 3]), ("a", [4, 5, 6, 7]), ("a", [8, 9]), ("b", [10])]
+    assert ring.consumer_pos == 10 * 24 + 56
+    assert list(c.segments()) == []
+    c.close()

@@ -412,3 +412,53 @@ def test_a_stop_signal_before_cmd_is_released_goes_to_cmd_which_stays_traced(
     assert code in (5, 129) and s.summary["command"]["status"] == code
     assert got.exists() == (code == 5)
     assert s.summary["stopped_by"] == "command exited"
+
+
+# --- a long drain still stops on time ------------------------------------------------
+
+class ConsumingRing(FakeRing):
+    """Like the real ring: a segment is consumed only once the caller asks
+    for the next one, so breaking out leaves it in the ring."""
+
+    def segments(self):
+        while self.batches:
+            recs = self.batches[0]
+            yield "et", recs, np.zeros(len(recs), dtype=np.int64)
+            self.batches.popleft()
+
+
+class StoppingRenderer(FakeRenderer):
+    """A stop signal lands while the first batch is written."""
+
+    def __init__(self, session_ref):
+        super().__init__()
+        self.session_ref = session_ref
+
+    def events(self, events):
+        super().events(events)
+        self.session_ref[0].stop_reason = signal.SIGINT
+
+
+def test_a_stop_signal_ends_a_long_drain_and_the_rest_is_delivered_after_detach():
+    """Under overload one drain could hold 80,000 records and take minutes:
+    a signal (or --duration) must not wait for all of it.  What is left is
+    delivered by the final drain, in order."""
+    ref = [None]
+    s = ref[0] = make_session(renderer=StoppingRenderer(ref))
+    ring = ConsumingRing([records([1, 2]), records([3]), records([4, 5])])
+    s._drain(ring, deadline=float("inf"))
+    assert [e["ret"] for e in s.renderer.events_seen] == [1, 2]
+    assert len(ring.batches) == 2                     # left in the ring, not lost
+    s._drain_after_detach(FakeLoaded(submitted=5), ring)
+    assert [e["ret"] for e in s.renderer.events_seen] == [1, 2, 3, 4, 5]
+    assert s.delivered == 5 and not ring.batches
+
+
+def test_a_duration_that_passes_during_a_drain_ends_it(monkeypatch):
+    clock = iter([5.0, 11.0, 12.0])
+    monkeypatch.setattr(session.time, "monotonic", lambda: next(clock))
+    s = make_session()
+    ring = ConsumingRing([records([1]), records([2]), records([3])])
+    s._drain(ring, deadline=10.0)
+    assert [e["ret"] for e in s.renderer.events_seen] == [1]
+    assert s.delivered == 1 and len(ring.batches) == 2
