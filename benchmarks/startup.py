@@ -52,6 +52,7 @@ from timing import read_line, rss_kib  # noqa: E402
 SETTLE_S = 0.3            # first event to the memory sample
 READY_TIMEOUT = 120.0     # launch to first event, at most (a cold compile on a busy VM)
 STOP_TIMEOUT = 60.0
+OWN_TIMEOUT = 10.0        # then, at most, for the loop's own event (only to check it)
 LOOP_PAUSE_S = 0.002      # between two /bin/true of the background loop
 
 BPFTRACE_EXEC = 'tracepoint:syscalls:sys_enter_execve { printf("%s\\n", str(args->argv[1])); }'
@@ -144,8 +145,8 @@ class Runner:
 
 def measure(argv, env, marker, skip):
     """Launch argv; the time to its first event line (lines for which
-    skip(line) is true don't count), then the line that carries `marker`
-    (our loop's exec), memory SETTLE_S after the first event, SIGINT, wait."""
+    skip(line) is true don't count), memory SETTLE_S after that, and the
+    first line that carries `marker` (our loop's own exec); SIGINT, wait."""
     t0 = time.monotonic()
     p = spawn(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
               stderr=subprocess.PIPE)
@@ -161,20 +162,22 @@ def measure(argv, env, marker, skip):
                 line = read_line(p, READY_TIMEOUT)
             first_s = time.monotonic() - t0
             first = line
-            own = line if marker and marker.encode() in line else None
-            while marker and own is None and time.monotonic() - t0 < first_s + SETTLE_S:
-                line = read_line(p, READY_TIMEOUT)
-                own = line if marker.encode() in line else None
         except RuntimeError as e:
             err.join(5)
             said = err.text().strip().splitlines()
             raise Failure(f"{os.path.basename(argv[0])}: {said[-1] if said else e}") from None
-        # Keep reading: a tracer blocked on a full pipe would never see SIGINT.
-        out = Reader(p.stdout.fileno(), "stdout")
+        # Keep reading (a tracer blocked on a full pipe would never see
+        # SIGINT), and keep the lines that carry the marker.
+        out = Reader(p.stdout.fileno(), "stdout", marker=marker.encode() if marker else None)
         out.start()
         time.sleep(max(0.0, t0 + first_s + SETTLE_S - time.monotonic()))
         rss, hwm = rss_kib(p.pid), rss_kib(p.pid, "VmHWM")
         cpu = cpu_ns(p.pid)
+        own_first = marker is not None and marker.encode() in first
+        deadline = time.monotonic() + OWN_TIMEOUT
+        while marker and not own_first and not out.marked and not out.error \
+                and time.monotonic() < deadline:
+            time.sleep(0.01)
         os.kill(p.pid, signal.SIGINT)
         finish(p, STOP_TIMEOUT)
     finally:
@@ -186,10 +189,14 @@ def measure(argv, env, marker, skip):
                 r.join(10)
         p.stdout.close()
         p.stderr.close()
+    if out.error:
+        raise Failure(f"reading {os.path.basename(argv[0])}'s output: {out.error}")
+    own = (first.decode(errors="replace").rstrip("\n") if own_first
+           else out.marked[0].decode(errors="replace") if out.marked else None)
     run = {"first_event_s": round(first_s, 4), "rss_kib": rss, "hwm_kib": hwm,
            "cpu_s": round(cpu / 1e9, 3), "exit": p.returncode,
            "first_event": first.decode(errors="replace").rstrip("\n"),
-           "own_event": own.decode(errors="replace").rstrip("\n") if own else None}
+           "own_event": own}
     for line in skipped:
         if line.startswith(b'{"type":"start"'):
             run["ring_bytes"] = json.loads(line).get("ring_bytes")
@@ -254,7 +261,7 @@ def tables(result):
     for variant, s in summary.items():
         probe, cache, _, tp = VARIANTS[variant]
         for who, name in (("rbtrace", f"`rbtrace {probe} --json`, {cache} cache"),
-                          ("bpftrace", f"bpftrace one-liner on {tp} ({variant} pairs)")):
+                          ("bpftrace", f"`bpftrace -e` one-liner on {tp} ({variant} pairs)")):
             runs = [p[who] for p in pairs if p["variant"] == variant and p.get(who)]
             if not runs:
                 continue
