@@ -29,6 +29,7 @@ startup-latest.json.  `make bench` runs it after benchmarks/timing.py.
 Without bpftrace it says so on stderr and reports rbtrace alone.
 """
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -54,6 +55,7 @@ READY_TIMEOUT = 120.0     # launch to first event, at most (a cold compile on a 
 STOP_TIMEOUT = 60.0
 OWN_TIMEOUT = 10.0        # then, at most, for the loop's own event (only to check it)
 LOOP_PAUSE_S = 0.002      # between two /bin/true of the background loop
+LOOP_SETTLE_S = 0.3       # the loop's start to the first tracer's launch
 
 BPFTRACE_EXEC = 'tracepoint:syscalls:sys_enter_execve { printf("%s\\n", str(args->argv[1])); }'
 BPFTRACE_OPEN = 'tracepoint:syscalls:sys_enter_openat { printf("%s\\n", str(args->filename)); }'
@@ -72,6 +74,20 @@ while True:
     subprocess.run(["/bin/true", sys.argv[1]])
     time.sleep(float(sys.argv[2]))
 """
+
+
+@contextlib.contextmanager
+def exec_loop(marker):
+    """The background loop, running steadily before a tracer starts (its
+    own Python start-up would otherwise compete with the first tracer's)."""
+    loop = spawn([sys.executable, "-c", LOOP, marker, str(LOOP_PAUSE_S)],
+                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(LOOP_SETTLE_S)
+        yield
+    finally:
+        loop.terminate()
+        loop.wait()
 
 
 def say(msg):
@@ -103,19 +119,15 @@ class Runner:
         """rbtrace then bpftrace, under one background loop."""
         probe, cache, prog, _ = VARIANTS[variant]
         marker = "rbstartup-" + uuid.uuid4().hex[:10]
-        loop = spawn([sys.executable, "-c", LOOP, marker, str(LOOP_PAUSE_S)],
-                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                     stderr=subprocess.DEVNULL)
         cold_dir = None
         try:
             if cache == "cold":
                 self.cold_runs += 1
                 cold_dir = self.private_dir(f"cold-{self.cold_runs}")
-            rb = self.rbtrace_run(probe, cold_dir or self.warm_dir, marker)
-            bt = self.bpftrace_run(prog, marker) if with_bpftrace else None
+            with exec_loop(marker):
+                rb = self.rbtrace_run(probe, cold_dir or self.warm_dir, marker)
+                bt = self.bpftrace_run(prog, marker) if with_bpftrace else None
         finally:
-            loop.terminate()
-            loop.wait()
             if cold_dir:
                 shutil.rmtree(cold_dir, ignore_errors=True)
         row = {"variant": variant, "marker": marker, "rbtrace": rb, "bpftrace": bt}
@@ -129,15 +141,8 @@ class Runner:
         compiled probes there."""
         for probe in probes:
             say(f"filling the warm cache: rbtrace {probe} ...")
-            marker = "rbstartup-warmup"
-            loop = spawn([sys.executable, "-c", LOOP, marker, str(LOOP_PAUSE_S)],
-                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL)
-            try:
+            with exec_loop("rbstartup-warmup"):
                 self.rbtrace_run(probe, self.warm_dir, None)
-            finally:
-                loop.terminate()
-                loop.wait()
         compiled = os.path.join(self.warm_dir, "compiled")
         if not (os.path.isdir(compiled) and os.listdir(compiled)):
             raise Failure(f"the warm-up left no compiled probe in {compiled}")
