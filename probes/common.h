@@ -86,6 +86,22 @@ struct rbtrace_config {
 BPF_ARRAY(rbtrace_config, struct rbtrace_config, 1);
 BPF_ARRAY(seq_counter, u64, 1);
 
+/* bpf_loop callbacks, with HAVE_BPF_LOOP (rbtrace/bpf.py sets it where the
+ * kernel has bpf_loop): the verifier checks a callback's body once, where
+ * it walks a bounded loop once per iteration.  BCC 0.26 compiles a
+ * callback but can't relocate a reference to it, and turns a second
+ * parameter into a kprobe argument; so a callback takes only the index,
+ * keeps its state in a map value, and is referred to by number:
+ *     LOOP_CALLBACK(1, step) { ... return 0 (go on) or 1 (stop); }
+ *     bpf_loop(n, LOOP_CALLBACK_REF(1), 0, 0);
+ * rbtrace (loader.py link_callbacks) appends the function to each program
+ * that refers to it and makes the reference a pseudo-function load. */
+#ifndef HAVE_BPF_LOOP
+#define HAVE_BPF_LOOP 0
+#endif
+#define LOOP_CALLBACK(n, name) int rbtrace_cb##n##__##name(u64 index)
+#define LOOP_CALLBACK_REF(n) ((void *)(0x7262636200000000ULL | (n)))
+
 static __always_inline void count(int which)
 {
     u64 *v = stats.lookup(&which);

@@ -94,6 +94,17 @@ struct exec_scratch {
     char spill[ARGS_BYTES + EXE_BYTES + 8];
     u64 ptrs[2 * PTRS_PER_PAGE];   /* a page of argv pointers, for argc;
                                       twice that, for a masked bound */
+#if HAVE_BPF_LOOP
+    struct {                       /* what the bpf_loop callbacks carry */
+        u64 argv;                  /* the argv array (argument capture) */
+        u64 addr;                  /* the next argv pointer to count */
+        u64 done;                  /* argc counted */
+        void *dentry;              /* the exe path walk */
+        void *mnt;
+        void *vfsmnt;
+        u64 complete;
+    } loop;
+#endif
 };
 
 struct exec_head {
@@ -147,6 +158,91 @@ static __always_inline struct exec_scratch *get_scratch(void)
     return scratch.lookup(&cpu);
 }
 
+/* Counts the argv pointers from *addr to the end of its page into argc:
+ * 1 when argv ends there (or can't be read), else 0 with *addr moved to
+ * the next page.  One round of the argc scan in enter(). */
+static __always_inline int argc_page(struct exec_scratch *s, u64 *addr)
+{
+    struct exec_args *a = &s->a;
+    /* Pointers to the page end; 1 for an unaligned one across pages.
+     * Branchless, so that one verifier state goes round the loop. */
+    u64 n = (4096 - (*addr & 4095)) / sizeof(void *);
+    n |= (n - 1) >> 63;
+    OPAQUE(n);
+    n &= 2 * PTRS_PER_PAGE - 1;   /* no-op (n <= 512): bounds the read */
+    if (bpf_probe_read_user(s->ptrs, n * sizeof(void *), (void *)*addr) < 0) {
+        a->i.flags |= FLAG_ARGV_FAULT | FLAG_ARGC_FAULT;
+        return 1;
+    }
+    /* first = index of the first NULL in ptrs[] (or 512); entries past
+     * n are stale, so a NULL among the first n ends argv. */
+    u64 alive = 1, first = 0;
+#pragma clang loop unroll_count(8)
+    for (int j = 0; j < PTRS_PER_PAGE; j++) {
+        u64 p = s->ptrs[j];
+        u64 neg = 0 - p;
+        OPAQUE(neg);
+        alive &= (p | neg) >> 63;        /* p != 0, without a branch */
+        first += alive;
+    }
+    if (first < n) {
+        a->i.argc += first;
+        return 1;
+    }
+    a->i.argc += n;
+    *addr += n * sizeof(void *);
+    return 0;
+}
+
+/* Captures argument i at the end of data[] (see enter()): 1 when there
+ * are no more to capture, else 0. */
+static __always_inline int capture_arg(struct exec_args *a, const char *const *argv, u32 i)
+{
+    if (i >= a->i.argc)
+        return 1;
+    u64 used = a->i.args_len;
+    if (used >= ARGS_BYTES)
+        return 1;
+    /* A pointer that went bad since it was counted (another thread)
+     * stays NULL, and the string read below fails on it. */
+    const char *arg = 0;
+    bpf_probe_read_user(&arg, sizeof(arg), &argv[i]);
+    /* Reads at most ARGS_BYTES + 1 into data[used ..], spilling past
+     * data[] into the scratch's spill[]: a string is complete iff its
+     * NUL lands below ARGS_BYTES.  On a fault the helper zeroes the
+     * buffer, so an empty argument stands in (flagged). */
+    long r = bpf_probe_read_user_str(&a->data[used], ARGS_BYTES + 1, arg);
+    u64 bad = (u64)r >> 63;
+    OPAQUE(bad);
+    a->i.flags |= bad * FLAG_ARGV_FAULT;
+    a->i.args_len = used + ((r & (bad - 1)) | bad);    /* r, or 1 */
+    return 0;
+}
+
+#if HAVE_BPF_LOOP
+/* The same loops as bpf_loop callbacks, their state in the scratch (the
+ * CPU's slot: tracepoint programs run with preemption off). */
+LOOP_CALLBACK(1, argc_page)
+{
+    struct exec_scratch *s = get_scratch();
+    if (!s)
+        return 1;
+    u64 addr = s->loop.addr;
+    int done = argc_page(s, &addr);
+    s->loop.addr = addr;
+    s->loop.done = done;
+    return done;
+}
+
+LOOP_CALLBACK(2, capture_arg)
+{
+    struct exec_scratch *s = get_scratch();
+    if (!s)
+        return 1;
+    return capture_arg(&s->a, (const char *const *)s->loop.argv, index);
+}
+#endif
+
 static __always_inline int enter(const char *filename, const char *const *argv,
                                  u32 syscall, s32 dirfd, s32 at_flags)
 {
@@ -183,40 +279,21 @@ static __always_inline int enter(const char *filename, const char *const *argv,
      * the read can't fault past the array.  The scan is branchless: per
      * pointer the verifier walks a few ALU instructions and pushes no
      * state, so it can look at tens of thousands of them (a branch per
-     * pointer hits its limit of 8192 pending jumps). */
+     * pointer hits its limit of 8192 pending jumps).  With bpf_loop the
+     * verifier checks one page's work once, not once per page. */
+#if HAVE_BPF_LOOP
+    s->loop.argv = (u64)argv;
+    s->loop.addr = (u64)argv;
+    s->loop.done = done;
+    if (!done)
+        bpf_loop(ARGV_PAGES, LOOP_CALLBACK_REF(1), 0, 0);
+    done = s->loop.done;
+#else
     u64 addr = (u64)argv;
 #pragma clang loop unroll(disable)
-    for (u32 c = 0; !done && c < ARGV_PAGES; c++) {
-        /* Pointers to the page end; 1 for an unaligned one across pages.
-         * Branchless, so that one verifier state goes round the loop. */
-        u64 n = (4096 - (addr & 4095)) / sizeof(void *);
-        n |= (n - 1) >> 63;
-        OPAQUE(n);
-        n &= 2 * PTRS_PER_PAGE - 1;   /* no-op (n <= 512): bounds the read */
-        if (bpf_probe_read_user(s->ptrs, n * sizeof(void *), (void *)addr) < 0) {
-            a->i.flags |= FLAG_ARGV_FAULT | FLAG_ARGC_FAULT;
-            done = 1;
-            break;
-        }
-        /* first = index of the first NULL in ptrs[] (or 512); entries past
-         * n are stale, so a NULL among the first n ends argv. */
-        u64 alive = 1, first = 0;
-#pragma clang loop unroll_count(8)
-        for (int j = 0; j < PTRS_PER_PAGE; j++) {
-            u64 p = s->ptrs[j];
-            u64 neg = 0 - p;
-            OPAQUE(neg);
-            alive &= (p | neg) >> 63;        /* p != 0, without a branch */
-            first += alive;
-        }
-        if (first < n) {
-            a->i.argc += first;
-            done = 1;
-        } else {
-            a->i.argc += n;
-            addr += n * sizeof(void *);
-        }
-    }
+    for (u32 c = 0; !done && c < ARGV_PAGES; c++)
+        done = argc_page(s, &addr);
+#endif
     if (!done)
         a->i.flags |= FLAG_ARGC_CAPPED;
 
@@ -225,28 +302,15 @@ static __always_inline int enter(const char *filename, const char *const *argv,
      * register: loaded back as an unknown scalar it makes every iteration
      * end in the same verifier state, and the body has no branch that
      * does not leave the loop: each argument costs the verifier ~50
-     * instructions and two pending branches (it allows 8192).  (bpf_loop
-     * would lift the bounds, but BCC 0.26 can't relocate its callback.) */
-    for (u32 i = 0; i < MAX_ARGS; i++) {
-        if (i >= a->i.argc)
+     * instructions and two pending branches (it allows 8192); with
+     * bpf_loop, once in all. */
+#if HAVE_BPF_LOOP
+    bpf_loop(MAX_ARGS, LOOP_CALLBACK_REF(2), 0, 0);
+#else
+    for (u32 i = 0; i < MAX_ARGS; i++)
+        if (capture_arg(a, argv, i))
             break;
-        u64 used = a->i.args_len;
-        if (used >= ARGS_BYTES)
-            break;
-        /* A pointer that went bad since it was counted (another thread)
-         * stays NULL, and the string read below fails on it. */
-        const char *arg = 0;
-        bpf_probe_read_user(&arg, sizeof(arg), &argv[i]);
-        /* Reads at most ARGS_BYTES + 1 into data[used ..], spilling past
-         * data[] into the scratch's spill[]: a string is complete iff its
-         * NUL lands below ARGS_BYTES.  On a fault the helper zeroes the
-         * buffer, so an empty argument stands in (flagged). */
-        long r = bpf_probe_read_user_str(&a->data[used], ARGS_BYTES + 1, arg);
-        u64 bad = (u64)r >> 63;
-        OPAQUE(bad);
-        a->i.flags |= bad * FLAG_ARGV_FAULT;
-        a->i.args_len = used + ((r & (bad - 1)) | bad);    /* r, or 1 */
-    }
+#endif
     u64 used = a->i.args_len;
     if (used > ARGS_BYTES)
         used = ARGS_BYTES;                    /* the last string is cut */
@@ -395,6 +459,60 @@ TRACEPOINT_PROBE(syscalls, sys_enter_execveat)
  * at the root of the mount tree the file is in; user space joins the
  * components in reverse.  Needed because execveat(fd, "", AT_EMPTY_PATH)
  * (fexecve) names no path at all. */
+/* One step of the walk in exe_path(): 1 when it ends (*complete set when
+ * the root was reached), else 0. */
+static __always_inline int exe_step(struct exec_scratch *s, void **dentry, void **mnt,
+                                    void **vfsmnt, int *complete)
+{
+    if (*dentry == kernel_ptr(*vfsmnt, VFSMOUNT_MNT_ROOT_OFF)) {
+        void *parent = kernel_ptr(*mnt, MOUNT_MNT_PARENT_OFF);
+        if (!parent || parent == *mnt) {
+            *complete = 1;                          /* the root mount */
+            return 1;
+        }
+        *dentry = kernel_ptr(*mnt, MOUNT_MNT_MOUNTPOINT_OFF);
+        *mnt = parent;
+        *vfsmnt = (char *)parent + MOUNT_MNT_OFF;
+        return 0;
+    }
+    void *up = kernel_ptr(*dentry, DENTRY_D_PARENT_OFF);
+    if (!up || up == *dentry) {
+        *complete = 1;               /* a root that is not a mount root */
+        return 1;
+    }
+    const char *name = kernel_ptr(*dentry, DENTRY_D_NAME_OFF + QSTR_NAME_OFF);
+    u32 used = s->a.i.exe_len;
+    if (used >= EXE_BYTES - NAME_BYTES)
+        return 1;
+    u64 base = (u64)s->a.i.args_len + s->a.i.filename_len;
+    OPAQUE(base);
+    if (base > ARGS_BYTES + FILENAME_BYTES)
+        base = ARGS_BYTES + FILENAME_BYTES;         /* never: for the verifier */
+    int n = bpf_probe_read_kernel_str(&s->a.data[base + used], NAME_BYTES, name);
+    if (n <= 0)
+        return 1;
+    s->a.i.exe_len = used + n;
+    *dentry = up;
+    return 0;
+}
+
+#if HAVE_BPF_LOOP
+LOOP_CALLBACK(3, exe_step)
+{
+    struct exec_scratch *s = get_scratch();
+    if (!s)
+        return 1;
+    void *dentry = s->loop.dentry, *mnt = s->loop.mnt, *vfsmnt = s->loop.vfsmnt;
+    int complete = 0;
+    int stop = exe_step(s, &dentry, &mnt, &vfsmnt, &complete);
+    s->loop.dentry = dentry;
+    s->loop.mnt = mnt;
+    s->loop.vfsmnt = vfsmnt;
+    s->loop.complete = complete;
+    return stop;
+}
+#endif
+
 static __always_inline void exe_path(struct exec_scratch *s)
 {
     void *task = (void *)bpf_get_current_task();
@@ -416,37 +534,18 @@ static __always_inline void exe_path(struct exec_scratch *s)
         s->a.i.flags |= FLAG_EXE_DELETED;
 
     int complete = 0;
-    for (int depth = 0; depth < EXE_DEPTH; depth++) {
-        if (dentry == kernel_ptr(vfsmnt, VFSMOUNT_MNT_ROOT_OFF)) {
-            void *parent = kernel_ptr(mnt, MOUNT_MNT_PARENT_OFF);
-            if (!parent || parent == mnt) {
-                complete = 1;                       /* the root mount */
-                break;
-            }
-            dentry = kernel_ptr(mnt, MOUNT_MNT_MOUNTPOINT_OFF);
-            mnt = parent;
-            vfsmnt = (char *)mnt + MOUNT_MNT_OFF;
-            continue;
-        }
-        void *up = kernel_ptr(dentry, DENTRY_D_PARENT_OFF);
-        if (!up || up == dentry) {
-            complete = 1;            /* a root that is not a mount root */
+#if HAVE_BPF_LOOP
+    s->loop.dentry = dentry;
+    s->loop.mnt = mnt;
+    s->loop.vfsmnt = vfsmnt;
+    s->loop.complete = 0;
+    bpf_loop(EXE_DEPTH, LOOP_CALLBACK_REF(3), 0, 0);
+    complete = s->loop.complete;
+#else
+    for (int depth = 0; depth < EXE_DEPTH; depth++)
+        if (exe_step(s, &dentry, &mnt, &vfsmnt, &complete))
             break;
-        }
-        const char *name = kernel_ptr(dentry, DENTRY_D_NAME_OFF + QSTR_NAME_OFF);
-        u32 used = s->a.i.exe_len;
-        if (used >= EXE_BYTES - NAME_BYTES)
-            break;
-        u64 base = (u64)s->a.i.args_len + s->a.i.filename_len;
-        OPAQUE(base);
-        if (base > ARGS_BYTES + FILENAME_BYTES)
-            base = ARGS_BYTES + FILENAME_BYTES;     /* never: for the verifier */
-        int n = bpf_probe_read_kernel_str(&s->a.data[base + used], NAME_BYTES, name);
-        if (n <= 0)
-            break;
-        s->a.i.exe_len = used + n;
-        dentry = up;
-    }
+#endif
     if (complete)
         s->a.i.flags |= FLAG_EXE;
     else

@@ -12,14 +12,14 @@ import os
 import re
 import struct
 import sys
-import tempfile
 
 import numpy as np
 
 from rbtrace import kernel
 from rbtrace.errors import EnvironmentProblem, ProbeError
 from rbtrace.loader import (INSN_SIZE, PROG_TYPE_RAW_TRACEPOINT, PROG_TYPE_TRACEPOINT, Compiled,
-                            Loaded, LoadError, MapSpec, ProgSpec, map_fd_refs, recursion_misses)
+                            Loaded, LoadError, MapSpec, ProgSpec, link_callbacks, map_fd_refs,
+                            recursion_misses)
 from rbtrace.paths import probes_dir
 from rbtrace.ringbuf import EventType
 
@@ -48,6 +48,7 @@ def captured_fds():
     sys.stdout.flush()
     sys.stderr.flush()
     captured = Captured()
+    import tempfile    # here, not at start-up: the import costs 5 ms
     with tempfile.TemporaryFile(mode="w+b") as tmp:
         saved = [os.dup(1), os.dup(2)]
         try:
@@ -170,6 +171,24 @@ def _verifier_log(bcc, module, fn_name, prog_type, level=4) -> str:
         os.close(fd)
     hints = "\n".join(ln for ln in output.text.splitlines() if ln.startswith("HINT:"))
     return log.value.decode(errors="replace") + ("\n" + hints if hints else "")
+
+
+def _linked_verifier_log(bcc, p, b, level) -> str:
+    """The verifier's log for program `p`, which has callbacks linked in,
+    loaded as rbtrace loads it (no line info: no "; code @ file:line")."""
+    from rbtrace.loader import FuncBTF, load_program
+    btf = None
+    try:
+        btf = FuncBTF([p])
+        size = 1 << 22 if level == 1 else 1 << 16
+        license = bcc.lib.bpf_module_license(b.module).decode()
+        os.close(load_program(p, p.insns, license, log_level=level, log_size=size, btf=btf))
+        return ""
+    except LoadError as e:
+        return e.log
+    finally:
+        if btf is not None:
+            btf.close()
 
 
 def _load_failure(failure, text, source, cost_hint=None) -> ProbeError:
@@ -470,6 +489,10 @@ def _attach_point(name: str, tracepoints: dict):
     return None
 
 
+# LOOP_CALLBACK(n, name) in probes/common.h.
+_CALLBACK_NAME = re.compile(r"^rbtrace_cb(\d+)__\w+$")
+
+
 def _from_bcc(bcc, b, source, tracepoints: dict) -> Compiled:
     """What BCC compiled, as data: each entry point's instructions (BCC
     has patched its own map fds in; each becomes a reference by name), the
@@ -495,14 +518,22 @@ def _from_bcc(bcc, b, source, tracepoints: dict) -> Compiled:
         maps.append(spec)
         by_fd[lib.bpf_table_fd_id(module, i)] = name
     programs, last = [], []
-    for i in range(lib.bpf_num_functions(module)):
-        name = lib.bpf_function_name(module, i).decode()
+    names = [lib.bpf_function_name(module, i).decode() for i in range(lib.bpf_num_functions(module))]
+
+    def code(name):
+        return ctypes.string_at(lib.bpf_function_start(module, name.encode()),
+                                lib.bpf_function_size(module, name.encode()))
+    callbacks = {int(m.group(1)): (name, code(name))
+                 for name in names for m in [_CALLBACK_NAME.match(name)] if m}
+    for name in names:
         point = _attach_point(name, tracepoints)
         if point is None:
             continue
-        start, size = lib.bpf_function_start(module, name.encode()), \
-            lib.bpf_function_size(module, name.encode())
-        insns = ctypes.string_at(start, size)
+        try:
+            insns, subprogs = link_callbacks(code(name), callbacks)
+        except KeyError as e:
+            raise ProbeError(f"{source}: function {name} refers to bpf_loop callback {e.args[0]}, "
+                             f"which has no LOOP_CALLBACK({e.args[0]}, ...) function") from None
         refs = []
         for index, fd in map_fd_refs(insns):
             if fd not in by_fd:
@@ -512,7 +543,7 @@ def _from_bcc(bcc, b, source, tracepoints: dict) -> Compiled:
         kind, target = point
         spec = ProgSpec(name=name, type=PROG_TYPE_RAW_TRACEPOINT if kind == "raw_tracepoint"
                         else PROG_TYPE_TRACEPOINT, attach=kind, target=target,
-                        insns=insns, map_refs=refs)
+                        insns=insns, map_refs=refs, subprogs=subprogs)
         (last if name == "rbtrace_follow_exit" else programs).append(spec)
     # Generated programs (rbtrace tp) go in the order given.
     order = {name: n for n, name in enumerate(tracepoints)}
@@ -542,6 +573,9 @@ class LoadedProbe:
         kernel.ensure_privileges()
         kernel.ensure_tracefs()
         cflags = {k: v for k, v in cflags.items() if k not in ("RING_PAGES", "SELF_PID")}
+        # Decided here, not by the probe, and part of the cache key: a probe
+        # compiled with bpf_loop does not load on a kernel without it.
+        cflags["HAVE_BPF_LOOP"] = int(kernel.bpf_loop_usable())
         ring_bytes = ring_bytes or DEFAULT_RING_BYTES
         text = inline_local_includes(source, [probes_dir()])
         self.headers = kernel.find_headers()
@@ -674,11 +708,16 @@ class LoadedProbe:
             return ProbeError(f"{self.source}: {e}", hint="rbtrace doctor")
         prog_type = bcc.BPF.RAW_TRACEPOINT if p.type == PROG_TYPE_RAW_TRACEPOINT \
             else bcc.BPF.TRACEPOINT
+        level = 4 if e.errno == errno.E2BIG else 1
+        if p.subprogs:
+            # BCC's copy lacks the callbacks rbtrace linked in: the log of
+            # the program as loaded (BCC's map fds are still in it).
+            text = _linked_verifier_log(bcc, p, b, level)
+        else:
+            text = _verifier_log(bcc, b.module, p.name.encode(), prog_type, level=level)
         if e.errno == errno.E2BIG:
             text = (f"Program too large ({len(p.insns) // INSN_SIZE} insns), at most 4096 insns\n"
-                    + _verifier_log(bcc, b.module, p.name.encode(), prog_type, level=4))
-        else:
-            text = _verifier_log(bcc, b.module, p.name.encode(), prog_type, level=1)
+                    + text)
         failure = Exception(f"Failed to load BPF program b'{p.name}': {os.strerror(e.errno)}")
         err = _load_failure(failure, text, self.source, self.cost_hint)
         if p.name in self.generated:
@@ -727,6 +766,8 @@ class LoadedProbe:
         """Per-CPU counters summed: submitted, ringbuf_full, map_full,
         not_followed."""
         stats = self.loaded.map("stats")
+        if stats is None:       # no program reserves a record: nothing counted
+            return [0, 0, 0, 0]
         return [stats.u64_sum(i) for i in
                 (STAT_SUBMITTED, STAT_RINGBUF_FULL, STAT_MAP_FULL, STAT_NOT_FOLLOWED)]
 

@@ -23,7 +23,6 @@ import json
 import os
 import struct
 import sys
-import tempfile
 
 VMLINUX = "/sys/kernel/btf/vmlinux"
 
@@ -309,6 +308,7 @@ def _write_cache(cache_file, identity, entries):
         os.makedirs(directory, exist_ok=True)
         # Written to a temporary file and renamed, so that a concurrent
         # start-up never reads half a file.
+        import tempfile    # here, not at start-up: the import costs 5 ms
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".btf-offsets.")
         try:
             with os.fdopen(fd, "w") as f:

@@ -19,7 +19,6 @@ import json
 import os
 import stat
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -163,7 +162,8 @@ def _compiled(payload) -> Compiled:
         license=payload["license"],
         maps=[MapSpec(**m) for m in payload["maps"]],
         programs=[ProgSpec(**{**p, "insns": base64.b64decode(p["insns"], validate=True),
-                              "map_refs": [tuple(r) for r in p["map_refs"]]})
+                              "map_refs": [tuple(r) for r in p["map_refs"]],
+                              "subprogs": [tuple(x) for x in p.get("subprogs", [])]})
                   for p in payload["programs"]],
         event_types=[tuple(t) for t in payload["event_types"]])
 
@@ -218,6 +218,7 @@ def store(d: Path, key: str, compiled: Compiled, source: str, parts: dict):
     payload = _payload(compiled, source)
     doc = {"format": FORMAT, "key": key, "created": time.time(), "made_of": parts,
            "digest": _sha(_canonical(payload)), "payload": payload}
+    import tempfile    # here, not at start-up: the import costs 5 ms
     fd, tmp = tempfile.mkstemp(dir=d, prefix=".new-", suffix=SUFFIX)
     try:
         with os.fdopen(fd, "wb") as f:

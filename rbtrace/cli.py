@@ -10,7 +10,6 @@ import math
 import mmap
 import os
 import sys
-import traceback
 
 import click
 
@@ -289,6 +288,11 @@ def _run_probe(probe_name, opts):
     if session.command_error is not None:
         raise session.command_error
     return code
+
+
+def _print_traceback():
+    import traceback    # only with --debug: its import costs every start 4 ms
+    traceback.print_exc()
 
 
 def _print_summary(s):
@@ -609,12 +613,12 @@ def main(argv=None):
         code = Exit.OK
     except RbtraceError as e:
         if debug:
-            traceback.print_exc()
+            _print_traceback()
         sys.stderr.write(fields.safe_message(f"rbtrace: {e}") + "\n")
         code = e.exit_code
     except Exception as e:  # a bug: say so in one line, traceback with --debug
         if debug:
-            traceback.print_exc()
+            _print_traceback()
         sys.stderr.write(fields.safe_message(f"rbtrace: internal error: {type(e).__name__}: {e} "
                                              f"(run with --debug for the traceback)") + "\n")
         code = Exit.ERROR

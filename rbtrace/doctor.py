@@ -153,6 +153,19 @@ def _libbpf_check():
     return Check("libbpf", True, f"{lib._name} (loads probes without BCC)")
 
 
+def _bpf_loop_check():
+    if os.environ.get(kernel.NO_BPF_LOOP_ENV) == "1":
+        return Check("bpf_loop", False, f"not used ({kernel.NO_BPF_LOOP_ENV}=1): probes "
+                     "run their bounded loops, which take the verifier longer",
+                     required=False)
+    if kernel.bpf_loop_usable():
+        return Check("bpf_loop", True, "loads with a callback: the verifier checks "
+                     "probes' loops once, not once per iteration", required=False)
+    return Check("bpf_loop", False, "a program calling it did not load (Linux 5.17 "
+                 "and later have it): probes run their bounded loops, which take the "
+                 "verifier longer", required=False)
+
+
 def _cache_check():
     from rbtrace import cache
     try:
@@ -189,6 +202,11 @@ def run_checks(out) -> int:
     checks.append(_guarded("tracefs", True, _tracefs_check))
     checks.append(_guarded("BCC", True, _bcc_check))
     checks.append(_guarded("libbpf", True, _libbpf_check))
+    if privileged:
+        checks.append(_guarded("bpf_loop", False, _bpf_loop_check))
+    else:
+        checks.append(Check("bpf_loop", False, f"not tried: needs {lacking or 'CAP_BPF'}",
+                            "run as root", required=False))
     checks.append(_guarded("compile cache", False, _cache_check))
     ready = {c.name: c.ok for c in checks}
     can_load = privileged and ready["BCC"] and ready["tracefs"] and ready["kernel headers"]

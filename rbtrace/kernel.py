@@ -355,3 +355,26 @@ def btf_offsets(table: dict) -> dict:
 
 def task_offsets() -> dict:
     return btf_offsets(TASK_OFFSETS)
+
+
+# --- BPF features -----------------------------------------------------------
+
+# Set to 1 to compile probes with their bounded-loop fallback even where
+# bpf_loop works (for tests of the fallback, and to compare the two).
+NO_BPF_LOOP_ENV = "RBTRACE_NO_BPF_LOOP"
+
+
+@functools.lru_cache(maxsize=1)
+def _bpf_loop_loads() -> bool:
+    from rbtrace.loader import bpf_loop_loads
+    return bpf_loop_loads()
+
+
+def bpf_loop_usable() -> bool:
+    """Whether probes may run their loops with bpf_loop (HAVE_BPF_LOOP in
+    the C: the verifier checks a callback's body once instead of every
+    iteration of a bounded loop).  Tried by loading a tiny program (Linux
+    5.17 and later), unless RBTRACE_NO_BPF_LOOP=1."""
+    if os.environ.get(NO_BPF_LOOP_ENV) == "1":
+        return False
+    return _bpf_loop_loads()

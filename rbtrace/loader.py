@@ -9,13 +9,12 @@ libbpf's low-level calls (libbpf.so.1, which BCC itself depends on), and a
 tracepoint is attached with perf_event_open, as the kernel's own samples do.
 """
 import ctypes
-import ctypes.util
 import errno as errno_mod
 import functools
 import os
 import platform
 import struct
-from concurrent.futures import ThreadPoolExecutor
+import threading
 from dataclasses import dataclass, field
 
 from rbtrace import kernel
@@ -30,6 +29,7 @@ PROG_TYPE_TRACEPOINT = 5
 PROG_TYPE_RAW_TRACEPOINT = 17
 PSEUDO_MAP_FD = 1        # ld_imm64 src_reg: imm is a map fd
 PSEUDO_MAP_VALUE = 2     # ... imm a map fd, the next imm an offset into its value
+PSEUDO_FUNC = 4          # ... imm the offset of a subprogram (a bpf_loop callback)
 LD_IMM64 = 0x18          # BPF_LD | BPF_IMM | BPF_DW: two instruction slots
 INSN_SIZE = 8
 
@@ -74,6 +74,10 @@ class ProgSpec:
     target: str                     # "category:event", or the raw tracepoint's name
     insns: bytes
     map_refs: list = field(default_factory=list)   # [(instruction index, map name)]
+    # Static subprograms (bpf_loop callbacks) appended after the program
+    # itself: [(instruction index where it starts, its name)].  The kernel
+    # wants BTF func_info for them; the loader makes it (func_btf).
+    subprogs: list = field(default_factory=list)
 
 
 @dataclass
@@ -116,6 +120,48 @@ def patched(insns: bytes, refs, fds: dict) -> bytes:
     for index, name in refs:
         struct.pack_into("<i", out, index * INSN_SIZE + 4, fds[name])
     return bytes(out)
+
+
+# Callback references the compiler could not relocate (see LOOP_CALLBACK in
+# probes/common.h): an ld_imm64 of CALLBACK_MARK << 32 | n stands for the
+# address of the function BCC compiled as rbtrace_cb<n>__<name>.
+CALLBACK_MARK = 0x72626362
+
+
+def callback_marks(insns: bytes):
+    """(instruction index, callback number) of every callback reference."""
+    out = []
+    i, n = 0, len(insns) // INSN_SIZE
+    while i < n:
+        code, regs, _off, imm = struct.unpack_from("<BBhi", insns, i * INSN_SIZE)
+        if code == LD_IMM64:
+            if regs >> 4 == 0 and i + 1 < n and \
+                    struct.unpack_from("<i", insns, (i + 1) * INSN_SIZE + 4)[0] == CALLBACK_MARK:
+                out.append((i, imm))
+            i += 2
+        else:
+            i += 1
+    return out
+
+
+def link_callbacks(insns: bytes, callbacks: dict):
+    """(instructions, subprogs): `insns` with each callback it refers to
+    appended once, and each reference made a BPF_PSEUDO_FUNC load of it.
+    `callbacks`: {number: (name, instructions)}.  A KeyError names a
+    callback number that has no function."""
+    out = bytearray(insns)
+    starts, subprogs = {}, []
+    for index, number in callback_marks(insns):
+        if number not in starts:
+            name, body = callbacks[number]
+            starts[number] = len(out) // INSN_SIZE
+            subprogs.append((starts[number], name))
+            out += body
+        regs = out[index * INSN_SIZE + 1]
+        out[index * INSN_SIZE + 1] = (regs & 0x0F) | (PSEUDO_FUNC << 4)
+        struct.pack_into("<i", out, index * INSN_SIZE + 4, starts[number] - index - 1)
+        struct.pack_into("<i", out, (index + 1) * INSN_SIZE + 4, 0)
+    return bytes(out), subprogs
 
 
 # --- libbpf and libc through ctypes -----------------------------------------
@@ -162,12 +208,13 @@ class _PerfEventAttr(ctypes.Structure):
 def libbpf():
     """libbpf.so.1 with the prototypes rbtrace calls (all return -errno on
     failure, libbpf 1.0 semantics)."""
-    name = ctypes.util.find_library("bpf") or "libbpf.so.1"
     try:
         lib = ctypes.CDLL("libbpf.so.1", use_errno=True)
     except OSError:
+        # find_library runs ldconfig -p: only when the soname isn't found.
         try:
-            lib = ctypes.CDLL(name, use_errno=True)
+            from ctypes.util import find_library
+            lib = ctypes.CDLL(find_library("bpf") or "libbpf.so.1", use_errno=True)
         except OSError as e:
             from rbtrace.errors import EnvironmentProblem
             raise EnvironmentProblem(f"libbpf is not installed ({e})",
@@ -184,6 +231,14 @@ def libbpf():
         "bpf_raw_tracepoint_open": (c.c_int, [c.c_char_p, c.c_int]),
         "bpf_obj_get_info_by_fd": (c.c_int, [c.c_int, c.c_void_p, c.POINTER(c.c_uint32)]),
         "libbpf_num_possible_cpus": (c.c_int, []),
+        "btf__new_empty": (c.c_void_p, []),
+        "btf__add_int": (c.c_int, [c.c_void_p, c.c_char_p, c.c_size_t, c.c_int]),
+        "btf__add_func_proto": (c.c_int, [c.c_void_p, c.c_int]),
+        "btf__add_func_param": (c.c_int, [c.c_void_p, c.c_char_p, c.c_int]),
+        "btf__add_func": (c.c_int, [c.c_void_p, c.c_char_p, c.c_int, c.c_int]),
+        "btf__load_into_kernel": (c.c_int, [c.c_void_p]),
+        "btf__fd": (c.c_int, [c.c_void_p]),
+        "btf__free": (None, [c.c_void_p]),
     }
     for fn, (restype, argtypes) in proto.items():
         f = getattr(lib, fn)
@@ -297,11 +352,66 @@ def create_map(spec: MapSpec) -> Map:
 
 # --- programs -------------------------------------------------------------
 
+BTF_FUNC_STATIC, BTF_FUNC_GLOBAL = 0, 1
+BTF_INT_SIGNED = 1
+
+
+class FuncBTF:
+    """The BTF the kernel wants with a program that has static subprograms
+    (a bpf_loop callback must be one, and known to be one from func_info):
+    a FUNC per program and per subprogram, all of type long (long...).
+    The verifier takes the arguments' types from the helper, not from here.
+    Closed once the programs are loaded (a program keeps its own reference)."""
+
+    def __init__(self, programs):
+        lib = libbpf()
+        self.btf = lib.btf__new_empty()
+        if not self.btf:
+            raise LoadError("BTF for callbacks", ctypes.get_errno() or errno_mod.ENOMEM)
+        self.func_info = {}
+        try:
+            long_t = self._check(lib.btf__add_int(self.btf, b"long", 8, BTF_INT_SIGNED))
+            main_t = self._check(lib.btf__add_func_proto(self.btf, long_t))
+            self._check(lib.btf__add_func_param(self.btf, b"ctx", long_t))
+            cb_t = self._check(lib.btf__add_func_proto(self.btf, long_t))
+            self._check(lib.btf__add_func_param(self.btf, b"index", long_t))
+            self._check(lib.btf__add_func_param(self.btf, b"ctx", long_t))
+            for p in programs:
+                records = [(0, self._check(lib.btf__add_func(self.btf, p.name.encode(),
+                                                              BTF_FUNC_GLOBAL, main_t)))]
+                for start, name in p.subprogs:
+                    records.append((start, self._check(lib.btf__add_func(
+                        self.btf, name.encode(), BTF_FUNC_STATIC, cb_t))))
+                self.func_info[p.name] = (ctypes.c_uint32 * (2 * len(records)))(
+                    *[v for r in records for v in r])
+            self._check(lib.btf__load_into_kernel(self.btf))
+            self.fd = lib.btf__fd(self.btf)
+        except BaseException:
+            self.close()
+            raise
+
+    def _check(self, ret):
+        if ret < 0:
+            raise LoadError("BTF for callbacks", _err(ret))
+        return ret
+
+    def close(self):
+        if self.btf:
+            libbpf().btf__free(self.btf)
+            self.btf = None
+
+
 def load_program(spec: ProgSpec, insns: bytes, license: str, log_level=0,
-                 log_size=1 << 20) -> int:
+                 log_size=1 << 20, btf: FuncBTF = None) -> int:
     """Its fd.  On refusal a LoadError; with `log_level` it carries the
-    verifier's log."""
+    verifier's log.  `btf`: the func_info of a program with subprograms."""
     opts = _ProgLoadOpts(sz=ctypes.sizeof(_ProgLoadOpts), attempts=5)
+    if spec.subprogs:
+        if btf is None:
+            raise LoadError(f"program {spec.name}", errno_mod.EINVAL, program=spec)
+        info = btf.func_info[spec.name]
+        opts.prog_btf_fd, opts.func_info = btf.fd, ctypes.addressof(info)
+        opts.func_info_cnt, opts.func_info_rec_size = len(info) // 2, 8
     log = None
     if log_level:
         log = ctypes.create_string_buffer(log_size)
@@ -315,6 +425,37 @@ def load_program(spec: ProgSpec, insns: bytes, license: str, log_level=0,
                         log.value.decode(errors="replace") if log is not None else "",
                         program=spec)
     return fd
+
+
+BPF_FUNC_LOOP = 181      # uapi/linux/bpf.h, Linux 5.17
+
+
+def _insn(code, dst=0, src=0, off=0, imm=0) -> bytes:
+    return struct.pack("<BBhi", code, dst | src << 4, off, imm)
+
+
+def bpf_loop_loads() -> bool:
+    """Whether the kernel loads a tracepoint program calling bpf_loop with
+    a callback, linked and described the way rbtrace does it for a probe
+    (link_callbacks, FuncBTF): Linux 5.17 and later, with BTF."""
+    mov, ld, call, exit_ = 0xb7, LD_IMM64, 0x85, 0x95
+    main = (_insn(mov, 1, imm=1) + _insn(ld, 2, imm=1) + _insn(0, imm=CALLBACK_MARK) +
+            _insn(mov, 3) + _insn(mov, 4) + _insn(call, imm=BPF_FUNC_LOOP) +
+            _insn(mov, 0) + _insn(exit_))
+    insns, subprogs = link_callbacks(main, {1: ("rbtrace_cb1__probe",
+                                                _insn(mov, 0) + _insn(exit_))})
+    spec = ProgSpec(name="rbtrace_loop", type=PROG_TYPE_TRACEPOINT, attach="tracepoint",
+                    target="", insns=insns, subprogs=subprogs)
+    btf = None
+    try:
+        btf = FuncBTF([spec])
+        os.close(load_program(spec, insns, "GPL", btf=btf))
+        return True
+    except (LoadError, OSError):
+        return False
+    finally:
+        if btf is not None:
+            btf.close()
 
 
 def tracepoint_id(category, event) -> int:
@@ -375,18 +516,59 @@ def recursion_misses(prog_fd: int) -> int:
     return int.from_bytes(info.raw[_RECURSION_MISSES_OFF:_RECURSION_MISSES_OFF + 8], "little")
 
 
+_VERIFIED_INSNS_OFF = 216                       # offsetof(struct bpf_prog_info, verified_insns)
+
+
+def verified_insns(prog_fd: int) -> int:
+    """Instructions the verifier checked to load the program (Linux 5.16
+    and later; 0 when unknown): its cost to load, paid at every load."""
+    info = ctypes.create_string_buffer(BPF_OBJ_GET_INFO_BY_FD_PROG_INFO_SIZE)
+    size = ctypes.c_uint32(len(info))
+    if libbpf().bpf_obj_get_info_by_fd(prog_fd, info, ctypes.byref(size)) != 0:
+        return 0
+    if size.value < _VERIFIED_INSNS_OFF + 4:
+        return 0
+    return int.from_bytes(info.raw[_VERIFIED_INSNS_OFF:_VERIFIED_INSNS_OFF + 4], "little")
+
+
+def in_threads(calls, workers):
+    """Run `calls` (no-argument callables) on up to `workers` threads; a
+    list of (result, exception) in the order of `calls`.  For system calls
+    that block in the kernel (ctypes and os let go of the GIL meanwhile).
+    Plain threads: concurrent.futures costs every start 5 ms of imports."""
+    results = [None] * len(calls)
+    todo = iter(range(len(calls)))
+    lock = threading.Lock()
+
+    def work():
+        while True:
+            with lock:
+                i = next(todo, None)
+            if i is None:
+                return
+            try:
+                results[i] = (calls[i](), None)
+            except BaseException as e:  # handed to the caller, who decides
+                results[i] = (None, e)
+    threads = [threading.Thread(target=work, daemon=True)
+               for _ in range(max(1, min(workers, len(calls))) - 1)]
+    for t in threads:
+        t.start()
+    work()                              # this thread takes its share too
+    for t in threads:
+        t.join()
+    return results
+
+
 def close_in_parallel(closers):
     """Detach hooks from several threads.  Each detach waits for RCU grace
     periods (tracepoint_synchronize_unregister; for a perf tracepoint under
     the kernel's event_mutex, perf_trace_event_unreg, 6.18): 40-80 ms each
     here, so one after the other the exec probe took 0.4 s to stop.
     Threads overlap the waits outside the mutex."""
-    if len(closers) <= 1:
-        for close in closers:
-            close()
-        return
-    with ThreadPoolExecutor(max_workers=min(8, len(closers))) as pool:
-        list(pool.map(lambda close: close(), closers))
+    for _, e in in_threads(list(closers), 8):
+        if e is not None:
+            raise e
 
 
 class Loaded:
@@ -411,18 +593,24 @@ class Loaded:
                 self.maps[spec.name] = create_map(spec)
             fds = {name: m.fd for name, m in self.maps.items()}
             images = [patched(p.insns, p.map_refs, fds) for p in compiled.programs]
+            with_subprogs = [p for p in compiled.programs if p.subprogs]
+            btf = FuncBTF(with_subprogs) if with_subprogs else None
 
-            def one(i):
-                return load_program(compiled.programs[i], images[i], compiled.license)
-            workers = min(len(images), os.cpu_count() or 1) or 1
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                futures = [pool.submit(one, i) for i in range(len(images))]
-                failure = None
-                for p, fut in zip(compiled.programs, futures):
-                    try:
-                        self.prog_fds[p.name] = fut.result()
-                    except LoadError as e:
-                        failure = failure or e
+            calls = [functools.partial(load_program, p, image, compiled.license, btf=btf)
+                     for p, image in zip(compiled.programs, images)]
+            failure = None
+            try:
+                results = in_threads(calls, os.cpu_count() or 1)
+            finally:
+                if btf is not None:
+                    btf.close()
+            for p, (fd, e) in zip(compiled.programs, results):
+                if e is None:
+                    self.prog_fds[p.name] = fd
+                elif isinstance(e, LoadError):
+                    failure = failure or e
+                else:
+                    raise e
             if failure is not None:
                 raise failure
         except BaseException:

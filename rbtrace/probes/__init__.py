@@ -5,6 +5,8 @@ event structs it uses, turns CLI options into -D flags, decodes ring
 segments into events, and names the columns the table shows.
 """
 import base64
+import importlib
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Callable
 
@@ -130,13 +132,25 @@ def shown_list(event: dict, name: str) -> list:
     return [fields.escape_str(x) for x in event[name]]
 
 
-def registry():
-    from rbtrace.probes import exec as exec_probe
-    from rbtrace.probes import open as open_probe
-    from rbtrace.probes import tp as tp_probe
-    from rbtrace.probes import run as run_probe
-    from rbtrace.probes import exit as exit_probe
-    from rbtrace.probes import tcp as tcp_probe
-    return {"exec": exec_probe.ExecProbe, "open": open_probe.OpenProbe, "tp": tp_probe.TpProbe,
-            "run": run_probe.RunProbe, "exit": exit_probe.ExitProbe,
-            "tcp": tcp_probe.TcpProbe}
+class _Registry(Mapping):
+    """Probe classes by command name, each module imported when asked for:
+    a run imports only its own probe (the others' imports cost a warm
+    start tens of milliseconds)."""
+
+    _where = {"exec": ("exec", "ExecProbe"), "open": ("open", "OpenProbe"),
+              "tp": ("tp", "TpProbe"), "run": ("run", "RunProbe"),
+              "exit": ("exit", "ExitProbe"), "tcp": ("tcp", "TcpProbe")}
+
+    def __getitem__(self, name):
+        module, cls = self._where[name]
+        return getattr(importlib.import_module(f"rbtrace.probes.{module}"), cls)
+
+    def __iter__(self):
+        return iter(self._where)
+
+    def __len__(self):
+        return len(self._where)
+
+
+def registry() -> Mapping:
+    return _Registry()

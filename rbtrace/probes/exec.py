@@ -41,10 +41,12 @@ EXE_BYTES = 4096
 CLASSES = (256, 1024, 4096, 16384, 65536, 262144, 1048576)
 
 # Defaults and limits of the capture, mirrored in the exec command's
-# options (rbtrace/cli.py).  Measured on 6.18: the entry program verifies
-# in ~47 instructions per captured argument plus ~4100 per page of argv
-# pointers counted (~730k of the verifier's 1M with 4096 arguments and
-# 129 pages; 8100 arguments was the most that loaded).  Argument bytes
+# options (rbtrace/cli.py).  Measured on 6.18: with its bounded loops (no
+# bpf_loop: before Linux 5.17, or RBTRACE_NO_BPF_LOOP=1) the entry program
+# verifies in ~47 instructions per captured argument plus ~4100 per page of
+# argv pointers counted (~730k of the verifier's 1M with 4096 arguments and
+# 129 pages; 8100 arguments was the most that loaded).  With bpf_loop it
+# is ~4300 whatever the limits (the loop bodies are checked once).  Argument bytes
 # cost no verifier work; up to 3M loads (the pending map's values hit
 # KMALLOC_MAX_SIZE at 4M), 1M is the limit kept, well above what the
 # kernel passes (MAX_ARG_STRLEN is 128K per string, and argv + envp are

@@ -219,7 +219,7 @@ def test_doctor_reports_each_check(kernel_ok):
     out = p.stdout.decode()
     assert p.returncode == 0, out + p.stderr.decode()
     names = ["privileges", "kernel", "ring buffer", "BTF", "kernel headers", "tracefs", "BCC",
-             "libbpf", "compile cache", "hook tracepoint", "hook raw_tracepoint", "hook kprobe", "hook uprobe", "hook fentry"]
+             "libbpf", "bpf_loop", "compile cache", "hook tracepoint", "hook raw_tracepoint", "hook kprobe", "hook uprobe", "hook fentry"]
     lines = out.splitlines()
     assert len(lines) == len(names)
     for name, line in zip(names, lines):
@@ -228,6 +228,8 @@ def test_doctor_reports_each_check(kernel_ok):
         assert status in ("ok", "missing", "no")
     status = {ln.split(None, 1)[1][:20].strip(): ln.split()[0] for ln in lines}
     assert status["hook tracepoint"] == "ok"      # rbtrace itself needs it
+    # Linux 6.18 here has it (5.17+), unless the run forces the fallback.
+    assert status["bpf_loop"] == ("no" if os.environ.get("RBTRACE_NO_BPF_LOOP") == "1" else "ok")
     # kprobes load exactly when the kernel has the kprobe PMU.
     has_kprobes = os.path.exists("/sys/bus/event_source/devices/kprobe")
     assert (status["hook kprobe"] == "ok") == has_kprobes

@@ -331,6 +331,35 @@ def test_compile_error_names_the_users_file_and_line(kernel_ok, tmp_path, case):
     assert "1 error generated" in d.stderr.decode()
 
 
+def test_verifier_refusal_in_a_bpf_loop_callback_says_why(kernel_ok, tmp_path):
+    """A callback is linked in by rbtrace (BCC can't): the verifier's
+    reason comes from the program as rbtrace loads it."""
+    path = tmp_path / "callback.bpf.c"
+    path.write_text("""#include "rbtrace.h"
+struct ev { struct rb_header h; u32 value; };
+RBTRACE_EVENT(ev);
+BPF_HASH(seen, u32, u32);
+
+LOOP_CALLBACK(1, step)
+{
+    u32 key = 1;
+    u32 *v = seen.lookup(&key);
+    return *v & 1;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_kill)
+{
+    bpf_loop(4, LOOP_CALLBACK_REF(1), 0, 0);
+    return 0;
+}
+""")
+    p = run_cli("run", str(path))
+    err = p.stderr.decode()
+    assert p.returncode == 1 and p.stdout == b"" and len(err.splitlines()) == 1, err
+    assert "the kernel's verifier refused the program: R0 invalid mem access " \
+        "'map_value_or_null'" in err, err
+
+
 def test_verifier_refusal_names_the_line(kernel_ok, tmp_path):
     path = tmp_path / "nullcheck.bpf.c"
     path.write_text("""#include "rbtrace.h"

@@ -85,8 +85,11 @@ sys.exit(40 + n)
 def _start(args, **kw):
     """rbtrace in a session of its own (no terminal: a signal can only come
     from kill(2)); returns once its `start` line is out."""
+    # Unbuffered: readline() then takes the start line alone.  A buffered
+    # one could also take the next line (CMD's first exec comes right
+    # after), which communicate(), reading the fd, would then never see.
     p = subprocess.Popen([*RBTRACE, *args], cwd=REPO, env=ENV, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, start_new_session=True, **kw)
+                         stderr=subprocess.PIPE, start_new_session=True, bufsize=0, **kw)
     first = p.stdout.readline()
     if not first:
         p.kill()

@@ -12,7 +12,8 @@ import pytest
 
 from rbtrace import cache
 from rbtrace.bpf import dtype_from_data, dtype_to_data
-from rbtrace.loader import (LD_IMM64, PROG_TYPE_TRACEPOINT, Compiled, MapSpec, ProgSpec,
+from rbtrace.loader import (CALLBACK_MARK, LD_IMM64, PROG_TYPE_TRACEPOINT, PSEUDO_FUNC,
+                            Compiled, MapSpec, ProgSpec, callback_marks, link_callbacks,
                             map_fd_refs, patched)
 
 
@@ -51,6 +52,53 @@ def test_an_unrecorded_map_load_is_refused():
     insns = program(ld_map(7), ld_map(9), insn(EXIT))
     with pytest.raises(ValueError, match="instructions \\[2\\]"):
         patched(insns, [(0, "a")], {"a": 41})
+
+
+def ld_callback(number, dst=2):
+    return insn(LD_IMM64, dst, 0, 0, number) + insn(0, 0, 0, 0, CALLBACK_MARK)
+
+
+CALL = 0x85
+
+
+def test_callback_references_are_found_and_nothing_else():
+    insns = program(insn(MOV_IMM, 1, 0, 0, 4), ld_callback(1), ld_map(7),
+                    insn(LD_IMM64, 2, 0, 0, 1) + insn(0, 0, 0, 0, 5), ld_callback(2), insn(EXIT))
+    assert callback_marks(insns) == [(1, 1), (7, 2)]
+
+
+def test_callbacks_are_appended_once_and_referred_to_as_functions():
+    """Each callback follows the program once, however often it is named;
+    each reference becomes a pseudo-function load of its first
+    instruction, relative to the instruction after the ld_imm64."""
+    main = program(ld_callback(2), insn(CALL, 0, 0, 0, 181), ld_callback(1), ld_callback(2),
+                   insn(EXIT))
+    one = program(insn(MOV_IMM, 0, 0, 0, 0), insn(EXIT))
+    two = program(ld_map(9), insn(MOV_IMM, 0, 0, 0, 1), insn(EXIT))
+    out, subprogs = link_callbacks(main, {1: ("rbtrace_cb1__one", one),
+                                          2: ("rbtrace_cb2__two", two)})
+    n = len(main) // 8
+    assert subprogs == [(n, "rbtrace_cb2__two"), (n + 4, "rbtrace_cb1__one")]
+    assert out[len(main):] == two + one
+    for index, target in ((0, n), (3, n + 4), (5, n)):
+        code, regs, _off, imm = struct.unpack_from("<BBhi", out, index * 8)
+        assert code == LD_IMM64 and regs == (PSEUDO_FUNC << 4) | 2
+        assert index + 1 + imm == target
+        assert struct.unpack_from("<i", out, (index + 1) * 8 + 4)[0] == 0
+    assert callback_marks(out) == []
+    assert map_fd_refs(out) == [(n, 9)]
+
+
+def test_a_callback_without_its_function_is_a_key_error():
+    with pytest.raises(KeyError):
+        link_callbacks(program(ld_callback(3), insn(EXIT)), {1: ("rbtrace_cb1__one", b"")})
+
+
+def test_a_program_with_callbacks_round_trips(entries):
+    c = _compiled()
+    c.programs[0].subprogs = [(2, "rbtrace_cb1__one")]
+    cache.store(entries, "k2", c, "x.bpf.c", {"why": 1})
+    assert cache.lookup(entries, "k2") == c
 
 
 def _compiled():
