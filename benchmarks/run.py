@@ -18,7 +18,9 @@ compiled here with gcc -O2, pinned to the last CPU; tracers unpinned):
 then a latency pass (paced storm, every tracer's output through a pipe or
 pty) and the extras for the man pages: start-up time, the sustained rate
 of `open --json -o /dev/null`.  Prints markdown tables; writes
-benchmarks/results/<timestamp>.json and latest.json.
+benchmarks/results/<timestamp>.json and latest.json.  Then, unless
+--no-extras, benchmarks/timing.py (reaction times, a long storm) and
+benchmarks/startup.py (start-up and memory against bpftrace, pair by pair).
 
   .venv/bin/python benchmarks/run.py [--opens N] [--rate R] [--only a,b]
                                      [--repeat K] [--no-latency] [--no-extras]
@@ -340,6 +342,13 @@ def percentile(values, q):
     return v[min(len(v) - 1, int(round(q * (len(v) - 1))))]
 
 
+def rbtrace_cmd():
+    """How to start rbtrace: the venv's console script, as a user would, else
+    python -m rbtrace."""
+    rb = os.path.join(os.path.dirname(sys.executable), "rbtrace")
+    return [rb] if os.path.exists(rb) else [sys.executable, "-m", "rbtrace"]
+
+
 # --- the workload ----------------------------------------------------------
 
 class Bench:
@@ -349,9 +358,7 @@ class Bench:
         self.storm = os.path.join(self.tmp, COMM)
         subprocess.run(["gcc", "-O2", "-o", self.storm, os.path.join(HERE, "storm.c")], check=True)
         self.cpu = max(os.sched_getaffinity(0))
-        exe_dir = os.path.dirname(sys.executable)
-        rb = os.path.join(exe_dir, "rbtrace")
-        self.rbtrace = [rb] if os.path.exists(rb) else [sys.executable, "-m", "rbtrace"]
+        self.rbtrace = rbtrace_cmd()
         self.baseline = [sys.executable, os.path.join(HERE, "bcc_baseline.py")]
         self.loader_opens = self._loader_opens()
 
@@ -969,7 +976,7 @@ def main():
     ap.add_argument("--latency-rate", type=float, default=50_000)
     ap.add_argument("--no-latency", action="store_true", help="skip the paced latency pass")
     ap.add_argument("--no-extras", action="store_true",
-                    help="skip start-up times and sustained-rate runs")
+                    help="skip start-up times, sustained-rate runs, timing.py and startup.py")
     ap.add_argument("--startup-repeat", type=int, default=3)
     ap.add_argument("--quiet-pct", type=float, default=10,
                     help="before each run, wait until the machine is at most this %% busy")
@@ -1126,6 +1133,12 @@ def main():
             timing += ["--repeat", "1", "--burst", "2000", "--soak-seconds", "2"]
         if subprocess.run(timing).returncode != 0:
             failed.append("timing.py")
+        # Start-up and memory against bpftrace, pair by pair.
+        startup = [sys.executable, os.path.join(HERE, "startup.py"), "--results", args.results]
+        if args.smoke:
+            startup += ["--repeat", "1", "--quiet-wait", "0"]
+        if subprocess.run(startup).returncode != 0:
+            failed.append("startup.py")
     if failed:
         sys.exit(f"run.py: {len(failed)} row(s) failed: {', '.join(failed)}")
 

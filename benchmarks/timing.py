@@ -64,10 +64,11 @@ def read_line(p, timeout=HANG_GUARD):
     return buf
 
 
-def rss_kib(pid):
+def rss_kib(pid, field="VmRSS"):
+    """A memory field of /proc/PID/status (VmRSS, VmHWM...), KiB."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
     return None
 

@@ -5,8 +5,10 @@ bpftrace, strace), the latency pass and the extras, each on a storm of a
 few thousand opens.  The numbers mean nothing here; what is checked is that
 every row is there and its accounting holds: each traced variant saw
 exactly the storm's opens (plus the loader's), and delivered + dropped ==
-seen.  A baseline that crashes (as bcc_baseline.py did when
-LoadedProbe.counters() grew a fourth counter) fails this test.
+seen.  benchmarks/startup.py runs one pair per variant, and its fields are
+checked for sane values, not for speed.  A baseline that crashes (as
+bcc_baseline.py did when LoadedProbe.counters() grew a fourth counter)
+fails this test.
 """
 import json
 import os
@@ -14,10 +16,13 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
 
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 import run as bench  # noqa: E402  (the driver: its variant list)
+import startup  # noqa: E402  (start-up against bpftrace: its variants)
 
 TRACED = [v for v in bench.VARIANTS if v != "untraced"]
 # The latency pass skips these two: nothing to time.
@@ -89,7 +94,8 @@ def test_make_bench_runs_every_row(tmp_path, kernel_ok):
 
     # The printed report: one row per variant in the main table, the
     # extras' tables, and the targets computed from them.
-    rows = re.findall(r"^\| ([a-z-]+)[ (|]", p.stdout, re.M)
+    # (run.py's own tables: startup.py's, further down, name bpftrace too.)
+    rows = re.findall(r"^\| ([a-z-]+)[ (|]", result["tables_markdown"], re.M)
     assert [r for r in rows if r in bench.VARIANTS] == list(bench.VARIANTS), p.stdout
     assert "| rbtrace exec --json |" in p.stdout and "| rbtrace open --json |" in p.stdout
     for target in ("(a) rbtrace-json", "(b) rbtrace-json", "(c) rbtrace-json"):
@@ -102,3 +108,64 @@ def test_make_bench_runs_every_row(tmp_path, kernel_ok):
                 "| soak "):
         assert row in timing, timing
     assert "NOT EXACT" not in timing, timing
+
+    # Then benchmarks/startup.py, one pair per variant: rbtrace and bpftrace
+    # each reached a first event and were measured, and the ratios follow.
+    with open(results / "startup-latest.json") as f:
+        st = json.load(f)
+    _check_startup(st, with_bpftrace=True)
+    assert timing.endswith(st["tables_markdown"] + "\n"), timing
+    for variant in startup.VARIANTS:
+        probe, cache = startup.VARIANTS[variant][:2]
+        assert f"| `rbtrace {probe} --json`, {cache} cache |" in st["tables_markdown"]
+
+
+def _check_startup(st, with_bpftrace):
+    assert "error" not in st, st.get("error")
+    assert st["options"]["repeat"] == 1 and st["bpftrace"] is with_bpftrace
+    variants = st["options"]["only"].split(",")
+    assert [p["variant"] for p in st["pairs"]] == variants
+    for pair in st["pairs"]:
+        assert "error" not in pair, pair
+        probe = startup.VARIANTS[pair["variant"]][0]
+        rb, bt = pair["rbtrace"], pair["bpftrace"]
+        for run in (rb, bt) if with_bpftrace else (rb,):
+            assert run["first_event_s"] > 0 and run["cpu_s"] > 0, pair
+            assert 0 < run["rss_kib"] <= run["hwm_kib"], pair
+        # Stopped by SIGINT: rbtrace exits 130 (documented), bpftrace 0.
+        assert rb["exit"] == 130, pair
+        assert rb["ring_bytes"] > 0, pair
+        first = json.loads(rb["first_event"])
+        assert first["type"] == probe and first["pid"] > 0, first
+        if with_bpftrace:
+            assert bt["exit"] == 0, pair
+            assert not bt["first_event"].startswith("Attaching"), pair
+            assert pair["ratio"]["first_event"] == pytest.approx(
+                rb["first_event_s"] / bt["first_event_s"], rel=0.01)
+            assert pair["ratio"]["rss"] == pytest.approx(rb["rss_kib"] / bt["rss_kib"], rel=0.01)
+        else:
+            assert bt is None and "ratio" not in pair
+        if probe == "exec":
+            # The background loop's own exec came out whole (the first event
+            # may be another process's on a shared machine).
+            own = json.loads(rb["own_event"])
+            assert (own["type"], own["filename"], own["argv"]) == \
+                ("exec", "/bin/true", ["/bin/true", pair["marker"]]), own
+            if with_bpftrace:
+                assert bt["own_event"] == pair["marker"], pair
+
+
+def test_startup_without_bpftrace(tmp_path, kernel_ok):
+    """No bpftrace: one line on stderr says so, rbtrace is measured alone."""
+    p = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "startup.py"),
+                        "--repeat", "1", "--quiet-wait", "0", "--only", "exec-warm",
+                        "--bpftrace", str(tmp_path / "no-bpftrace"), "--results", str(tmp_path)],
+                       cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "Traceback" not in p.stderr, p.stderr
+    said = [ln for ln in p.stderr.splitlines() if "not installed" in ln]
+    assert len(said) == 1 and "no-bpftrace" in said[0], p.stderr
+    with open(tmp_path / "startup-latest.json") as f:
+        st = json.load(f)
+    _check_startup(st, with_bpftrace=False)
+    assert "rbtrace alone" in p.stdout and "rbtrace / bpftrace" not in p.stdout, p.stdout
