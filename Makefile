@@ -66,6 +66,7 @@ kernel: setup-test
 	$(PY) -m pytest tests/kernel
 
 bench: setup-test
+	@$(PY) -m compileall -q rbtrace
 	$(PY) benchmarks/run.py
 
 clean:
