@@ -70,10 +70,10 @@ FORCED_REASON = f"refused by {FORCE_UNLOADABLE} (a testing aid)"
 def try_hook(kind) -> tuple:
     if kind in os.environ.get(FORCE_UNLOADABLE, "").split(","):
         return False, FORCED_REASON
-    from rbtrace.bpf import captured_fds, prepare
-    bcc, _ = prepare()
+    from rbtrace.bpf import captured_fds, compile_cwd, prepare
+    bcc, headers = prepare()
     text, prog_type, attach = _HOOK_PROGRAMS[kind]
-    with captured_fds() as output:
+    with captured_fds() as output, compile_cwd(headers):
         try:
             b = bcc.BPF(text=text)
             if prog_type:
