@@ -133,7 +133,13 @@ def _btf_check():
 
 
 def _headers_check():
-    return Check("kernel headers", True, kernel.find_headers().how)
+    """Which of the two modes the probes compile in: against a headers
+    tree, or from the kernel's BTF alone (rbtrace/btftree.py)."""
+    headers = kernel.find_headers()
+    if headers.btf:
+        return Check("kernel headers", True, headers.how)
+    return Check("kernel headers", True, f"headers tree: {headers.how}; "
+                                         f"rbtrace run compiles from BTF alone")
 
 
 def _tracefs_check():
