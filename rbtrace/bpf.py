@@ -326,8 +326,8 @@ def _missing_include(text, source):
     name, line, header = m.groups()
     return ProbeError(f"{name}:{line}: <{header}> is not available: no kernel headers are "
                       f"used here, the kernel's types come from its BTF and are declared "
-                      f"already", hint="remove the #include; rbtrace-run(8) lists what a "
-                                      "probe can include then (KERNEL TYPES)")
+                      f"already", hint="remove the #include: \"Kernel types\" in "
+                                      "rbtrace-run(8) lists what a probe can include")
 
 
 _LOCAL_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"]+)"[ \t]*$')
