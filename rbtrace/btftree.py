@@ -72,7 +72,11 @@ EMPTY_STUBS = ("linux/bpf_common.h", "linux/log2.h", "uapi/linux/bpf.h",
 
 def _libbcc_path() -> str:
     """The file of the libbcc this process maps (bcc's Python module loads it)."""
-    ctypes.CDLL("libbcc.so.0")
+    try:
+        ctypes.CDLL("libbcc.so.0")
+    except OSError as e:
+        raise EnvironmentProblem(f"BCC's library is not installed ({e})",
+                                 hint="apt-get install python3-bpfcc") from e
     with open("/proc/self/maps") as f:
         for line in f:
             path = line.split(maxsplit=5)[-1].strip()
