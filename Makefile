@@ -11,14 +11,17 @@
 VENV      := .venv
 PY        := $(VENV)/bin/python
 ARCH      := $(shell dpkg --print-architecture 2>/dev/null || echo amd64)
-# Runtime: BCC and kernel headers (any version: rbtrace merges Debian's
-# split trees and reads struct offsets from BTF).  Tests: the ground truths
+# Runtime: BCC.  No kernel headers: without them rbtrace compiles from the
+# running kernel's BTF (rbtrace/btftree.py), and headers of another
+# version (all Debian has for this kernel) would add nothing but 64 MB.
+# Tests: kernel headers (any version), so that both ways of compiling are
+# tested (tests/kernel/test_no_headers.py hides them); the ground truths
 # (strace, /proc via procps), tmux for the live table, jq for the man
 # page recipes, groff-base and man-db (groff, man, lexgrog) to render the
 # man pages, gcc/make for workloads, bpftool to check nothing is left
 # loaded.  bpftrace is a benchmark baseline.
-APT_RUN   := python3-bpfcc python3-venv python3-pip linux-headers-$(ARCH)
-APT_TEST  := strace tmux jq gcc libc6-dev make bpftool bpftrace procps util-linux groff-base man-db
+APT_RUN   := python3-bpfcc python3-venv python3-pip
+APT_TEST  := linux-headers-$(ARCH) strace tmux jq gcc libc6-dev make bpftool bpftrace procps util-linux groff-base man-db
 STAMP     := $(VENV)/.installed
 
 .PHONY: setup setup-test run test unit kernel bench clean

@@ -309,9 +309,44 @@ def prepare():
     kernel.ensure_privileges()
     kernel.ensure_tracefs()
     headers = kernel.find_headers()
+    use_headers(headers)
+    return import_bcc(), headers
+
+
+def use_headers(headers):
+    """Point BCC at `headers` (BCC reads BCC_KERNEL_SOURCE at each compile)."""
     if headers.path is not None:
         os.environ["BCC_KERNEL_SOURCE"] = str(headers.path)
-    return import_bcc(), headers
+    else:
+        os.environ.pop("BCC_KERNEL_SOURCE", None)
+
+
+@contextlib.contextmanager
+def compile_cwd(headers):
+    """Run the compiler in headers.cwd: BCC looks for headers in the working
+    directory before the kernel tree, where a stray linux/types.h would win."""
+    saved = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.chdir(headers.cwd)
+        yield
+    finally:
+        os.fchdir(saved)
+        os.close(saved)
+
+
+_NOT_FOUND = re.compile(r"^(\S+?):(\d+):\d+: fatal error: '([^']+)' file not found", re.M)
+
+
+def _missing_include(text, source):
+    """In BTF mode, a header the tree doesn't have, said as such."""
+    m = _NOT_FOUND.search(text)
+    if m is None:
+        return None
+    name, line, header = m.groups()
+    return ProbeError(f"{name}:{line}: <{header}> is not available: no kernel headers are "
+                      f"used here, the kernel's types come from its BTF and are declared "
+                      f"already", hint="remove the #include: \"Kernel types\" in "
+                                      "rbtrace-run(8) lists what a probe can include")
 
 
 _LOCAL_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"]+)"[ \t]*$')
@@ -464,6 +499,18 @@ def compile_flags(cflags: dict) -> list:
             for name, value in {**kernel.task_offsets(), **cflags}.items()]
 
 
+def defines(flags) -> str:
+    """-D flags as #define lines for the top of the source.  Given as -D,
+    they would be defined before the kernel's types are read, and a name
+    the kernel has too (FILTER_COMM is one of its enumerators) would
+    break its declaration."""
+    out = []
+    for flag in flags:
+        name, _, value = flag[2:].partition("=")
+        out.append(f"#define {name} {value if value else 1}\n")
+    return "".join(out)
+
+
 def _key_flags(cflags: dict) -> list:
     """The options part of the cache key: what the kernel decides (offsets,
     group_dead) is keyed by the kernel's identity, so it need not be read
@@ -560,12 +607,15 @@ class LoadedProbe:
     imports bcc."""
 
     def __init__(self, source, cflags: dict, event_structs, debug=False, tracepoints=(),
-                 cost_hint=None, ring_bytes=None, use_cache=True, attach=True):
+                 cost_hint=None, ring_bytes=None, use_cache=True, attach=True,
+                 kernel_types=False):
         """`tracepoints`: (function name, "category:event") pairs to load and
         attach besides what BCC attaches by name (generated sources).
         `cost_hint`: the options that make the probe cheaper to verify, for
         when the verifier gives up.  `ring_bytes`: the ring's size.
-        `attach`: False to load (verify) only."""
+        `attach`: False to load (verify) only.  `kernel_types`: the source
+        reads kernel structs by their C types (a user's probe): compile it
+        against the running kernel's BTF (kernel.find_headers)."""
         from rbtrace import cache
         self.cost_hint = cost_hint
         self.source = source
@@ -578,7 +628,7 @@ class LoadedProbe:
         cflags["HAVE_BPF_LOOP"] = int(kernel.bpf_loop_usable())
         ring_bytes = ring_bytes or DEFAULT_RING_BYTES
         text = inline_local_includes(source, [probes_dir()])
-        self.headers = kernel.find_headers()
+        self.headers = kernel.find_headers(kernel_types=kernel_types)
         self.from_cache = False
         self.loaded = None
         entries, key = None, None
@@ -620,8 +670,7 @@ class LoadedProbe:
 
     def _compile(self, text, cflags, source, event_structs, debug):
         """(bcc, the BPF object, Compiled): BCC compiles; nothing is loaded."""
-        if self.headers.path is not None:
-            os.environ["BCC_KERNEL_SOURCE"] = str(self.headers.path)
+        use_headers(self.headers)
         bcc = import_bcc()
         for category, event in _TRACEPOINT_USE.findall(code_only(text)):
             if not kernel.tracepoint_exists(category, event):
@@ -633,16 +682,18 @@ class LoadedProbe:
         class CompileOnly(bcc.BPF):
             def _trace_autoload(self):
                 pass        # rbtrace/loader.py loads and attaches
-        with captured_fds() as output:
+        text = defines(flags) + text
+        with captured_fds() as output, compile_cwd(self.headers):
             try:
-                b = CompileOnly(text=text.encode(errors="surrogateescape"), cflags=flags)
+                b = CompileOnly(text=text.encode(errors="surrogateescape"), cflags=[])
                 failure = None
             except Exception as e:  # BCC raises bare Exception for all of these
                 failure = e
         if debug and output.text.strip():
             sys.stderr.write(output.text)
         if failure is not None:
-            raise _load_failure(failure, output.text, source, self.cost_hint)
+            missing = _missing_include(output.text, source) if self.headers.btf else None
+            raise missing or _load_failure(failure, output.text, source, self.cost_hint)
         try:
             compiled = _from_bcc(bcc, b, source, self.generated)
             event_types = [self._event_type(bcc, b, name, source) for name in event_structs]

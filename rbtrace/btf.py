@@ -30,7 +30,7 @@ _MAGIC = 0xEB9F
 _HEADER = "HBBIIIII"        # magic, version, flags, hdr_len, type/str off/len
 _HEADER_LEN = struct.calcsize("<" + _HEADER)
 
-_INT, _PTR, _STRUCT, _UNION = 1, 2, 4, 5
+_INT, _PTR, _STRUCT, _UNION, _ENUM, _ENUM64 = 1, 2, 4, 5, 6, 19
 _TYPEDEF, _VOLATILE, _CONST, _RESTRICT, _TYPE_TAG = 8, 9, 10, 11, 18
 # Kinds that only qualify or rename another type: a member declared with
 # one of them still has the layout of the type underneath.
@@ -147,6 +147,32 @@ class BTF:
             raise BTFError(f"struct {struct} is ambiguous: BTF has several, with "
                            f"member {path!r} at offsets {sorted(offsets)}")
         return offsets.pop()
+
+    def _name(self, offset) -> str:
+        end = self._strings.find(b"\0", offset)
+        return self._strings[offset:end if end != -1 else None].decode(errors="replace")
+
+    def tags(self) -> set:
+        """The names of every struct, union and enum (C's tag namespace)."""
+        words, found = self._words, set()
+        for start in self._starts[1:]:
+            if (words[start + 1] >> 24) & 0x1F in (_STRUCT, _UNION, _ENUM, _ENUM64) and words[start]:
+                found.add(self._name(words[start]))
+        return found
+
+    def enums(self) -> list:
+        """[(enum name, or "" when anonymous, [enumerator names])]."""
+        words, found = self._words, []
+        for start in self._starts[1:]:
+            info = words[start + 1]
+            kind = (info >> 24) & 0x1F
+            if kind in (_ENUM, _ENUM64):
+                step = 2 if kind == _ENUM else 3
+                first = start + 3
+                members = [self._name(words[m])
+                           for m in range(first, first + step * (info & 0xFFFF), step)]
+                found.append((self._name(words[start]) if words[start] else "", members))
+        return found
 
     def _struct_ids(self, name):
         ids = [tid for off in self._name_offsets(name) for tid in self._structs.get(off, ())]

@@ -59,9 +59,15 @@ def open_dir(root=None, create=True) -> Path:
     """The entries' directory, checked (and made, mode 0700, if missing;
     with create=False a missing one is returned as it is).  Unsafe when it
     can't be trusted."""
+    return open_subdir("compiled", root, create)
+
+
+def open_subdir(name, root=None, create=True) -> Path:
+    """The cache's directory `name` (compiled entries, BTF kernel trees),
+    checked as open_dir() checks the entries' directory."""
     root = Path(root or cache_root())
     euid = os.geteuid()
-    d = entries_dir(root)
+    d = root / name
     if not create and not d.exists():
         return d
     try:

@@ -70,10 +70,10 @@ FORCED_REASON = f"refused by {FORCE_UNLOADABLE} (a testing aid)"
 def try_hook(kind) -> tuple:
     if kind in os.environ.get(FORCE_UNLOADABLE, "").split(","):
         return False, FORCED_REASON
-    from rbtrace.bpf import captured_fds, prepare
-    bcc, _ = prepare()
+    from rbtrace.bpf import captured_fds, compile_cwd, prepare
+    bcc, headers = prepare()
     text, prog_type, attach = _HOOK_PROGRAMS[kind]
-    with captured_fds() as output:
+    with captured_fds() as output, compile_cwd(headers):
         try:
             b = bcc.BPF(text=text)
             if prog_type:
@@ -133,7 +133,13 @@ def _btf_check():
 
 
 def _headers_check():
-    return Check("kernel headers", True, kernel.find_headers().how)
+    """Which of the two modes the probes compile in: against a headers
+    tree, or from the kernel's BTF alone (rbtrace/btftree.py)."""
+    headers = kernel.find_headers()
+    if headers.btf:
+        return Check("kernel headers", True, headers.how)
+    return Check("kernel headers", True, f"headers tree: {headers.how}; "
+                                         f"rbtrace run compiles from BTF alone")
 
 
 def _tracefs_check():

@@ -116,7 +116,27 @@ RINGBUF_MAX_BYTES = 1 << 31
 @dataclass
 class Headers:
     path: Path          # handed to BCC as BCC_KERNEL_SOURCE (None: BCC's default)
-    how: str            # one line for `doctor` and --debug
+    how: str            # one line for `doctor` and --debug; part of the compile cache key
+    btf: bool = False   # a tree generated from BTF alone (rbtrace/btftree.py)
+
+    @property
+    def cwd(self) -> Path:
+        """Where the compiler runs: BCC searches its working directory for
+        headers before the tree, so it runs where no header can be left by
+        others (the BTF tree's own empty directory, or /)."""
+        return self.path / "empty" if self.btf else Path("/")
+
+
+def btf_headers() -> Headers:
+    """The tree rbtrace writes from the running kernel's BTF."""
+    from rbtrace.btftree import btf_tree
+    if not VMLINUX_BTF.exists():
+        raise EnvironmentProblem(
+            f"no kernel headers found, and no {VMLINUX_BTF} to compile from instead "
+            f"(a kernel built without CONFIG_DEBUG_INFO_BTF)",
+            hint=f"apt-get install linux-headers-{_debian_arch()}")
+    tree = btf_tree()
+    return Headers(tree, f"none: BTF alone ({VMLINUX_BTF}), types written to {tree}", btf=True)
 
 
 def _debian_arch():
@@ -183,21 +203,30 @@ def _merged_debian_headers(src_root: Path):
                         f"merged under {dst}")
 
 
-def find_headers(release=None, modules_root=Path("/lib/modules"), src_root=Path("/usr/src")) -> Headers:
+def find_headers(release=None, modules_root=Path("/lib/modules"), src_root=Path("/usr/src"),
+                 kernel_types=False) -> Headers:
     """Kernel headers BCC can compile against, found without user help.
 
-    Order: an explicit RBTRACE_KERNEL_HEADERS; the running kernel's own
-    build tree; the kernel's built-in /sys/kernel/kheaders.tar.xz (BCC
-    unpacks it itself); Debian's split headers for another version, merged.
-    Headers of another version are fine because rbtrace's probes read no
-    kernel struct through them (offsets come from BTF).
+    Order: an explicit RBTRACE_KERNEL_HEADERS (a tree, or "btf"); the
+    running kernel's own build tree; the kernel's built-in
+    /sys/kernel/kheaders.tar.xz (BCC unpacks it itself); Debian's split
+    headers for another version, merged; else a tree written from the
+    running kernel's BTF.  Headers of another version are fine because
+    rbtrace's probes read no kernel struct through them (offsets come from
+    BTF).  `kernel_types`: the probe reads kernel structs by their C types
+    (rbtrace run), so only the BTF tree, which has the running kernel's
+    layouts, will do (unless RBTRACE_KERNEL_HEADERS names a tree).
     """
     release = release or os.uname().release
     explicit = os.environ.get("RBTRACE_KERNEL_HEADERS")
+    if explicit == "btf" or (kernel_types and not explicit):
+        return btf_headers()
     if explicit:
         if not (Path(explicit) / "include").is_dir():
             raise EnvironmentProblem(f"RBTRACE_KERNEL_HEADERS={for_message(explicit)} has no "
-                                     f"include/ directory")
+                                     f"include/ directory",
+                                     hint="name a kernel headers tree, or \"btf\" to compile "
+                                          "from the kernel's BTF alone")
         return Headers(Path(explicit), f"{explicit} (from RBTRACE_KERNEL_HEADERS)")
     build = modules_root / release / "build"
     if (build / "include").is_dir():
@@ -207,9 +236,7 @@ def find_headers(release=None, modules_root=Path("/lib/modules"), src_root=Path(
     merged = _merged_debian_headers(src_root)
     if merged:
         return merged
-    raise EnvironmentProblem(
-        f"no kernel headers found for {release} or any other version",
-        hint=f"apt-get install linux-headers-{_debian_arch()}")
+    return btf_headers()
 
 
 # --- tracefs -------------------------------------------------------------

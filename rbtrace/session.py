@@ -139,7 +139,8 @@ class Session:
                              self.probe.event_structs, debug=self.debug,
                              tracepoints=getattr(self.probe, "tracepoints", ()),
                              cost_hint=getattr(self.probe, "cost_hint", None),
-                             ring_bytes=self.ring_bytes, use_cache=self.use_cache)
+                             ring_bytes=self.ring_bytes, use_cache=self.use_cache,
+                             kernel_types=getattr(self.probe, "kernel_types", False))
         ring = self._ring = RingConsumer(loaded.ring_fd, self.ring_bytes, loaded.event_types)
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signals = stop_signals()

@@ -284,6 +284,9 @@ class RunProbe(GenericProbe):
     name = "run"
     cost_hint = USER_PROBE_COST_HINT        # when the verifier gives up
     tally = (("commands", "comm"),)
+    # A user's probe may read kernel structs by their C types: it compiles
+    # against the running kernel's BTF, never another kernel's headers.
+    kernel_types = True
 
     def __init__(self, options):
         super().__init__(options)

@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# How the tests start rbtrace; test_no_headers.py puts it in a mount
+# namespace that hides every kernel header.
+RBTRACE_ARGV = [sys.executable, "-m", "rbtrace"]
 
 
 @pytest.hookimpl(trylast=True)        # after tests/conftest.py's own
@@ -118,7 +121,7 @@ class Tracer:
     def __init__(self, args, env=None):
         self.args = args
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "rbtrace", *args], cwd=REPO,
+            [*RBTRACE_ARGV, *args], cwd=REPO,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             env={**os.environ, **(env or {})})
         self._out = b""
@@ -173,6 +176,6 @@ def rbtrace(kernel_ok):
 
 def run_cli(*args, timeout=120, input=None, env=None):
     """Run rbtrace to completion; returns CompletedProcess (bytes)."""
-    return subprocess.run([sys.executable, "-m", "rbtrace", *args], cwd=REPO,
+    return subprocess.run([*RBTRACE_ARGV, *args], cwd=REPO,
                           capture_output=True, timeout=timeout, input=input,
                           env={**os.environ, **(env or {})})

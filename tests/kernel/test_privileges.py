@@ -79,14 +79,15 @@ def as_user(kernel_ok):
     subprocess.run([sys.executable, "-c", "from rbtrace import kernel; kernel.find_headers()"],
                    cwd=REPO, check=True)
 
-    def run(*args, caps=ALL, timeout=180, root_first=True):
+    def run(*args, caps=ALL, timeout=180, root_first=True, extra_env=None):
         prepare = ("\"$PY\" -c 'from rbtrace import kernel; kernel.ensure_tracefs()' || exit 99"
                    if root_first else "")
         script = SCRIPT.format(uid=UID, caps=",".join(f"+{c}" for c in caps) or "-all",
                                prepare=prepare)
         return subprocess.run(["unshare", "--mount", "--propagation", "private",
                                "sh", "-c", script, "sh", *args],
-                              cwd=tmp, env=env, capture_output=True, timeout=timeout)
+                              cwd=tmp, env={**env, **(extra_env or {})}, capture_output=True,
+                              timeout=timeout)
 
     run.top = top
     yield run
@@ -209,12 +210,29 @@ def test_tp_and_run_as_a_user_with_the_capabilities(as_user):
     r = parse_json_lines(p.stdout.decode())
     assert [(e["event"], e["pid"]) for e in r.events] == [("sched:sched_process_exit",
                                                            r.summary["command"]["pid"])]
-    p = as_user("run", "--json", os.path.join(as_user.top, "examples", "exit.bpf.c"), "--",
-                "/bin/sh", "-c", "exit 3")
-    if p.returncode != 3:
-        raise AssertionError(p.stderr.decode())
-    r = parse_json_lines(p.stdout.decode())
-    assert [(e["pid"], e["args"]["code"]) for e in r.events] == [(r.summary["command"]["pid"], 3)]
+    # A probe of one's own compiles from the kernel's BTF, in a tree kept
+    # in a cache directory of mode 0700 that the user owns: root's is
+    # closed to it, which one line says.
+    run = ("run", "--json", os.path.join(as_user.top, "examples", "exit.bpf.c"), "--",
+           "/bin/sh", "-c", "exit 3")
+    if not os.environ.get("RBTRACE_CACHE_DIR"):
+        p = as_user(*run)
+        assert p.returncode == 1 and p.stdout == b"", p.stderr.decode()
+        assert "set RBTRACE_CACHE_DIR to a directory of yours, mode 0700" in p.stderr.decode()
+    top = tempfile.mkdtemp(prefix="rbtrace-user-cache-")
+    try:
+        os.chmod(top, 0o711)
+        cache = os.path.join(top, "cache")
+        os.mkdir(cache, 0o700)
+        os.chown(cache, UID, UID)
+        p = as_user(*run, extra_env={"RBTRACE_CACHE_DIR": cache})
+        if p.returncode != 3:
+            raise AssertionError(p.stderr.decode())
+        r = parse_json_lines(p.stdout.decode())
+        assert [(e["pid"], e["args"]["code"]) for e in r.events] == \
+            [(r.summary["command"]["pid"], 3)]
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
 
 
 def test_tracefs_not_mounted_for_the_user_is_named(as_user):

@@ -353,3 +353,16 @@ def test_vmlinux_matches_bpftool():
     assert btf.struct_size("task_struct") == int(block.group(1))
     for member in ("real_parent", "tgid", "pid", "comm"):
         assert btf.member_offset("task_struct", member) == int(bits[member]) // 8, member
+
+
+def test_tags_and_enums_for_the_btf_tree():
+    b = Builder()
+    i = b.int("int", 4)
+    noise(b, i)
+    b.struct("task_struct", 8, [("tgid", i, 0)])
+    b.struct("", 4, [("x", i, 0)], kind=UNION)
+    b.add(ENUM, "", 4, vlen=1, tail=[b.name("ANON_ONE"), 1])
+    btf = BTF(b.blob())
+    # Forward declarations and anonymous types name no tag.
+    assert btf.tags() == {"colour", "big", "task_struct"}
+    assert btf.enums() == [("colour", ["RED", "BLUE"]), ("big", ["HUGE"]), ("", ["ANON_ONE"])]

@@ -1,5 +1,6 @@
 """Finding kernel headers without the user's help (no root, fake trees)."""
 import os
+from pathlib import Path
 
 import pytest
 
@@ -61,11 +62,50 @@ def test_running_kernels_own_headers_come_first(env):
     assert h.path is None and "running kernel's own" in h.how
 
 
-def test_no_headers_says_what_to_install(env):
+def test_no_headers_and_no_btf_says_what_to_install(env, monkeypatch):
     tmp, src = env
+    monkeypatch.setattr(kernel, "VMLINUX_BTF", tmp / "no-btf")
     with pytest.raises(EnvironmentProblem) as e:
         kernel.find_headers("6.18.0-test", modules_root=tmp / "modules", src_root=src)
     assert "apt-get install linux-headers-amd64" in str(e.value)
+    assert "no-btf" in str(e.value)
+
+
+def fake_btf_tree(monkeypatch, calls):
+    from rbtrace import btftree
+
+    def tree():
+        calls.append(True)
+        return Path("/cache/btf/0123")
+    monkeypatch.setattr(btftree, "btf_tree", tree)
+    monkeypatch.setattr(kernel, "VMLINUX_BTF", Path(__file__))     # exists
+
+
+def test_no_headers_compiles_from_btf(env, monkeypatch):
+    tmp, src = env
+    calls = []
+    fake_btf_tree(monkeypatch, calls)
+    h = kernel.find_headers("6.18.0-test", modules_root=tmp / "modules", src_root=src)
+    assert h.btf and h.path == Path("/cache/btf/0123") and calls
+    assert h.how.startswith("none: BTF alone")
+    assert h.cwd == h.path / "empty"           # not the caller's directory
+
+
+def test_btf_mode_is_chosen_by_name_or_for_kernel_types(env, monkeypatch):
+    tmp, src = env
+    make_debian_pair(src, "6.1.0-9", "amd64")
+    calls = []
+    fake_btf_tree(monkeypatch, calls)
+    h = kernel.find_headers("6.18.0-test", modules_root=tmp / "modules", src_root=src)
+    assert not h.btf and h.cwd == Path("/")
+    assert kernel.find_headers("6.18.0-test", modules_root=tmp / "modules", src_root=src,
+                               kernel_types=True).btf
+    monkeypatch.setenv("RBTRACE_KERNEL_HEADERS", "btf")
+    assert kernel.find_headers("6.18.0-test", modules_root=tmp / "modules", src_root=src).btf
+    # A tree named explicitly wins, even for kernel types.
+    monkeypatch.setenv("RBTRACE_KERNEL_HEADERS", str(h.path))
+    assert kernel.find_headers("6.18.0-test", modules_root=tmp / "modules", src_root=src,
+                               kernel_types=True).path == h.path
 
 
 def test_privileges_from_capabilities():
@@ -74,3 +114,34 @@ def test_privileges_from_capabilities():
     assert kernel.privileges_ok(bit(kernel.CAP_BPF, kernel.CAP_PERFMON))
     assert not kernel.privileges_ok(bit(kernel.CAP_BPF))
     assert not kernel.privileges_ok(0)
+
+
+class FakeBTF:
+    """The two questions btftree asks of rbtrace/btf.py."""
+    def tags(self):
+        return {"bpf_map_type", "task_struct", "bpf_attr", "s"}
+
+    def enums(self):
+        return [("bpf_map_type", ["BPF_MAP_TYPE_UNSPEC", "BPF_MAP_TYPE_HASH", "BPF_MAP_TYPE_NEW"]),
+                ("", ["BPF_ANY", "TASK_RUNNING"]), ("pid_type", ["PIDTYPE_PID"])]
+
+
+BCC_HEADER = """
+/* struct task_struct { in a comment: not a definition } */
+#define BPF_MAP_TYPE_NEW 99
+#define __BPF_ENUM(x) BPF_##x,
+enum bpf_map_type { BPF_MAP_TYPE_UNSPEC, BPF_MAP_TYPE_HASH, };
+enum { BPF_ANY = 0, BPF_NOEXIST };
+union bpf_attr { int x; };
+struct s;
+"""
+
+
+def test_names_clashing_with_bccs_bpf_header():
+    from rbtrace.btftree import clashing_names
+    # Its enums with all their kernel enumerators (macro-made ones too), its
+    # structs and unions, enumerators of anonymous enums; not a tag it only
+    # declares, nor anything only the kernel has.
+    assert clashing_names(FakeBTF(), BCC_HEADER) == [
+        "BPF_ANY", "BPF_MAP_TYPE_HASH", "BPF_MAP_TYPE_NEW", "BPF_MAP_TYPE_UNSPEC",
+        "bpf_attr", "bpf_map_type"]
