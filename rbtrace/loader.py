@@ -91,19 +91,24 @@ class Compiled:
 
 # --- instructions ---------------------------------------------------------
 
-def map_fd_refs(insns: bytes):
-    """(instruction index, map fd) of every ld_imm64 that loads a map."""
-    out = []
+def _ld_imm64s(insns: bytes):
+    """(instruction index, src_reg, imm, next imm) of every ld_imm64: the
+    one instruction that takes two slots (the next holds the upper half)."""
     i, n = 0, len(insns) // INSN_SIZE
     while i < n:
         code, regs, _off, imm = struct.unpack_from("<BBhi", insns, i * INSN_SIZE)
         if code == LD_IMM64:
-            if (regs >> 4) in (PSEUDO_MAP_FD, PSEUDO_MAP_VALUE):
-                out.append((i, imm))
+            upper = struct.unpack_from("<i", insns, (i + 1) * INSN_SIZE + 4)[0] if i + 1 < n else None
+            yield i, regs >> 4, imm, upper
             i += 2
         else:
             i += 1
-    return out
+
+
+def map_fd_refs(insns: bytes):
+    """(instruction index, map fd) of every ld_imm64 that loads a map."""
+    return [(i, imm) for i, src, imm, _ in _ld_imm64s(insns)
+            if src in (PSEUDO_MAP_FD, PSEUDO_MAP_VALUE)]
 
 
 def patched(insns: bytes, refs, fds: dict) -> bytes:
@@ -130,18 +135,8 @@ CALLBACK_MARK = 0x72626362
 
 def callback_marks(insns: bytes):
     """(instruction index, callback number) of every callback reference."""
-    out = []
-    i, n = 0, len(insns) // INSN_SIZE
-    while i < n:
-        code, regs, _off, imm = struct.unpack_from("<BBhi", insns, i * INSN_SIZE)
-        if code == LD_IMM64:
-            if regs >> 4 == 0 and i + 1 < n and \
-                    struct.unpack_from("<i", insns, (i + 1) * INSN_SIZE + 4)[0] == CALLBACK_MARK:
-                out.append((i, imm))
-            i += 2
-        else:
-            i += 1
-    return out
+    return [(i, imm) for i, src, imm, upper in _ld_imm64s(insns)
+            if src == 0 and upper == CALLBACK_MARK]
 
 
 def link_callbacks(insns: bytes, callbacks: dict):
@@ -505,15 +500,21 @@ BPF_OBJ_GET_INFO_BY_FD_PROG_INFO_SIZE = 232     # sizeof(struct bpf_prog_info), 
 _RECURSION_MISSES_OFF = 208                     # offsetof(struct bpf_prog_info, recursion_misses)
 
 
+def _prog_info_field(prog_fd: int, offset: int, size: int) -> int:
+    """An unsigned field of the program's struct bpf_prog_info; 0 when the
+    kernel's struct is too old to have it (or the call fails)."""
+    info = ctypes.create_string_buffer(BPF_OBJ_GET_INFO_BY_FD_PROG_INFO_SIZE)
+    length = ctypes.c_uint32(len(info))
+    if libbpf().bpf_obj_get_info_by_fd(prog_fd, info, ctypes.byref(length)) != 0:
+        return 0
+    if length.value < offset + size:
+        return 0
+    return int.from_bytes(info.raw[offset:offset + size], "little")
+
+
 def recursion_misses(prog_fd: int) -> int:
     """Runs of the program the kernel skipped (see LoadedProbe.prog_misses)."""
-    info = ctypes.create_string_buffer(BPF_OBJ_GET_INFO_BY_FD_PROG_INFO_SIZE)
-    size = ctypes.c_uint32(len(info))
-    if libbpf().bpf_obj_get_info_by_fd(prog_fd, info, ctypes.byref(size)) != 0:
-        return 0
-    if size.value < _RECURSION_MISSES_OFF + 8:
-        return 0
-    return int.from_bytes(info.raw[_RECURSION_MISSES_OFF:_RECURSION_MISSES_OFF + 8], "little")
+    return _prog_info_field(prog_fd, _RECURSION_MISSES_OFF, 8)
 
 
 _VERIFIED_INSNS_OFF = 216                       # offsetof(struct bpf_prog_info, verified_insns)
@@ -522,13 +523,7 @@ _VERIFIED_INSNS_OFF = 216                       # offsetof(struct bpf_prog_info,
 def verified_insns(prog_fd: int) -> int:
     """Instructions the verifier checked to load the program (Linux 5.16
     and later; 0 when unknown): its cost to load, paid at every load."""
-    info = ctypes.create_string_buffer(BPF_OBJ_GET_INFO_BY_FD_PROG_INFO_SIZE)
-    size = ctypes.c_uint32(len(info))
-    if libbpf().bpf_obj_get_info_by_fd(prog_fd, info, ctypes.byref(size)) != 0:
-        return 0
-    if size.value < _VERIFIED_INSNS_OFF + 4:
-        return 0
-    return int.from_bytes(info.raw[_VERIFIED_INSNS_OFF:_VERIFIED_INSNS_OFF + 4], "little")
+    return _prog_info_field(prog_fd, _VERIFIED_INSNS_OFF, 4)
 
 
 def in_threads(calls, workers):
