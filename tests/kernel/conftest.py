@@ -112,9 +112,18 @@ def bpf_ids_loaded():
     return tuple(ids)
 
 
-def still_loaded(held):
-    """Of the (programs, maps) a process held, those still loaded now."""
-    return [h & now for h, now in zip(held, bpf_ids_loaded())]
+def still_loaded(held, wait=5.0):
+    """Of the (programs, maps) a process held, those still loaded after up
+    to `wait` seconds.  The kernel frees them after the process is gone,
+    some a moment later: a program drops its maps only when its own
+    deferred free runs, after an RCU grace period (seen: 7 maps of an
+    exited rbtrace still listed just after its exit)."""
+    deadline = time.monotonic() + wait
+    while True:
+        left = [h & now for h, now in zip(held, bpf_ids_loaded())]
+        if not any(left) or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.05)
 
 
 class Tracer:
