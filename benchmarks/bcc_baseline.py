@@ -33,9 +33,9 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from rbtrace.bpf import captured_fds, compile_flags, inline_local_includes, prepare  # noqa: E402
+from rbtrace.bpf import (captured_fds, compile_flags, config_bytes, inline_local_includes,  # noqa: E402
+                         prepare)
 from rbtrace.loader import recursion_misses  # noqa: E402
-from rbtrace.cli import TASK_COMM_LEN, c_string_literal  # noqa: E402
 from rbtrace.paths import probes_dir  # noqa: E402
 from rbtrace.probes.open import SYSCALLS, OpenProbe  # noqa: E402
 
@@ -44,12 +44,18 @@ class BccProbe:
     """The probe loaded the way a BCC tool loads it: BPF(text=...) compiles,
     loads and attaches; its maps are read through BCC's tables."""
 
-    def __init__(self, src, cflags):
+    def __init__(self, src, cflags, config):
         bcc, _ = prepare()
         text = inline_local_includes(src, [probes_dir()])
         with captured_fds():
             self.bpf = bcc.BPF(text=text.encode(errors="surrogateescape"),
                                cflags=compile_flags(cflags))
+        # The process filters, as rbtrace writes them (BCC has attached by
+        # now: the first microseconds are unfiltered, as in a BCC tool that
+        # fills a map after load).
+        table = self.bpf["rbtrace_config"]
+        table[table.Key(0)] = table.Leaf.from_buffer_copy(
+            config_bytes(config).ljust(ct.sizeof(table.Leaf), b"\0"))
 
     def counters(self):
         stats = self.bpf["stats"]
@@ -67,11 +73,7 @@ class BccProbe:
 
 
 def probe_flags(comm):
-    opts = {}
-    if comm:
-        opts["comm"] = comm
-        opts["comm_literal"] = c_string_literal(comm.encode().ljust(TASK_COMM_LEN - 1, b"\0"))
-    probe = OpenProbe(opts)
+    probe = OpenProbe({"comm": comm} if comm else {})
     return probe, dict(probe.cflags())
 
 
@@ -199,7 +201,7 @@ def main():
     signal.signal(signal.SIGINT, lambda *a: stop.append(1))
     signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
 
-    loaded = BccProbe(src, cflags)
+    loaded = BccProbe(src, cflags, probe.run_config())
     bpf = loaded.bpf
     leaves = [bpf[f"layout_{name}"].Leaf for name in probe.event_structs]
     decode = make_decoder(leaves)

@@ -1,8 +1,10 @@
 /* Shared by every rbtrace probe: the record header, the loss counters and
  * the filter macros.
  *
- * Options reach the C code only as -D flags (see rbtrace/bpf.py); every
- * macro below has a default, so each .bpf.c file compiles on its own.
+ * Options that change the code reach it as -D flags (see rbtrace/bpf.py);
+ * every macro below has a default, so each .bpf.c file compiles on its
+ * own.  Values that only select processes (-p, --tid, -u, -n) are read at
+ * run time from rbtrace_config, so the compile cache serves every value.
  *
  * Kernel structs are never read through the compile-time headers: the
  * headers installed on the machine may be for another kernel (Debian's 6.1
@@ -14,15 +16,6 @@
 
 #ifndef RING_PAGES
 #define RING_PAGES 4096               /* 16 MiB with 4 KiB pages */
-#endif
-#ifndef FILTER_PID
-#define FILTER_PID 0                  /* 0: any process (tgid) */
-#endif
-#ifndef FILTER_TID
-#define FILTER_TID 0                  /* 0: any thread */
-#endif
-#ifndef FILTER_UID
-#define FILTER_UID 0xffffffff         /* (u32)-1: any user */
 #endif
 #ifndef FILTER_FAILED
 #define FILTER_FAILED 0               /* 1: only calls that returned < 0 */
@@ -36,7 +29,6 @@
 #ifndef FOLLOW_MAX
 #define FOLLOW_MAX 32768              /* followed processes alive at once */
 #endif
-/* FILTER_COMM, when defined, is a string literal of at most 15 bytes. */
 
 #ifndef TASK_REAL_PARENT_OFF
 #error "TASK_REAL_PARENT_OFF must come from the running kernel's BTF"
@@ -79,10 +71,18 @@ BPF_PERCPU_ARRAY(stats, u64, STAT_NR);
 
 /* Values of this run, written by user space before any hook is attached
  * (rbtrace/bpf.py).  Kept out of the compiled bytes, which the compile
- * cache shares between runs. */
+ * cache shares between runs: `-p 1234` and `-p 5678` load the same
+ * programs. */
 struct rbtrace_config {
     u32 self_pid;     /* rbtrace's own tgid: never reported */
+    u32 pid;          /* -p: this process (tgid) only; 0: any */
+    u32 tid;          /* --tid: this thread only; 0: any */
+    u32 uid_on;       /* -u given: then this user only */
+    u32 uid;
+    u32 _pad;
+    u64 comm[2];      /* -n: this name, NUL-padded to 16 bytes; all 0: any */
 };
+/* All zero (as the map starts) is: no filter. */
 BPF_ARRAY(rbtrace_config, struct rbtrace_config, 1);
 BPF_ARRAY(seq_counter, u64, 1);
 
@@ -254,46 +254,56 @@ static __always_inline int follow_wanted(u32 tgid)
 static __always_inline int follow_wanted(u32 tgid) { return 1; }
 #endif
 
+static __always_inline struct rbtrace_config *rbtrace_cfg(void)
+{
+    u32 zero = 0;
+    return rbtrace_config.lookup(&zero);
+}
+
 /* Process filters that need only the current task: checked before any
  * state is stored or any ring space is reserved. */
 static __always_inline int task_wanted(u64 pid_tgid, u32 uid)
 {
+    struct rbtrace_config *c = rbtrace_cfg();
+    if (!c)
+        return 0;
     /* rbtrace's own work (its writes, its opens) would otherwise feed
      * back into what it traces: tp on a write path loops on itself. */
-    u32 zero = 0;
-    struct rbtrace_config *config = rbtrace_config.lookup(&zero);
-    if (config && config->self_pid == (u32)(pid_tgid >> 32))
+    if (c->self_pid == (u32)(pid_tgid >> 32))
         return 0;
     if (!follow_wanted(pid_tgid >> 32))
         return 0;
-    if (FILTER_PID && (u32)(pid_tgid >> 32) != FILTER_PID)
+    if (c->pid && (u32)(pid_tgid >> 32) != c->pid)
         return 0;
-    if (FILTER_TID && (u32)pid_tgid != FILTER_TID)
+    if (c->tid && (u32)pid_tgid != c->tid)
         return 0;
-    if (FILTER_UID != 0xffffffff && uid != FILTER_UID)
+    if (c->uid_on && uid != c->uid)
         return 0;
     return 1;
 }
 
-#ifdef FILTER_COMM
-/* FILTER_COMM arrives padded with NULs to 15 bytes (16 with its own NUL),
- * the size of task->comm.  Compared as two 64-bit words: a byte loop gets
- * flattened by clang into 16 independent flags whose combinations the
- * verifier walks one by one (2^16 paths, over its 1M limit). */
-_Static_assert(sizeof(FILTER_COMM) == 16, "FILTER_COMM must be padded to 15 bytes");
-#define COMM_BYTE(i, shift) ((u64)(unsigned char)FILTER_COMM[i] << (shift))
-#define COMM_WORD(o) (COMM_BYTE(o, 0) | COMM_BYTE(o + 1, 8) | COMM_BYTE(o + 2, 16) | \
-                      COMM_BYTE(o + 3, 24) | COMM_BYTE(o + 4, 32) | COMM_BYTE(o + 5, 40) | \
-                      COMM_BYTE(o + 6, 48) | COMM_BYTE(o + 7, 56))
+/* -n: is `comm` (16 bytes, as task->comm) the name asked for?  Compared as
+ * two 64-bit words: a byte loop gets flattened by clang into 16
+ * independent flags whose combinations the verifier walks one by one
+ * (2^16 paths, over its 1M limit). */
 static __always_inline int comm_wanted(const char *comm)
 {
+    struct rbtrace_config *c = rbtrace_cfg();
+    if (!c)
+        return 0;
+    if (!(c->comm[0] | c->comm[1]))
+        return 1;
     u64 w[2];
     __builtin_memcpy(w, comm, sizeof(w));
-    return w[0] == COMM_WORD(0) && w[1] == COMM_WORD(8);
+    return w[0] == c->comm[0] && w[1] == c->comm[1];
 }
-#else
-static __always_inline int comm_wanted(const char *comm) { return 1; }
-#endif
+
+/* Is -n on?  Then the current task's name is worth reading. */
+static __always_inline int comm_filter_on(void)
+{
+    struct rbtrace_config *c = rbtrace_cfg();
+    return c && (c->comm[0] | c->comm[1]);
+}
 
 /* task_wanted() and comm_wanted() for the current task: the filters a
  * probe checks first, before it stores or reserves anything. */
@@ -301,12 +311,12 @@ static __always_inline int current_wanted(void)
 {
     if (!task_wanted(bpf_get_current_pid_tgid(), (u32)bpf_get_current_uid_gid()))
         return 0;
-#ifdef FILTER_COMM
-    char comm[16];
-    bpf_get_current_comm(comm, sizeof(comm));
-    if (!comm_wanted(comm))
-        return 0;
-#endif
+    if (comm_filter_on()) {
+        char comm[16];
+        bpf_get_current_comm(comm, sizeof(comm));
+        if (!comm_wanted(comm))
+            return 0;
+    }
     return 1;
 }
 

@@ -385,6 +385,8 @@ static __always_inline void ring_submit(void *e, u64 seq, u64 size)
  * first thing in those programs, before any work on the event. */
 static __always_inline int current_comm_wanted(void)
 {
+    if (!comm_filter_on())
+        return 1;
     char comm[16];
     bpf_get_current_comm(comm, sizeof(comm));
     return comm_wanted(comm);

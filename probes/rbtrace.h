@@ -36,8 +36,9 @@
  * Everything here comes from common.h, rbtrace's own probes' header, which
  * this one includes: the ring buffer `events`, the per-CPU counters
  * `stats` with count(STAT_...), struct rb_header, RBTRACE_EVENT().
- * The options arrive as -D flags (FILTER_PID and the like), all with
- * defaults, so a probe file also compiles on its own.
+ * Options that change the code arrive as -D flags (FILTER_FAILED, FOLLOW),
+ * all with defaults, so a probe file also compiles on its own; -p, -u and
+ * -n are values read when the programs run (rbtrace_task_wanted()).
  *
  * The manual, with the rules for event structs and hooks: rbtrace-run(8).
  */

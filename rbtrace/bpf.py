@@ -599,6 +599,18 @@ def _from_bcc(bcc, b, source, tracepoints: dict) -> Compiled:
                     programs=programs + last)
 
 
+def config_bytes(config: dict) -> bytes:
+    """common.h's struct rbtrace_config: rbtrace's own tgid (never
+    reported) and the process filters: pid, tid, uid (None: any) and comm
+    (bytes; empty: any)."""
+    comm = config.get("comm") or b""
+    if len(comm) > 15:
+        raise ValueError(f"a command name has at most 15 bytes, not {len(comm)}")
+    uid = config.get("uid")
+    return struct.pack("<IIIIII16s", os.getpid(), config.get("pid") or 0,
+                       config.get("tid") or 0, uid is not None, uid or 0, 0, comm)
+
+
 class LoadedProbe:
     """A compiled probe, its maps created and its programs attached.
 
@@ -608,17 +620,20 @@ class LoadedProbe:
 
     def __init__(self, source, cflags: dict, event_structs, debug=False, tracepoints=(),
                  cost_hint=None, ring_bytes=None, use_cache=True, attach=True,
-                 kernel_types=False):
+                 kernel_types=False, config=None):
         """`tracepoints`: (function name, "category:event") pairs to load and
         attach besides what BCC attaches by name (generated sources).
         `cost_hint`: the options that make the probe cheaper to verify, for
         when the verifier gives up.  `ring_bytes`: the ring's size.
         `attach`: False to load (verify) only.  `kernel_types`: the source
         reads kernel structs by their C types (a user's probe): compile it
-        against the running kernel's BTF (kernel.find_headers)."""
+        against the running kernel's BTF (kernel.find_headers).  `config`:
+        the process filters for rbtrace_config (Probe.run_config); none by
+        default."""
         from rbtrace import cache
         self.cost_hint = cost_hint
         self.source = source
+        self.config = config or {}
         self.generated = dict(tracepoints)
         kernel.ensure_privileges()
         kernel.ensure_tracefs()
@@ -720,8 +735,7 @@ class LoadedProbe:
         self.ring_fd = self.loaded.map("events").fd
         config = self.loaded.map("rbtrace_config")
         if config is not None:
-            # rbtrace's own tgid, never reported (common.h task_wanted).
-            config.update(struct.pack("<I", 0), struct.pack("<I", os.getpid()).ljust(
+            config.update(struct.pack("<I", 0), config_bytes(self.config).ljust(
                 config.spec.value_size, b"\0"))
         if attach:
             self._attach()

@@ -236,9 +236,6 @@ def _run_probe(probe_name, opts):
         filters.append("children")
     if target is not None and not opts.get("pid"):
         filters.append(f"command={os.path.basename(target.argv[0])}")
-    if opts.get("comm"):
-        # Padded to the kernel's 15 bytes: common.h compares whole words.
-        opts["comm_literal"] = c_string_literal(os.fsencode(opts["comm"]).ljust(TASK_COMM_LEN - 1, b"\0"))
     # Text for the start record and the footer: argv bytes that are not
     # UTF-8 (a --comm, a --path, CMD's name) can't go into JSON as they are.
     opts["filters_text"] = os.fsencode(" ".join(filters)).decode("utf-8", "replace")

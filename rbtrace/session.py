@@ -140,7 +140,8 @@ class Session:
                              tracepoints=getattr(self.probe, "tracepoints", ()),
                              cost_hint=getattr(self.probe, "cost_hint", None),
                              ring_bytes=self.ring_bytes, use_cache=self.use_cache,
-                             kernel_types=getattr(self.probe, "kernel_types", False))
+                             kernel_types=getattr(self.probe, "kernel_types", False),
+                             config=self.probe.run_config())
         ring = self._ring = RingConsumer(loaded.ring_fd, self.ring_bytes, loaded.event_types)
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signals = stop_signals()

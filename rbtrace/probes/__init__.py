@@ -5,6 +5,7 @@ event structs it uses, turns CLI options into -D flags, decodes ring
 segments into events, and names the columns the table shows.
 """
 import base64
+import os
 import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -73,17 +74,20 @@ class Probe:
         flags = {}
         if o.get("follow"):
             flags["FOLLOW"] = 1         # the command / --children tree, in the kernel
-        elif o.get("pid"):
-            flags["FILTER_PID"] = o["pid"]
-        if o.get("tid"):
-            flags["FILTER_TID"] = o["tid"]
-        if o.get("uid") is not None:
-            flags["FILTER_UID"] = o["uid"]
-        if o.get("comm"):
-            flags["FILTER_COMM"] = o["comm_literal"]
         if o.get("failed"):
             flags["FILTER_FAILED"] = 1
         return flags
+
+    def run_config(self) -> dict:
+        """The process filters, checked in the kernel but written into the
+        probe's rbtrace_config map at load (common.h), not compiled in:
+        the compile cache then serves every -p, --tid, -u and -n."""
+        o = self.options
+        comm = os.fsencode(o["comm"]) if o.get("comm") else b""
+        return {"pid": 0 if o.get("follow") else (o.get("pid") or 0),
+                "tid": o.get("tid") or 0,
+                "uid": o.get("uid"),
+                "comm": comm}
 
     def decode(self, event_type, records, offsets, data) -> list:
         raise NotImplementedError

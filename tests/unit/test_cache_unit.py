@@ -202,3 +202,22 @@ def test_record_layouts_round_trip_through_json():
     back = dtype_from_data(json.loads(json.dumps(dtype_to_data(dt))))
     assert back == dt and back.itemsize == 32
     assert back.metadata["c_paths"] == {"a": "h.a"}
+
+
+def test_process_filters_are_config_values_not_compile_flags():
+    """-p, --tid, -u and -n select processes at run time (common.h reads
+    rbtrace_config): two runs with other values share one compiled probe."""
+    import struct
+    from rbtrace.bpf import config_bytes
+    from rbtrace.probes.exec import ExecProbe
+    a = ExecProbe({"pid": 7, "uid": 0, "comm": "make"})
+    b = ExecProbe({"pid": 8, "tid": 9, "comm": "ninja"})
+    keep = {"SCRATCH_SLOTS", "ARGV_PAGES", "MAX_ARGS", "ARGS_BYTES"}
+    flags = lambda p: {k: v for k, v in p.cflags().items() if k in keep or k.startswith("FILTER")}
+    assert flags(a) == flags(b)
+    self_pid, pid, tid, uid_on, uid, _, comm = struct.unpack("<IIIIII16s", config_bytes(a.run_config()))
+    assert (pid, tid, uid_on, uid, comm) == (7, 0, 1, 0, b"make".ljust(16, b"\0"))
+    assert struct.unpack("<IIIIII16s", config_bytes(b.run_config()))[1:] == \
+        (8, 9, 0, 0, 0, b"ninja".ljust(16, b"\0"))
+    # All zero is "no filter": what a map BCC made and nobody wrote holds.
+    assert config_bytes({})[4:] == bytes(36)

@@ -32,6 +32,9 @@ class FakeProbe:
     def decode(self, et, recs, offsets, data):
         return [{"ret": int(r)} for r in recs["ret"]]
 
+    def run_config(self):
+        return {}
+
 
 class FakeRenderer:
     wants_bytes = False
