@@ -50,9 +50,8 @@ class BccProbe:
         with captured_fds():
             self.bpf = bcc.BPF(text=text.encode(errors="surrogateescape"),
                                cflags=compile_flags(cflags))
-        # The process filters, as rbtrace writes them (BCC has attached by
-        # now: the first microseconds are unfiltered, as in a BCC tool that
-        # fills a map after load).
+        # The process filters, as rbtrace writes them.  BCC has attached by
+        # now; until this lands the programs trace nothing (common.h).
         table = self.bpf["rbtrace_config"]
         table[table.Key(0)] = table.Leaf.from_buffer_copy(
             config_bytes(config).ljust(ct.sizeof(table.Leaf), b"\0"))

@@ -79,10 +79,10 @@ struct rbtrace_config {
     u32 tid;          /* --tid: this thread only; 0: any */
     u32 uid_on;       /* -u given: then this user only */
     u32 uid;
-    u32 _pad;
+    u32 ready;        /* 1 once written: before, as the map starts, all
+                         zero, nothing is traced */
     u64 comm[2];      /* -n: this name, NUL-padded to 16 bytes; all 0: any */
 };
-/* All zero (as the map starts) is: no filter. */
 BPF_ARRAY(rbtrace_config, struct rbtrace_config, 1);
 BPF_ARRAY(seq_counter, u64, 1);
 
@@ -265,7 +265,7 @@ static __always_inline struct rbtrace_config *rbtrace_cfg(void)
 static __always_inline int task_wanted(u64 pid_tgid, u32 uid)
 {
     struct rbtrace_config *c = rbtrace_cfg();
-    if (!c)
+    if (!c || !c->ready)
         return 0;
     /* rbtrace's own work (its writes, its opens) would otherwise feed
      * back into what it traces: tp on a write path loops on itself. */

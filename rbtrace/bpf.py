@@ -601,14 +601,14 @@ def _from_bcc(bcc, b, source, tracepoints: dict) -> Compiled:
 
 def config_bytes(config: dict) -> bytes:
     """common.h's struct rbtrace_config: rbtrace's own tgid (never
-    reported) and the process filters: pid, tid, uid (None: any) and comm
-    (bytes; empty: any)."""
+    reported), the process filters: pid, tid, uid (None: any) and comm
+    (bytes; empty: any), and `ready` (until it is set, nothing is traced)."""
     comm = config.get("comm") or b""
     if len(comm) > 15:
         raise ValueError(f"a command name has at most 15 bytes, not {len(comm)}")
     uid = config.get("uid")
     return struct.pack("<IIIIII16s", os.getpid(), config.get("pid") or 0,
-                       config.get("tid") or 0, uid is not None, uid or 0, 0, comm)
+                       config.get("tid") or 0, uid is not None, uid or 0, 1, comm)
 
 
 class LoadedProbe:

@@ -215,9 +215,11 @@ def test_process_filters_are_config_values_not_compile_flags():
     keep = {"SCRATCH_SLOTS", "ARGV_PAGES", "MAX_ARGS", "ARGS_BYTES"}
     flags = lambda p: {k: v for k, v in p.cflags().items() if k in keep or k.startswith("FILTER")}
     assert flags(a) == flags(b)
-    self_pid, pid, tid, uid_on, uid, _, comm = struct.unpack("<IIIIII16s", config_bytes(a.run_config()))
-    assert (pid, tid, uid_on, uid, comm) == (7, 0, 1, 0, b"make".ljust(16, b"\0"))
+    self_pid, pid, tid, uid_on, uid, ready, comm = struct.unpack("<IIIIII16s",
+                                                                config_bytes(a.run_config()))
+    assert (pid, tid, uid_on, uid, ready, comm) == (7, 0, 1, 0, 1, b"make".ljust(16, b"\0"))
     assert struct.unpack("<IIIIII16s", config_bytes(b.run_config()))[1:] == \
-        (8, 9, 0, 0, 0, b"ninja".ljust(16, b"\0"))
-    # All zero is "no filter": what a map BCC made and nobody wrote holds.
-    assert config_bytes({})[4:] == bytes(36)
+        (8, 9, 0, 0, 1, b"ninja".ljust(16, b"\0"))
+    # No filter: zeros, and `ready`, without which (a map nobody wrote yet)
+    # the programs trace nothing.
+    assert config_bytes({})[4:] == bytes(16) + b"\1\0\0\0" + bytes(16)
