@@ -249,4 +249,31 @@ def btf_tree() -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    # One kernel runs at a time: the trees of others (3 MB each) would only
+    # pile up across upgrades.  Booting one again writes its tree again.
+    for old in trees(parent):
+        if old != dst:
+            shutil.rmtree(old, ignore_errors=True)
     return dst
+
+
+def trees(parent: Path) -> list:
+    """The finished trees in the cache's btf directory (not ones being
+    written, whose names start with a dot)."""
+    try:
+        return sorted(p for p in parent.iterdir() if not p.name.startswith(".") and p.is_dir()
+                      and not p.is_symlink())
+    except FileNotFoundError:
+        return []
+
+
+def tree_bytes(tree: Path) -> int:
+    return sum(f.stat().st_size for f in tree.rglob("*") if f.is_file() and not f.is_symlink())
+
+
+def clear_trees(parent: Path) -> int:
+    """Remove every tree (each is written again when next needed)."""
+    found = trees(parent)
+    for tree in found:
+        shutil.rmtree(tree, ignore_errors=True)
+    return len(found)

@@ -499,19 +499,28 @@ def run_cmd(**opts):
 @click.argument("action", type=click.Choice(["list", "clear"]), default="list")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def cache_cmd(action, debug):
-    """List or clear the compile cache (compiled probes kept between runs)."""
-    from rbtrace import cache
+    """List or clear the compile cache (compiled probes kept between runs,
+    and the kernel type trees made from BTF)."""
+    from rbtrace import btftree, cache
     try:
         d = cache.open_dir(create=False)
+        btf = cache.open_subdir("btf", create=False)
     except cache.Unsafe as e:
         raise RbtraceError(f"the compile cache can't be used: {e}",
                            hint="fix its owner and mode (0700), or set RBTRACE_CACHE_DIR")
+    trees = btftree.trees(btf)
+    if action == "clear":
+        n = cache.clear(d) if d.exists() else 0
+        t = btftree.clear_trees(btf)
+        cache.say(f"removed {n} compiled probe{'s' if n != 1 else ''} from {d}"
+                  + (f" and {t} kernel type tree{'s' if t != 1 else ''} from {btf}" if t else ""))
+        return
+    if trees:
+        size = sum(btftree.tree_bytes(t) for t in trees)
+        cache.say(f"{len(trees)} kernel type tree{'s' if len(trees) != 1 else ''} from BTF in "
+                  f"{btf} ({size / 1e6:.1f} MB)")
     if not d.exists():
         cache.say(f"the compile cache {d} is empty")
-        return
-    if action == "clear":
-        n = cache.clear(d)
-        cache.say(f"removed {n} compiled probe{'s' if n != 1 else ''} from {d}")
         return
     rows = cache.entries(d)
     out = [f"{'KEY':<16}  {'PROBE':<16}  {'BYTES':>8}  {'CREATED':<19}  STATE"]

@@ -221,3 +221,31 @@ def test_cache_list_and_clear(kernel_ok, tmp_path):
                        env=_env(cache_dir), timeout=60)
     assert p.returncode == 0 and "removed 2 compiled probes" in p.stderr.decode()
     assert _entries(cache_dir) == []
+
+
+def test_kernel_type_trees_are_listed_cleared_and_only_the_running_kernels_kept(
+        kernel_ok, tmp_path, monkeypatch):
+    """The BTF kernel tree (issue #20) lives in the cache too: a tree of
+    another kernel goes when this kernel's is written, `cache list` counts
+    the trees, and `cache clear` removes them with the compiled probes."""
+    cache_dir = tmp_path / "cache"
+    stale = cache_dir / "btf" / "0123456789abcdef01234567"
+    (stale / "include").mkdir(parents=True)
+    (stale / "include" / "vmlinux.h").write_text("/* another kernel's types */\n")
+    for d in (cache_dir, cache_dir / "btf", stale, stale / "include"):
+        os.chmod(d, 0o700)
+    monkeypatch.setenv("RBTRACE_KERNEL_HEADERS", "btf")      # as on a host without headers
+    events, err, _ = _trace(["exec"], "/bin/true rbtree-a", cache_dir, tmp_path)
+    assert any(e.get("argv") == ["/bin/true", "rbtree-a"] for e in events), err
+    trees = sorted(p.name for p in (cache_dir / "btf").iterdir())
+    assert len(trees) == 1 and trees[0] != stale.name, trees
+    assert (cache_dir / "btf" / trees[0] / "include" / "vmlinux.h").stat().st_size > 100_000
+    p = subprocess.run([*RBTRACE, "cache", "list"], cwd=REPO, capture_output=True,
+                       env=_env(cache_dir), timeout=60)
+    assert p.returncode == 0
+    assert f"1 kernel type tree from BTF in {cache_dir / 'btf'}" in p.stderr.decode()
+    p = subprocess.run([*RBTRACE, "cache", "clear"], cwd=REPO, capture_output=True,
+                       env=_env(cache_dir), timeout=60)
+    assert p.returncode == 0
+    assert "and 1 kernel type tree from" in p.stderr.decode(), p.stderr.decode()
+    assert list((cache_dir / "btf").iterdir()) == [] and _entries(cache_dir) == []
