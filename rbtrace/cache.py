@@ -27,12 +27,12 @@ from rbtrace.loader import Compiled, MapSpec, ProgSpec
 
 FORMAT = 1
 SUFFIX = ".probe.json"
-DEFAULT_DIR = "/var/cache/rbtrace"
 VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("RBTRACE_CACHE_DIR") or DEFAULT_DIR)
+    from rbtrace.paths import cache_dir
+    return cache_dir()
 
 
 def entries_dir(root=None) -> Path:

@@ -28,5 +28,15 @@ def probes_dir() -> Path:
 
 
 def cache_dir() -> Path:
-    """Writable cache (merged header trees, BTF offsets)."""
-    return Path(os.environ.get("RBTRACE_CACHE_DIR") or "/var/cache/rbtrace")
+    """rbtrace's cache (compiled probes, kernel type trees, merged header
+    trees, BTF offsets): $RBTRACE_CACHE_DIR; else /var/cache/rbtrace for
+    root, and for another user (with the capabilities) one of their own,
+    $XDG_CACHE_HOME/rbtrace or ~/.cache/rbtrace: root's is closed to them."""
+    if os.environ.get("RBTRACE_CACHE_DIR"):
+        return Path(os.environ["RBTRACE_CACHE_DIR"])
+    if os.geteuid() == 0:
+        return Path("/var/cache/rbtrace")
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg and os.path.isabs(xdg):
+        return Path(xdg) / "rbtrace"
+    return Path(os.path.expanduser("~")) / ".cache" / "rbtrace"

@@ -15,6 +15,7 @@ directory and run with the same interpreter.
 """
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import sysconfig
@@ -90,6 +91,7 @@ def as_user(kernel_ok):
                               timeout=timeout)
 
     run.top = top
+    run.home = home
     yield run
     shutil.rmtree(tmp, ignore_errors=True)
 
@@ -211,14 +213,24 @@ def test_tp_and_run_as_a_user_with_the_capabilities(as_user):
     assert [(e["event"], e["pid"]) for e in r.events] == [("sched:sched_process_exit",
                                                            r.summary["command"]["pid"])]
     # A probe of one's own compiles from the kernel's BTF, in a tree kept
-    # in a cache directory of mode 0700 that the user owns: root's is
-    # closed to it, which one line says.
+    # in a cache of mode 0700 that the user owns: root's is closed to them,
+    # so theirs is ~/.cache/rbtrace unless RBTRACE_CACHE_DIR says otherwise.
     run = ("run", "--json", os.path.join(as_user.top, "examples", "exit.bpf.c"), "--",
            "/bin/sh", "-c", "exit 3")
     if not os.environ.get("RBTRACE_CACHE_DIR"):
+        mine = os.path.join(as_user.home, ".cache", "rbtrace")
+        shutil.rmtree(mine, ignore_errors=True)
         p = as_user(*run)
-        assert p.returncode == 1 and p.stdout == b"", p.stderr.decode()
-        assert "set RBTRACE_CACHE_DIR to a directory of yours, mode 0700" in p.stderr.decode()
+        assert p.returncode == 3, p.stderr.decode()
+        r = parse_json_lines(p.stdout.decode())
+        assert [(e["pid"], e["args"]["code"]) for e in r.events] == \
+            [(r.summary["command"]["pid"], 3)]
+        st = os.stat(mine)
+        assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (UID, 0o700)
+        assert os.listdir(os.path.join(mine, "compiled")) and os.listdir(os.path.join(mine, "btf"))
+        again = as_user(*run[:2], "--debug", *run[2:])     # now from the user's cache
+        assert again.returncode == 3 and "loaded from the compile cache" in \
+            again.stderr.decode(), again.stderr.decode()
     top = tempfile.mkdtemp(prefix="rbtrace-user-cache-")
     try:
         os.chmod(top, 0o711)
@@ -231,6 +243,7 @@ def test_tp_and_run_as_a_user_with_the_capabilities(as_user):
         r = parse_json_lines(p.stdout.decode())
         assert [(e["pid"], e["args"]["code"]) for e in r.events] == \
             [(r.summary["command"]["pid"], 3)]
+        assert os.listdir(os.path.join(cache, "compiled"))
     finally:
         shutil.rmtree(top, ignore_errors=True)
 

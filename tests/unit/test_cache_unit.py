@@ -6,6 +6,7 @@ import json
 import os
 import stat
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -223,3 +224,22 @@ def test_process_filters_are_config_values_not_compile_flags():
     # No filter: zeros, and `ready`, without which (a map nobody wrote yet)
     # the programs trace nothing.
     assert config_bytes({})[4:] == bytes(16) + b"\1\0\0\0" + bytes(16)
+
+
+def test_the_cache_is_roots_or_the_users_own(monkeypatch, tmp_path):
+    """Root's cache is closed to other users (mode 0700): a capable user
+    gets one of their own rather than a refusal at every run."""
+    from rbtrace import paths
+    monkeypatch.delenv("RBTRACE_CACHE_DIR", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(paths.os, "geteuid", lambda: 0)
+    assert paths.cache_dir() == Path("/var/cache/rbtrace")
+    monkeypatch.setattr(paths.os, "geteuid", lambda: 1000)
+    assert paths.cache_dir() == tmp_path / ".cache" / "rbtrace"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert paths.cache_dir() == tmp_path / "xdg" / "rbtrace"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/ignored")     # the spec: absolute only
+    assert paths.cache_dir() == tmp_path / ".cache" / "rbtrace"
+    monkeypatch.setenv("RBTRACE_CACHE_DIR", str(tmp_path / "mine"))
+    assert paths.cache_dir() == tmp_path / "mine" == cache.cache_root()
