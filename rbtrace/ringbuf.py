@@ -9,8 +9,12 @@ batch of thousands is decoded column by column.
 Layout (kernel/bpf/ringbuf.c, as seen from user space):
   page 0 of the map, RW:   consumer_pos (u64), the only thing we write
   page 1, RO:              producer_pos (u64)
-  pages 2.., RO:           the data area, mapped twice in a row, so a
-                           record that wraps is contiguous in memory.
+  pages 2.., RO:           the data area.  The kernel lets it be mapped
+                           twice in a row, so that a record that wraps is
+                           contiguous in memory; rbtrace maps it once (its
+                           pages count in the process's RSS once per
+                           mapping, 16 MiB of 8 MiB ring otherwise) and
+                           copies the rare record that crosses the end.
   record:  u32 len (bit 31 BUSY: reserved, not yet committed; bit 30
            DISCARD), u32 page offset, then the payload, padded to 8 bytes.
 producer_pos moves at reserve time, so everything between consumer_pos and
@@ -50,9 +54,8 @@ class EventType:
 
 
 class RingConsumer:
-    """`data_map` is for tests: the producer page and the data area twice,
-    as a buffer with close(), when map_fd is not a BPF ring (a memfd can't
-    map one range twice by itself)."""
+    """`data_map` is for tests: the producer page and the data area (at
+    least once), as a buffer with close(), when map_fd is not a BPF ring."""
 
     def __init__(self, map_fd: int, data_size: int, event_types, data_map=None):
         page = mmap.PAGESIZE
@@ -63,16 +66,16 @@ class RingConsumer:
         self._cons_map = mmap.mmap(map_fd, page, mmap.MAP_SHARED,
                                    mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
         if data_map is None:
-            data_map = mmap.mmap(map_fd, page + 2 * data_size, mmap.MAP_SHARED,
+            data_map = mmap.mmap(map_fd, page + data_size, mmap.MAP_SHARED,
                                  mmap.PROT_READ, offset=page)
         self._data_map = data_map
         # numpy scalar views: loads and the store of consumer_pos are single
         # 8-byte accesses (struct.pack_into '<Q' may write byte by byte).
         self._cons = np.frombuffer(self._cons_map, dtype=np.uint64, count=1)
         self._prod = np.frombuffer(self._data_map, dtype=np.uint64, count=1)
-        self._data = np.frombuffer(self._data_map, dtype=np.uint8, offset=page)
+        self._data = np.frombuffer(self._data_map, dtype=np.uint8, offset=page, count=data_size)
         self._u32 = self._data.view(np.uint32)
-        self.data = memoryview(self._data_map)[page:]   # raw bytes, for strings
+        self.data = memoryview(self._data_map)[page:page + data_size]   # raw bytes, for strings
         self._types = {}
         for et in event_types:
             if et.size in self._types:
@@ -105,14 +108,15 @@ class RingConsumer:
         return min(1.0, self.pending() / self.size)
 
     def segments(self, max_records=SEGMENT_RECORDS):
-        """Yield (EventType, records, data_offsets) for committed records,
-        at most `max_records` at a time.
+        """Yield (EventType, records, data_offsets, data) for committed
+        records, at most `max_records` at a time.
 
         `records` is a structured array viewing the ring (fields under
         `_payload`); it is valid only until the generator resumes, because
         consumer_pos advances past each segment when the caller asks for the
-        next.  `data_offsets` gives each record's payload offset in
-        `self.data`, for reading variable-length strings.
+        next.  `data_offsets` gives each record's payload offset in `data`,
+        for reading variable-length strings: `self.data`, or for a record
+        that crosses the end of the ring, a copy of that one record.
         """
         cons = int(self._cons[0])
         prod = int(self._prod[0])
@@ -132,7 +136,19 @@ class RingConsumer:
                 raise RuntimeError(f"ring record of unknown size {length} at {cons}")
             et, rec = entry
             stride = rec.itemsize
-            n = min((prod - cons) // stride, self.size // stride, max_records)
+            n = min((prod - cons) // stride, (self.size - off) // stride, max_records)
+            if n == 0:
+                # The record crosses the end of the ring (its 8-byte header
+                # never does): its two parts, copied together.
+                head = self.size - off
+                copy = bytearray(stride)
+                copy[:head] = self.data[off:]
+                copy[head:] = self.data[:stride - head]
+                view = np.ndarray((1,), dtype=rec, buffer=copy)
+                yield et, view["_payload"], np.array([HDR]), memoryview(copy)
+                cons += stride
+                self._cons[0] = cons
+                continue
             view = np.ndarray((n,), dtype=rec, buffer=self._data_map,
                               offset=mmap.PAGESIZE + off)
             lens = view["_len"]
@@ -140,6 +156,6 @@ class RingConsumer:
             if len(bad):
                 n = int(bad[0])
                 view = view[:n]
-            yield et, view["_payload"], (off + HDR) + stride * np.arange(n)
+            yield et, view["_payload"], (off + HDR) + stride * np.arange(n), self.data
             cons += n * stride
             self._cons[0] = cons

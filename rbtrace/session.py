@@ -401,7 +401,7 @@ class Session:
 
     def _drain_segments(self, ring, deadline=None):
         probe, renderer = self.probe, self.renderer
-        for et, records, offsets in ring.segments():
+        for et, records, offsets, data in ring.segments():
             if deadline is not None and (self.stop_reason is not None
                                          or time.monotonic() >= deadline):
                 break       # this segment stays in the ring, unconsumed
@@ -413,12 +413,12 @@ class Session:
                 self.stop_reason = "count"
             try:
                 if renderer.wants_bytes and hasattr(probe, "json_lines"):
-                    renderer.write_lines(probe.json_lines(et, records, offsets, ring.data))
+                    renderer.write_lines(probe.json_lines(et, records, offsets, data))
                 elif renderer.wants_all:
-                    renderer.events(probe.decode(et, records, offsets, ring.data))
+                    renderer.events(probe.decode(et, records, offsets, data))
                 else:
                     tail = renderer.tail
-                    renderer.count(n, probe.decode(et, records[-tail:], offsets[-tail:], ring.data))
+                    renderer.count(n, probe.decode(et, records[-tail:], offsets[-tail:], data))
             except OutputError as e:
                 # One line per event, and only whole lines are kept: the
                 # first lines_kept events are out, the others are not.

@@ -63,7 +63,7 @@ def big(seq, blob=b"x"):
 
 def drain(consumer):
     out = []
-    for et, recs, offs in consumer.segments():
+    for et, recs, offs, data in consumer.segments():
         out.extend((et.name, int(s)) for s in recs["seq"])
     return out
 
@@ -111,12 +111,14 @@ def test_records_wrapping_the_end_are_read_whole(ring):
     ring.add(big(5, b"wrapped-blob"))
     ring.add(small(6, comm=b"ab"))
     got = []
-    for et, recs, offs in c.segments():
+    for et, recs, offs, data in c.segments():
         for rec, off in zip(recs, offs):
             text = rec["blob"] if et.name == "big" else rec["comm"]
             got.append((et.name, int(rec["seq"]), bytes(text)))
-            # data offsets address the payload in the double-mapped area
-            assert struct.unpack_from("<Q", c.data, int(off))[0] == rec["seq"]
+            # data offsets address the payload in `data`: the ring, or for
+            # the record that crosses the end, a copy of that record alone
+            assert struct.unpack_from("<Q", data, int(off))[0] == rec["seq"]
+            assert (len(data) == 56) == (et.name == "big")
     assert got == [("big", 5, b"wrapped-blob"), ("small", 6, b"ab")]
     c.close()
 
@@ -125,7 +127,7 @@ def test_long_batch_is_one_segment(ring):
     c = RingConsumer(ring.fd, SIZE, [SMALL])
     for i in range(500):
         ring.add(small(i, pid=i))
-    segs = list((et.name, len(recs), recs["pid"].tolist()) for et, recs, _ in c.segments())
+    segs = list((et.name, len(recs), recs["pid"].tolist()) for et, recs, _, _ in c.segments())
     assert len(segs) == 1 and segs[0][1] == 500
     assert segs[0][2] == list(range(500))
     c.close()

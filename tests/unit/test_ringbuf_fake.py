@@ -118,7 +118,7 @@ def rec_b(seq, name=b"n"):
 
 
 def drain(c):
-    return [(et.name, int(s)) for et, recs, _ in c.segments() for s in recs["seq"]]
+    return [(et.name, int(s)) for et, recs, _, _ in c.segments() for s in recs["seq"]]
 
 
 @pytest.fixture
@@ -141,10 +141,10 @@ def test_a_record_written_once_across_the_end_is_read_whole(ring):
     ring.add(rec_b(7, b"across-the-end"))
     ring.add(rec_a(8, x=99))
     got = []
-    for et, recs, offs in c.segments():
+    for et, recs, offs, data in c.segments():
         for r, off in zip(recs, offs):
             got.append((et.name, int(r["seq"]), bytes(r["name"]) if et.name == "b" else int(r["x"])))
-            assert struct.unpack_from("<Q", c.data, int(off))[0] == r["seq"]
+            assert struct.unpack_from("<Q", data, int(off))[0] == r["seq"]
     assert got == [("b", 7, b"across-the-end"), ("a", 8, 99)]
     assert ring.consumer_pos == SIZE - 16 + 56 + 24
     c.close()
@@ -215,7 +215,7 @@ def test_segments_are_cut_to_max_records_and_each_record_comes_once(ring):
     for seq in range(10):
         ring.add(rec_a(seq))
     ring.add(rec_b(10))
-    sizes = [(et.name, [int(s) for s in recs["seq"]]) for et, recs, _ in c.segments(max_records=4)]
+    sizes = [(et.name, [int(s) for s in recs["seq"]]) for et, recs, _, _ in c.segments(max_records=4)]
     assert sizes == [("a", [0, 1, 2, 3]), ("a", [4, 5, 6, 7]), ("a", [8, 9]), ("b", [10])]
     assert ring.consumer_pos == 10 * 24 + 56
     assert list(c.segments()) == []

@@ -66,7 +66,7 @@ class FakeRing:
     def segments(self):
         if self.batches:
             recs = self.batches.popleft()
-            yield "et", recs, np.zeros(len(recs), dtype=np.int64)
+            yield "et", recs, np.zeros(len(recs), dtype=np.int64), None
 
     def pending(self):
         return 0
@@ -426,7 +426,7 @@ class ConsumingRing(FakeRing):
     def segments(self):
         while self.batches:
             recs = self.batches[0]
-            yield "et", recs, np.zeros(len(recs), dtype=np.int64)
+            yield "et", recs, np.zeros(len(recs), dtype=np.int64), None
             self.batches.popleft()
 
 
