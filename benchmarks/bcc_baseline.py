@@ -33,8 +33,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from rbtrace.bpf import (captured_fds, compile_flags, config_bytes, inline_local_includes,  # noqa: E402
-                         prepare)
+from rbtrace.bpf import captured_fds, compile_flags, config_bytes, prepare  # noqa: E402
+from rbtrace.csource import inline_local_includes  # noqa: E402
 from rbtrace.loader import recursion_misses  # noqa: E402
 from rbtrace.paths import probes_dir  # noqa: E402
 from rbtrace.probes.open import SYSCALLS, OpenProbe  # noqa: E402

@@ -15,7 +15,7 @@ import sys
 
 import numpy as np
 
-from rbtrace import kernel
+from rbtrace import csource, kernel
 from rbtrace.errors import EnvironmentProblem, ProbeError
 from rbtrace.loader import (INSN_SIZE, PROG_TYPE_RAW_TRACEPOINT, PROG_TYPE_TRACEPOINT, Compiled,
                             Loaded, LoadError, MapSpec, ProgSpec, link_callbacks, map_fd_refs,
@@ -349,95 +349,16 @@ def _missing_include(text, source):
                                       "rbtrace-run(8) lists what a probe can include")
 
 
-_LOCAL_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"]+)"[ \t]*$')
-
-
-_TRACEPOINT_HEAD = re.compile(r"^(\s*TRACEPOINT_PROBE\s*\(\s*\w+\s*,\s*\w+\s*\))(.*)$")
-
-
-def inline_local_includes(path, search=(), _seen=None) -> str:
-    """The probe's source with its `#include "x.h"` files pasted in.
-
-    BCC rewrites map calls (`stats.lookup(...)`) only in the main file, so
-    helpers in common.h that touch maps must become part of it.  `#line`
-    markers keep compiler messages pointing at the real files and lines.
-    BCC inserts text of its own between the lines (each tracepoint's
-    argument struct, for one), so every line gets its marker; only lines
-    continuing a macro (after a backslash) can't have one.
-    """
-    path = os.path.abspath(path)
-    _seen = set() if _seen is None else _seen
-    with open(path, encoding="utf-8", errors="surrogateescape") as f:
-        lines = f.read().split("\n")
-    out = [f'#line 1 "{path}"']
-    for number, line in enumerate(lines, 1):
-        m = _LOCAL_INCLUDE.match(line)
-        candidate = None
-        if m:
-            for d in (os.path.dirname(path), *map(str, search)):
-                if os.path.isfile(os.path.join(d, m.group(1))):
-                    candidate = os.path.abspath(os.path.join(d, m.group(1)))
-                    break
-        if candidate is None:
-            continued = number > 1 and lines[number - 2].endswith("\\")
-            if number > 1 and not continued:
-                out.append(f'#line {number} "{path}"')
-            tp = None if continued else _TRACEPOINT_HEAD.match(line)
-            if tp and tp.group(2).strip():
-                # BCC inserts the tracepoint's argument struct (several
-                # lines) just before TRACEPOINT_PROBE: code after it on the
-                # same line would be reported that many lines further on.
-                # It goes on a line of its own, at the same column.
-                out += [tp.group(1), f'#line {number} "{path}"',
-                        " " * len(tp.group(1)) + tp.group(2)]
-                continue
-            out.append(line)
-            continue
-        if candidate not in _seen:      # not ours: left to the compiler
-            _seen.add(candidate)
-            out.append(inline_local_includes(candidate, search, _seen))
-        out.append(f'#line {number + 1} "{path}"')
-    return "\n".join(out)
-
-
-_C_TOKENS = re.compile(r'//[^\n]*|/\*.*?\*/|"(?:\\.|[^"\\\n])*"|\'(?:\\.|[^\'\\\n])*\'', re.S)
-
-
-def code_only(text: str) -> str:
-    """C source with comments blanked and string and character literals
-    emptied (their quotes kept), newlines kept: for looking for code with
-    regular expressions without being fooled by prose, on the same lines.
-    An `#include "x.h"` keeps its file name."""
-    def blank(m):
-        s = m.group(0)
-        if s.startswith("/"):
-            return " " if s.startswith("//") or "\n" not in s else "\n" * s.count("\n")
-        if text.rfind("#", 0, m.start()) > text.rfind("\n", 0, m.start()) and s[0] == '"':
-            return s                 # a preprocessor line's "file name"
-        return s[0] + " " * (len(s) - 2) + s[-1]
-    return _C_TOKENS.sub(blank, text)
-
-
-# Hook kinds a BCC source can use besides tracepoints, by how BCC spells them
-# (its helpers.h macros, and the function name prefixes it attaches by).
-_HOOK_USE = {
-    "kprobe": re.compile(r"\b(kprobe__|kretprobe__)\w+\s*\("),
-    "fentry": re.compile(r"\b(KFUNC_PROBE|KRETFUNC_PROBE|KMOD_RET)\s*\(|\bk(ret)?func__\w+\s*\("),
-}
-
-
 def _refuse_hooks_that_cannot_load(text, source):
     """Name a hook kind this kernel can't load (as `rbtrace doctor` finds it)
     instead of letting BCC fail with a traceback-shaped message."""
     from rbtrace.doctor import try_hook
-    text = code_only(text)
-    for kind, pattern in _HOOK_USE.items():
-        if pattern.search(text):
-            ok, reason = try_hook(kind)
-            if not ok:
-                raise ProbeError(f"{source}: uses {kind} hooks, which this kernel can't load: {reason}",
-                                 hint="rbtrace doctor lists the hook kinds that load here; "
-                                      "use tracepoints")
+    for kind in csource.hook_kinds_used(text):
+        ok, reason = try_hook(kind)
+        if not ok:
+            raise ProbeError(f"{source}: uses {kind} hooks, which this kernel can't load: {reason}",
+                             hint="rbtrace doctor lists the hook kinds that load here; "
+                                  "use tracepoints")
 
 
 # struct rb_header (probes/common.h) as numpy sees it at the start of a record.
@@ -463,8 +384,6 @@ def check_event_types(event_types, source):
                              hint="make one of them larger (a member such as u8 pad[8])")
 
 
-_TRACEPOINT_USE = re.compile(r"^\s*TRACEPOINT_PROBE\s*\(\s*(\w+)\s*,\s*(\w+)\s*\)", re.M)
-_LINE_MARKER = re.compile(r'^(#line \d+ )"([^"]*/)?([^"/]*)"$', re.M)
 
 # The ring's size is chosen at each run, and set when its map is created:
 # the compiled bytes don't depend on it.  BCC still creates every map while
@@ -497,18 +416,6 @@ def compile_flags(cflags: dict) -> list:
         cflags = {**cflags, "EXIT_HAS_GROUP_DEAD": int(kernel.exit_has_group_dead())}
     return [f"-D{name}" if value is True else f"-D{name}={value}"
             for name, value in {**kernel.task_offsets(), **cflags}.items()]
-
-
-def defines(flags) -> str:
-    """-D flags as #define lines for the top of the source.  Given as -D,
-    they would be defined before the kernel's types are read, and a name
-    the kernel has too (FILTER_COMM is one of its enumerators) would
-    break its declaration."""
-    out = []
-    for flag in flags:
-        name, _, value = flag[2:].partition("=")
-        out.append(f"#define {name} {value if value else 1}\n")
-    return "".join(out)
 
 
 def _key_flags(cflags: dict) -> list:
@@ -642,7 +549,7 @@ class LoadedProbe:
         # compiled with bpf_loop does not load on a kernel without it.
         cflags["HAVE_BPF_LOOP"] = int(kernel.bpf_loop_usable())
         ring_bytes = ring_bytes or DEFAULT_RING_BYTES
-        text = inline_local_includes(source, [probes_dir()])
+        text = csource.inline_local_includes(source, [probes_dir()])
         self.headers = kernel.find_headers(kernel_types=kernel_types)
         self.from_cache = False
         self.loaded = None
@@ -653,8 +560,8 @@ class LoadedProbe:
             except cache.Unsafe as e:
                 cache.say(f"not using the compile cache: {e}")
         if entries is not None:
-            used = [f"{c}:{e}" for c, e in _TRACEPOINT_USE.findall(code_only(text))]
-            key, parts = cache.make_key(_LINE_MARKER.sub(r'\1"\3"', text), _key_flags(cflags),
+            used = csource.tracepoints_used(text)
+            key, parts = cache.make_key(csource.without_dirs(text), _key_flags(cflags),
                                         used + list(self.generated.values()),
                                         self.headers.how)
             compiled = cache.lookup(entries, key)
@@ -687,7 +594,7 @@ class LoadedProbe:
         """(bcc, the BPF object, Compiled): BCC compiles; nothing is loaded."""
         use_headers(self.headers)
         bcc = import_bcc()
-        for category, event in _TRACEPOINT_USE.findall(code_only(text)):
+        for category, event in (tp.split(":") for tp in csource.tracepoints_used(text)):
             if not kernel.tracepoint_exists(category, event):
                 raise ProbeError(f"{source}: tracepoint {category}:{event} does not exist on this kernel",
                                  hint=f"ls {kernel.tracefs_dir()}/events/{category}")
@@ -697,7 +604,7 @@ class LoadedProbe:
         class CompileOnly(bcc.BPF):
             def _trace_autoload(self):
                 pass        # rbtrace/loader.py loads and attaches
-        text = defines(flags) + text
+        text = csource.defines(flags) + text
         with captured_fds() as output, compile_cwd(self.headers):
             try:
                 b = CompileOnly(text=text.encode(errors="surrogateescape"), cflags=[])

@@ -22,7 +22,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rbtrace.bpf import USER_PROBE_COST_HINT, code_only
+from rbtrace.bpf import USER_PROBE_COST_HINT
+from rbtrace.csource import code_only
 from rbtrace.errors import ProbeError, UsageError
 from rbtrace.fields import for_message, safe_message
 from rbtrace.probes.generic import (HEADER_FIELDS, JSON_FIELDS, EventSpec, FieldSpec,
@@ -137,7 +138,7 @@ def _line(text, pos):
 
 def _user_files(path: str, shown: str):
     """(path to show, text) of the user's file and the local headers it
-    includes, as bpf.inline_local_includes resolves them; rbtrace's own
+    includes, as csource.inline_local_includes resolves them; rbtrace's own
     headers are left out (but noted by name)."""
     from rbtrace.paths import probes_dir
     ours = probes_dir().resolve()

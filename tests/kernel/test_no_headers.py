@@ -8,7 +8,6 @@ then compare its events with their usual ground truth (strace, /proc,
 waitpid, the workloads' own records), ppid and exe included, which are
 read through struct offsets.
 """
-import os
 import subprocess
 import sys
 

@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 from conftest import REPO, RBTRACE_ARGV, parse_json_lines, run_cli
 

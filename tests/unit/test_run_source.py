@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from rbtrace import bpf
-from rbtrace.bpf import RB_HEADER, check_event_types, code_only, dtype_from_ctypes
+from rbtrace.bpf import RB_HEADER, check_event_types, dtype_from_ctypes
+from rbtrace.csource import code_only
 from rbtrace.errors import Exit, ProbeError, UsageError
 from rbtrace.probes import run
 from rbtrace.probes.run import RunProbe, counts_errors, read_probe, ring_warnings
