@@ -46,68 +46,6 @@ def _try_ringbuf(size=4096) -> tuple:
     return True, "BPF_MAP_TYPE_RINGBUF created"
 
 
-_HOOK_PROGRAMS = {
-    "tracepoint": ("int f(void *ctx) { return 0; }", "TRACEPOINT",
-                   lambda b: b.attach_tracepoint(tp="syscalls:sys_enter_getpid", fn_name="f")),
-    "raw_tracepoint": ("int f(void *ctx) { return 0; }", "RAW_TRACEPOINT",
-                       lambda b: b.attach_raw_tracepoint(tp="sys_enter", fn_name="f")),
-    "kprobe": ("int f(void *ctx) { return 0; }", "KPROBE",
-               lambda b: b.attach_kprobe(event=b.get_syscall_fnname("getpid"), fn_name="f")),
-    "uprobe": ("int f(void *ctx) { return 0; }", "KPROBE",
-               lambda b: b.attach_uprobe(name="c", sym="getpid", fn_name="f")),
-    "fentry": ("KFUNC_PROBE(do_sys_openat2) { return 0; }", None, None),
-}
-
-
-# A testing aid: RBTRACE_FORCE_UNLOADABLE=kprobe,fentry makes those hook
-# kinds fail as on a kernel that lacks them, so that the refusal can be
-# tested on any kernel, with a reason that doesn't come from this function's
-# own reading of the kernel.
-FORCE_UNLOADABLE = "RBTRACE_FORCE_UNLOADABLE"
-FORCED_REASON = f"refused by {FORCE_UNLOADABLE} (a testing aid)"
-
-
-def try_hook(kind) -> tuple:
-    if kind in os.environ.get(FORCE_UNLOADABLE, "").split(","):
-        return False, FORCED_REASON
-    from rbtrace.bpf import captured_fds, compile_cwd, prepare
-    bcc, headers = prepare()
-    text, prog_type, attach = _HOOK_PROGRAMS[kind]
-    with captured_fds() as output, compile_cwd(headers):
-        try:
-            b = bcc.BPF(text=text)
-            if prog_type:
-                b.load_func("f", getattr(bcc.BPF, prog_type))
-                attach(b)
-            b.cleanup()
-            error = None
-        except Exception as e:  # BCC raises bare Exception
-            error = str(e)
-    if error is None:
-        return True, "loads and attaches"
-    kernel_says = [ln for ln in output.text.splitlines() if "bpf:" in ln or "error" in ln.lower()]
-    reason = (kernel_says[0].strip() if kernel_says else error.splitlines()[0])[:160]
-    if kind == "kprobe" and not os.path.exists("/sys/bus/event_source/devices/kprobe"):
-        reason = "the kernel has no kprobe support (CONFIG_KPROBES is off)"
-    elif kind == "uprobe" and os.geteuid() != 0 and not kernel.effective_caps() >> kernel.CAP_SYS_ADMIN & 1:
-        # Seen on 6.18: with CAP_BPF, CAP_PERFMON and CAP_DAC_READ_SEARCH
-        # the uprobe does not attach; adding CAP_SYS_ADMIN makes it.
-        reason += " (a user other than root needs CAP_SYS_ADMIN for uprobes)"
-    elif kind == "fentry":
-        lockdown = _read("/sys/kernel/security/lockdown")
-        if lockdown:
-            reason += f" (lockdown: {lockdown})"
-    return False, reason
-
-
-def _read(path):
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError:
-        return ""
-
-
 def _guarded(name, required, fn):
     """One check, whatever goes wrong inside it: a line, never a traceback."""
     try:
@@ -221,7 +159,8 @@ def run_checks(out) -> int:
     else:
         why = "not tried: " + ", ".join(n for n in ("kernel headers", "tracefs", "BCC")
                                         if not ready[n]) + " missing (see above)"
-    for kind in _HOOK_PROGRAMS:
+    from rbtrace.bpf import HOOK_PROGRAMS, try_hook
+    for kind in HOOK_PROGRAMS:
         required = kind == "tracepoint"
         if not can_load:
             checks.append(Check(f"hook {kind}", False, why, required=required))

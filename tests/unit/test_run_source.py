@@ -158,13 +158,12 @@ def test_kprobe_hooks_count_as_hooks_and_are_left_to_the_doctor_check(tmp_path):
 ])
 def test_hooks_the_kernel_cannot_load_are_refused_with_the_doctors_reason(monkeypatch, source,
                                                                           kind):
-    from rbtrace import doctor
     asked = []
 
     def try_hook(k):
         asked.append(k)
         return False, f"the reason doctor gives for {k}"
-    monkeypatch.setattr(doctor, "try_hook", try_hook)
+    monkeypatch.setattr(bpf, "try_hook", try_hook)
     with pytest.raises(ProbeError) as e:
         bpf._refuse_hooks_that_cannot_load(source, "my.bpf.c")
     assert asked == [kind]
