@@ -177,18 +177,14 @@ def _linked_verifier_log(bcc, p, b, level) -> str:
     """The verifier's log for program `p`, which has callbacks linked in,
     loaded as rbtrace loads it (no line info: no "; code @ file:line")."""
     from rbtrace.loader import FuncBTF, load_program
-    btf = None
+    size = 1 << 22 if level == 1 else 1 << 16
+    license = bcc.lib.bpf_module_license(b.module).decode()
     try:
-        btf = FuncBTF([p])
-        size = 1 << 22 if level == 1 else 1 << 16
-        license = bcc.lib.bpf_module_license(b.module).decode()
-        os.close(load_program(p, p.insns, license, log_level=level, log_size=size, btf=btf))
+        with FuncBTF([p]) as btf:
+            os.close(load_program(p, p.insns, license, log_level=level, log_size=size, btf=btf))
         return ""
     except LoadError as e:
         return e.log
-    finally:
-        if btf is not None:
-            btf.close()
 
 
 def _load_failure(failure, text, source, cost_hint=None) -> ProbeError:
@@ -621,7 +617,7 @@ class LoadedProbe:
             except cache.Unsafe as e:
                 cache.say(f"not using the compile cache: {e}")
         if entries is not None:
-            used = csource.tracepoints_used(text)
+            used = [f"{c}:{e}" for c, e in csource.tracepoints_used(text)]
             key, parts = cache.make_key(csource.without_dirs(text), _key_flags(cflags),
                                         used + list(self.generated.values()),
                                         self.headers.how)
@@ -655,7 +651,7 @@ class LoadedProbe:
         """(bcc, the BPF object, Compiled): BCC compiles; nothing is loaded."""
         use_headers(self.headers)
         bcc = import_bcc()
-        for category, event in (tp.split(":") for tp in csource.tracepoints_used(text)):
+        for category, event in csource.tracepoints_used(text):
             if not kernel.tracepoint_exists(category, event):
                 raise ProbeError(f"{source}: tracepoint {category}:{event} does not exist on this kernel",
                                  hint=f"ls {kernel.tracefs_dir()}/events/{category}")

@@ -83,8 +83,8 @@ _LINE_MARKER = re.compile(r'^(#line \d+ )"([^"]*/)?([^"/]*)"$', re.M)
 
 
 def tracepoints_used(text: str) -> list:
-    """Every "category:event" the source hooks with TRACEPOINT_PROBE."""
-    return [f"{c}:{e}" for c, e in _TRACEPOINT_USE.findall(code_only(text))]
+    """(category, event) of every TRACEPOINT_PROBE in the source."""
+    return _TRACEPOINT_USE.findall(code_only(text))
 
 
 def without_dirs(text: str) -> str:

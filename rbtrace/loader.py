@@ -8,6 +8,7 @@ it needs no LLVM and no `import bcc`: maps and programs go through
 libbpf's low-level calls (libbpf.so.1, which BCC itself depends on), and a
 tracepoint is attached with perf_event_open, as the kernel's own samples do.
 """
+import contextlib
 import ctypes
 import errno as errno_mod
 import functools
@@ -395,6 +396,12 @@ class FuncBTF:
             libbpf().btf__free(self.btf)
             self.btf = None
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
 
 def load_program(spec: ProgSpec, insns: bytes, license: str, log_level=0,
                  log_size=1 << 20, btf: FuncBTF = None) -> int:
@@ -441,16 +448,12 @@ def bpf_loop_loads() -> bool:
                                                 _insn(mov, 0) + _insn(exit_))})
     spec = ProgSpec(name="rbtrace_loop", type=PROG_TYPE_TRACEPOINT, attach="tracepoint",
                     target="", insns=insns, subprogs=subprogs)
-    btf = None
     try:
-        btf = FuncBTF([spec])
-        os.close(load_program(spec, insns, "GPL", btf=btf))
+        with FuncBTF([spec]) as btf:
+            os.close(load_program(spec, insns, "GPL", btf=btf))
         return True
     except (LoadError, OSError):
         return False
-    finally:
-        if btf is not None:
-            btf.close()
 
 
 def tracepoint_id(category, event) -> int:
@@ -589,16 +592,11 @@ class Loaded:
             fds = {name: m.fd for name, m in self.maps.items()}
             images = [patched(p.insns, p.map_refs, fds) for p in compiled.programs]
             with_subprogs = [p for p in compiled.programs if p.subprogs]
-            btf = FuncBTF(with_subprogs) if with_subprogs else None
-
-            calls = [functools.partial(load_program, p, image, compiled.license, btf=btf)
-                     for p, image in zip(compiled.programs, images)]
-            failure = None
-            try:
+            with FuncBTF(with_subprogs) if with_subprogs else contextlib.nullcontext() as btf:
+                calls = [functools.partial(load_program, p, image, compiled.license, btf=btf)
+                         for p, image in zip(compiled.programs, images)]
                 results = in_threads(calls, os.cpu_count() or 1)
-            finally:
-                if btf is not None:
-                    btf.close()
+            failure = None
             for p, (fd, e) in zip(compiled.programs, results):
                 if e is None:
                     self.prog_fds[p.name] = fd

@@ -42,6 +42,7 @@ def _stride(payload: int) -> int:
 # takes seconds when the machine is overloaded).
 SEGMENT_RECORDS = 4096
 
+
 @dataclass
 class EventType:
     """One C event struct: its name, numpy dtype (payload only) and size."""

@@ -5,8 +5,8 @@ event structs it uses, turns CLI options into -D flags, decodes ring
 segments into events, and names the columns the table shows.
 """
 import base64
-import os
 import importlib
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Callable
