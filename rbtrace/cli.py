@@ -151,46 +151,127 @@ class TraceCommand(click.Command):
         return super().collect_usage_pieces(ctx) + ["[-- CMD [ARGS]...]"]
 
 
+def common_options(spec):
+    """The options every kind's command has, before its own (spec.options)."""
+    from rbtrace.spec import Option
+    return (
+        Option(("--json",), "json_out", is_flag=True,
+               help="One JSON object per line (for jq) instead of the table."),
+        Option(("-c", "--count"), "count", type=click.IntRange(min=1), metavar="N",
+               help="Stop after N events."),
+        Option(("-d", "--duration"), "duration", type=DurationType(), metavar="SECONDS",
+               help="Stop after SECONDS."),
+        Option(("-p", "--pid"), "pid", type=click.IntRange(1, 2**22), metavar="PID",
+               help="Only this process (thread group id).", filter=True, rank=1),
+        Option(("--children",), "children", is_flag=True, filter=True, rank=9,
+               help="With --pid: also every process it has started or starts, "
+                    "followed in the kernel; ends when PID exits."),
+        Option(("-u", "--uid"), "uid", type=UserType(), metavar="USER",
+               help="Only this user (name or number).", filter=True, rank=3),
+        Option(("-n", "--comm"), "comm", type=CommType(), metavar="COMM",
+               help="Only processes whose command name is COMM.", filter=True, rank=4),
+        # A kind without failed events (tp) keeps -x only to refuse it with
+        # the reason, and does not offer it in --help or completion.
+        Option(("-x", "--failed"), "failed", is_flag=True, filter=True, rank=8,
+               help=spec.failed or "", hidden=spec.failed is None),
+        Option(("--ring-size",), "ring_size", type=SizeType(), default=spec.ring,
+               show_default=True,
+               help="Ring buffer size: a power of two, whole pages (4M, 16M, 64M)."),
+        Option(("--utc",), "utc", is_flag=True,
+               help="TIME in UTC instead of local time (JSON time is always UTC)."),
+        Option(("-o", "--output"), "output",
+               type=click.Path(dir_okay=False, writable=True), metavar="FILE",
+               help="Write events to FILE instead of stdout."),
+        Option(("--no-cache",), "no_cache", is_flag=True,
+               help="Compile the probe even if the compile cache holds it, and store nothing."),
+        Option(("--debug",), "debug", is_flag=True,
+               help="Show tracebacks and compiler output."),
+    )
+
+
 def trace_options(kind):
-    """Options shared by every probe command (`kind`: the command's name)."""
-    return functools.partial(_trace_options, ring=DEFAULT_RING[kind])
+    """Transitional: the common options of a kind not yet declared by a spec."""
+    from rbtrace.spec import Spec
+    pseudo = Spec(kind, "", "", codec="", ring=DEFAULT_RING[kind])
+
+    def decorate(f):
+        params = getattr(f, "__click_params__", [])
+        params.extend(_click_option(o) for o in reversed(common_options(pseudo)))
+        f.__click_params__ = params
+        return f
+    return decorate
 
 
-def _trace_options(f, ring):
-    decorators = [
-        click.option("--json", "json_out", is_flag=True,
-                     help="One JSON object per line (for jq) instead of the table."),
-        click.option("-c", "--count", type=click.IntRange(min=1), metavar="N",
-                     help="Stop after N events."),
-        click.option("-d", "--duration", type=DurationType(),
-                     metavar="SECONDS", help="Stop after SECONDS."),
-        click.option("-p", "--pid", type=click.IntRange(1, 2**22), metavar="PID",
-                     help="Only this process (thread group id)."),
-        click.option("--children", is_flag=True,
-                     help="With --pid: also every process it has started or starts, "
-                          "followed in the kernel; ends when PID exits."),
-        click.option("-u", "--uid", type=UserType(), metavar="USER",
-                     help="Only this user (name or number)."),
-        click.option("-n", "--comm", type=CommType(), metavar="COMM",
-                     help="Only processes whose command name is COMM."),
-        click.option("-x", "--failed", is_flag=True, help="Only failed calls."),
-        click.option("--ring-size", type=SizeType(), default=ring, show_default=True,
-                     help="Ring buffer size: a power of two, whole pages (4M, 16M, 64M)."),
-        click.option("--utc", is_flag=True,
-                     help="TIME in UTC instead of local time (JSON time is always UTC)."),
-        click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True),
-                     metavar="FILE", help="Write events to FILE instead of stdout."),
-        click.option("--no-cache", is_flag=True,
-                     help="Compile the probe even if the compile cache holds it, and "
-                          "store nothing."),
-        click.option("--debug", is_flag=True, help="Show tracebacks and compiler output."),
-    ]
-    for d in reversed(decorators):
-        f = d(f)
-    return f
+def _click_option(o) -> click.Option:
+    kw = {"help": o.help, "hidden": o.hidden}
+    if o.is_flag:
+        kw["is_flag"] = True
+    else:
+        kw.update(type=o.type, metavar=o.metavar, default=o.default,
+                  show_default=o.show_default)
+    if o.callback is not None:
+        kw["callback"] = o.callback
+    return click.Option(list(o.flags) + [o.name], **kw)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _click_argument(a) -> click.Argument:
+    kw = {"nargs": a.nargs, "metavar": a.metavar}
+    if a.path:
+        kw["type"] = click.Path(path_type=str)
+    return click.Argument([a.name], **kw)
+
+
+def kind_command(spec) -> click.Command:
+    """The command of a kind, from its spec: the common options, then its own."""
+    params = [_click_argument(a) for a in spec.arguments]
+    params += [_click_option(o) for o in common_options(spec) + spec.options]
+
+    def callback(**opts):
+        sys.exit(_run_kind(spec, opts))
+    return TraceCommand(spec.name, params=params, callback=callback, help=spec.help)
+
+
+class _Commands(dict):
+    """The group's commands: each kind's made from its spec the first time
+    it is asked for (`rbtrace exec` imports exec's spec alone)."""
+
+    def __missing__(self, name):
+        from rbtrace import spec
+        if name not in spec.KINDS:
+            raise KeyError(name)
+        command = self[name] = kind_command(spec.load(name))
+        return command
+
+    def _names(self):
+        from rbtrace.spec import KINDS
+        return set(KINDS) | set(dict.keys(self))
+
+    def __contains__(self, name):
+        return name in self._names()
+
+    def __iter__(self):
+        return iter(sorted(self._names()))
+
+    def __len__(self):
+        return len(self._names())
+
+    def keys(self):
+        return list(self)
+
+    def get(self, name, default=None):
+        return self[name] if name in self else default
+
+
+class Rbtrace(click.Group):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.commands = _Commands(self.commands)
+
+    def list_commands(self, ctx):
+        return list(self.commands)
+
+
+@click.group(cls=Rbtrace, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="rbtrace")
 def cli():
     """Trace Linux events with BPF: a live table on a terminal, exact JSON
@@ -219,11 +300,33 @@ def _follow_target(opts):
     return None
 
 
-def _run_probe(probe_name, opts):
-    from rbtrace.probes import registry
-    from rbtrace.render import JsonRenderer, Output, PlainRenderer, TableRenderer
-    from rbtrace.session import Session
+def filters_text(spec, opts, target) -> str:
+    """The run's filters, for the start record and the footer: each option
+    that selects (spec.Option.filter), in rank order, then the command."""
+    shown = []
+    for o in sorted(common_options(spec) + spec.options, key=lambda o: o.rank):
+        text = o.filter_text(opts.get(o.name))
+        if text is not None:
+            shown.append(text)
+    if target is not None and not opts.get("pid"):
+        shown.append(f"command={os.path.basename(target.argv[0])}")
+    # argv bytes that are not UTF-8 (a --comm, a --path, CMD's name) can't
+    # go into JSON as they are.
+    return os.fsencode(" ".join(shown)).decode("utf-8", "replace")
 
+
+def _run_kind(spec, opts):
+    from rbtrace import codec
+
+    target = _follow_target(opts)
+    opts["follow"] = target is not None
+    opts["filters_text"] = filters_text(spec, opts, target)
+    return _run(codec.make(spec, opts), opts, target)
+
+
+def _run_probe(probe_name, opts):
+    """Transitional: a kind not yet declared by a spec."""
+    from rbtrace.probes import registry
     target = _follow_target(opts)
     opts["follow"] = target is not None
     filters = []
@@ -236,10 +339,13 @@ def _run_probe(probe_name, opts):
         filters.append("children")
     if target is not None and not opts.get("pid"):
         filters.append(f"command={os.path.basename(target.argv[0])}")
-    # Text for the start record and the footer: argv bytes that are not
-    # UTF-8 (a --comm, a --path, CMD's name) can't go into JSON as they are.
     opts["filters_text"] = os.fsencode(" ".join(filters)).decode("utf-8", "replace")
-    probe = registry()[probe_name](opts)
+    return _run(registry()[probe_name](opts), opts, target)
+
+
+def _run(probe, opts, target):
+    from rbtrace.render import JsonRenderer, Output, PlainRenderer, TableRenderer
+    from rbtrace.session import Session
 
     out_fd = None
     if opts.get("output"):
@@ -389,21 +495,6 @@ def exec_cmd(**opts):
 def open_cmd(**opts):
     """Every file open on the host (open, openat, openat2, creat), with its result."""
     sys.exit(_run_probe("open", opts))
-
-
-@cli.command("exit", cls=TraceCommand)
-@trace_options("exit")
-def exit_cmd(**opts):
-    """Every process exit on the host, once per process, with how it ended.
-
-    One event when the last thread of a process exits (not at each
-    thread's exit, nor when the parent reaps it).  JSON fields: the common
-    ones (comm is the process's, its leader's), exit_code (0-255, null when
-    a signal ended it), signal (its name, or null), core_dumped,
-    duration_ns (the process's lifetime) and status (the wait status).
-    -x: only exits with a non-zero code or by a signal, in the kernel.
-    """
-    sys.exit(_run_probe("exit", opts))
 
 
 class AddrType(click.ParamType):

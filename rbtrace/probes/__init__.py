@@ -143,11 +143,16 @@ class _Registry(Mapping):
 
     _where = {"exec": ("exec", "ExecProbe"), "open": ("open", "OpenProbe"),
               "tp": ("tp", "TpProbe"), "run": ("run", "RunProbe"),
-              "exit": ("exit", "ExitProbe"), "tcp": ("tcp", "TcpProbe")}
+              "exit": ("exit", "ExitCodec"), "tcp": ("tcp", "TcpProbe")}
 
     def __getitem__(self, name):
         module, cls = self._where[name]
-        return getattr(importlib.import_module(f"rbtrace.probes.{module}"), cls)
+        mod = importlib.import_module(f"rbtrace.probes.{module}")
+        spec = getattr(mod, "SPEC", None)
+        if spec is not None:
+            # A kind declared by a spec: its codec, made with the options.
+            return getattr(mod, cls)
+        return getattr(mod, cls)
 
     def __iter__(self):
         return iter(self._where)

@@ -1,14 +1,13 @@
 """rbtrace exit: every process exit, once per process (probes/exit.bpf.c).
 
 A record holds the wait(2) status the parent gets and the process's start
-time; every member of an event is declared in FIELDS below, with its kind
-and the record columns it is made from.
+time; SPEC below declares the event's members, options and columns.
 """
 import signal as signals
 
 from rbtrace import fields
-from rbtrace.kernel import btf_offsets
-from rbtrace.probes import Column, Probe, cstr, pid_column, put_text, shown, time_column
+from rbtrace.codec import Codec, shown
+from rbtrace.spec import Column, Field, Spec, pid_column, time_column
 
 
 # --- kinds: how a member is made from raw record values -----------------------
@@ -33,30 +32,6 @@ def core_dumped(status):
     """WCOREDUMP."""
     return bool(status & 0x80)
 
-
-def duration(start_ns, end_ns):
-    """Nanoseconds between two CLOCK_MONOTONIC times."""
-    return end_ns - start_ns
-
-
-def integer(value):
-    return value
-
-
-# The members an exit event adds to the common header (type, seq, time,
-# ts_ns, pid, tid, ppid, uid, user, comm), in order: (name, kind, record
-# columns passed to the kind).
-FIELDS = (
-    ("exit_code", exit_code, ("status",)),
-    ("signal", signal_name, ("status",)),
-    ("core_dumped", core_dumped, ("status",)),
-    ("duration_ns", duration, ("start_ns", "ts_ns")),
-    ("status", integer, ("status",)),
-)
-
-HEADER_FIELDS = ("type", "seq", "time", "ts_ns", "pid", "tid", "ppid", "uid", "user",
-                 "comm", "comm_b64")
-JSON_FIELDS = HEADER_FIELDS + tuple(name for name, _, _ in FIELDS)
 
 # Kernel struct members the probe reads, by -D name: the exiting task's
 # signal_struct and leader, the wait status and the start time.
@@ -95,22 +70,8 @@ def how_text(e) -> str:
     return e["signal"] + (" core" if e["core_dumped"] else "")
 
 
-class ExitProbe(Probe):
-    name = "exit"
-    source = "exit.bpf.c"
+class ExitCodec(Codec):
     event_structs = ("exit_event",)
-    tally = (("commands", "comm"),)
-    columns = (
-        # priority: which columns a narrow terminal drops first (highest)
-        time_column(priority=5),
-        pid_column(priority=1),
-        pid_column("PPID", "ppid", priority=6),
-        Column("USER", lambda e: fields.escape_str(e["user"]), width=8, min_width=4, priority=7),
-        Column("COMM", lambda e: shown(e, "comm"), width=15, min_width=6, priority=2),
-        Column("AGE", lambda e: age_text(e["duration_ns"]), width=7, justify="right",
-               priority=4, whole=True),
-        Column("CODE/SIGNAL", how_text, width=11, justify="right", priority=3, whole=True),
-    )
 
     def cflags(self):
         from rbtrace import kernel
@@ -118,22 +79,53 @@ class ExitProbe(Probe):
         # Which exit is the process's end (see the C file); bpf.py sets the
         # same for following a command.
         flags["EXIT_HAS_GROUP_DEAD"] = int(kernel.exit_has_group_dead())
-        flags.update(btf_offsets(STRUCT_OFFSETS))
         return flags
 
-    def decode(self, event_type, records, offsets, data):
-        seq, ts, pid, tid, ppid, uid, comm = self.header_fields(records)
-        columns = {name: records[name].tolist() for name in ("status", "start_ns")}
-        columns["ts_ns"] = ts
-        clock = self.clock
-        user_name = fields.user_name
-        out = []
-        for i in range(len(seq)):
-            e = {"type": "exit", "seq": seq[i], "time": clock.iso(ts[i]), "ts_ns": ts[i],
-                 "pid": pid[i], "tid": tid[i], "ppid": ppid[i], "uid": uid[i],
-                 "user": user_name(uid[i])}
-            put_text(e, "comm", cstr(comm[i]))
-            for name, kind, sources in FIELDS:
-                e[name] = kind(*(columns[s][i] for s in sources))
-            out.append(e)
-        return out
+    def bodies(self, event_type, records, offsets, data):
+        status = records["status"].tolist()
+        start = records["start_ns"].tolist()
+        ts = records["ts_ns"].tolist()
+        return [{"exit_code": exit_code(s), "signal": signal_name(s),
+                 "core_dumped": core_dumped(s), "duration_ns": t - b, "status": s}
+                for s, b, t in zip(status, start, ts)]
+
+
+SPEC = Spec(
+    name="exit",
+    summary="trace every process exit on the host, and how it ended",
+    help="""Every process exit on the host, once per process, with how it ended.
+
+    One event when the last thread of a process exits (not at each
+    thread's exit, nor when the parent reaps it): its exit code, or the
+    signal that killed it, and its lifetime.  -x: only exits with a
+    non-zero code or by a signal, in the kernel.""",
+    codec="probes.exit:ExitCodec",
+    source="exit.bpf.c",
+    ring="1M",
+    failed="Only processes that failed: a non-zero exit code, or killed by a signal.",
+    tally=(("commands", "comm"),),
+    offsets=STRUCT_OFFSETS,
+    fields=(
+        Field("exit_code", "int", "the exit code, 0 to 255; null when a signal ended the process",
+              null=True, minimum=0, maximum=255),
+        Field("signal", "name", 'the name of the signal that ended the process ("SIGKILL"); '
+              "null when it exited", null=True),
+        Field("core_dumped", "bool", "whether the process dumped core"),
+        Field("duration_ns", "duration", "the process's lifetime: from its start to its end"),
+        Field("status", "int", "the wait status its parent gets (waitpid(2))", minimum=0),
+    ),
+    columns=(
+        # priority: which columns a narrow terminal drops first (highest)
+        time_column(priority=5),
+        pid_column(priority=1),
+        pid_column("PPID", "ppid", priority=6),
+        Column("USER", lambda e: fields.escape_str(e["user"]), width=8, min_width=4, priority=7,
+               doc="the user's name"),
+        Column("COMM", lambda e: shown(e, "comm"), width=15, min_width=6, priority=2,
+               doc="the command name"),
+        Column("AGE", lambda e: age_text(e["duration_ns"]), width=7, justify="right",
+               priority=4, whole=True, doc="the lifetime, short: 850us, 12.3ms, 4.07s, 5m02s"),
+        Column("CODE/SIGNAL", how_text, width=11, justify="right", priority=3, whole=True,
+               doc='the exit code, or the signal ("SIGSEGV core" after a core dump)'),
+    ),
+)

@@ -337,6 +337,9 @@ def decoder_fields(probe_cls):
     "<name>_b64").  Anything that could add a field unseen (a computed key,
     the event handed to another function) is reported."""
     module = sys.modules[probe_cls.__module__]
+    spec = getattr(module, "SPEC", None)
+    if spec is not None:                 # declared: rbtrace/spec.py
+        return spec.name, set(spec.json_fields)
     tree = ast.parse(textwrap.dedent(inspect.getsource(module)))
     funcs = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
     events = {f: set() for f in funcs}
@@ -848,6 +851,8 @@ def test_event_members_are_documented_in_the_output_order(command):
         assert {k for e in events for k in e} >= {"comm_b64", "path_b64", "full_path", "mode"}
     module = sys.modules[registry()[command].__module__]
     declared = getattr(module, "JSON_FIELDS", None)
+    if hasattr(module, "SPEC"):
+        declared = module.SPEC.json_fields
     if declared is not None:
         assert_in_documented_order(declared, documented, f"rbtrace-{command}.8 (JSON_FIELDS)")
     else:

@@ -8,6 +8,7 @@ import signal
 import numpy as np
 import pytest
 
+from rbtrace.codec import make
 from rbtrace.probes import exit as exit_probe
 
 DTYPE = np.dtype([("ts_ns", "<u8"), ("seq", "<u8"), ("pid", "<u4"), ("tid", "<u4"),
@@ -44,11 +45,11 @@ def test_decode_makes_every_declared_member_in_order():
     rec["status"] = [0, 3 << 8, signal.SIGSEGV | 0x80]
     data = rec.tobytes()
     offsets = np.arange(3, dtype="i8") * DTYPE.itemsize
-    probe = exit_probe.ExitProbe({})
+    probe = make(exit_probe.SPEC, {})
     events = probe.decode(None, np.frombuffer(data, dtype=DTYPE), offsets, memoryview(data))
-    assert [list(e) for e in events[:2]] == [[f for f in exit_probe.JSON_FIELDS
+    assert [list(e) for e in events[:2]] == [[f for f in exit_probe.SPEC.json_fields
                                              if f != "comm_b64"]] * 2
-    assert set(events[2]) == set(exit_probe.JSON_FIELDS)
+    assert set(events[2]) == set(exit_probe.SPEC.json_fields)
     assert [e["duration_ns"] for e in events] == [1_000_000, 6_000_000_000, 1000]
     assert [(e["exit_code"], e["signal"], e["core_dumped"]) for e in events] == \
         [(0, None, False), (3, None, False), (None, "SIGSEGV", True)]
