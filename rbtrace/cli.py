@@ -497,37 +497,6 @@ def open_cmd(**opts):
     sys.exit(_run_probe("open", opts))
 
 
-class AddrType(click.ParamType):
-    """An IPv4 or IPv6 address (rbtrace tcp --addr)."""
-
-    name = "ADDR"
-
-    def convert(self, value, param, ctx):
-        from rbtrace.probes.tcp import parse_addr
-        try:
-            return parse_addr(value)
-        except ValueError as e:
-            self.fail(str(e), param, ctx)
-
-
-@cli.command("tcp", cls=TraceCommand)
-@trace_options("tcp")
-@click.option("--port", type=click.IntRange(1, 65535), metavar="PORT",
-              help="Only connections whose local or remote port is PORT.")
-@click.option("--addr", type=AddrType(), metavar="ADDR",
-              help="Only connections whose local or remote address is ADDR (IPv4 or IPv6).")
-def tcp_cmd(**opts):
-    """TCP connections: connect (with its result), accept, and close (with
-    duration and bytes), on tracepoints.  -x keeps only failed connects.
-
-    close events, and the outcome of a non-blocking connect, happen in the
-    kernel's network context: they carry the pid, comm and uid of the
-    process that connected or accepted, and -p, -u, -n and -- CMD select
-    connections by that process, when it connects or accepts.
-    """
-    sys.exit(_run_probe("tcp", opts))
-
-
 @cli.command("tp", cls=TraceCommand)
 @trace_options("tp")
 @click.argument("tracepoints", nargs=-1, metavar="CATEGORY:EVENT...")

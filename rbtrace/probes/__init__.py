@@ -143,7 +143,7 @@ class _Registry(Mapping):
 
     _where = {"exec": ("exec", "ExecProbe"), "open": ("open", "OpenProbe"),
               "tp": ("tp", "TpProbe"), "run": ("run", "RunProbe"),
-              "exit": ("exit", "ExitCodec"), "tcp": ("tcp", "TcpProbe")}
+              "exit": ("exit", "ExitCodec"), "tcp": ("tcp", "TcpCodec")}
 
     def __getitem__(self, name):
         module, cls = self._where[name]
