@@ -227,6 +227,10 @@ def kind_command(spec) -> click.Command:
     params += [_click_option(o) for o in common_options(spec) + spec.options]
 
     def callback(**opts):
+        if spec.before is not None:
+            code = spec.before(opts)
+            if code is not None:
+                sys.exit(code)
         sys.exit(_run_kind(spec, opts))
     return TraceCommand(spec.name, params=params, callback=callback, help=spec.help)
 
@@ -495,64 +499,6 @@ def exec_cmd(**opts):
 def open_cmd(**opts):
     """Every file open on the host (open, openat, openat2, creat), with its result."""
     sys.exit(_run_probe("open", opts))
-
-
-@cli.command("tp", cls=TraceCommand)
-@trace_options("tp")
-@click.argument("tracepoints", nargs=-1, metavar="CATEGORY:EVENT...")
-@click.option("--list", "list_only", is_flag=True,
-              help="Print the tracepoints that exist (those matching the arguments, "
-                   "if any), one per line, and exit.")
-# The numbers are rbtrace/probes/tp.py's (tests/unit/test_tp_format.py holds them equal).
-@click.option("--max-tracepoints", type=click.IntRange(1, 2000), default=400, show_default=True,
-              metavar="N", help="Refuse to attach more than N tracepoints at once, 1 to 2000.")
-@click.option("--string-bytes", type=click.IntRange(16, 4096), default=256, show_default=True,
-              metavar="N", help="Bytes kept of each __data_loc string or array, 16 to 4096.")
-def tp_cmd(**opts):
-    """Any tracepoint, every field decoded from its format.
-
-    CATEGORY:EVENT names a tracepoint (sched:sched_process_fork); either
-    part may be a wildcard ('syscalls:sys_enter_*').  JSON lines have the
-    common fields (time, pid, tid, ppid, uid, user, comm), "event" (the
-    tracepoint) and "args", the tracepoint's own fields: integers as
-    numbers, pointers as "0x..." strings, char arrays and __data_loc
-    strings as text, other arrays as lists.
-    """
-    from rbtrace.probes import tp
-    if opts["list_only"]:
-        names = []
-        for pattern in opts["tracepoints"] or (None,):
-            found = tp.list_matching(pattern)
-            if not found:
-                raise UsageError(f"no tracepoint matches '{fields.for_message(pattern)}'")
-            names.extend(n for n in found if n not in names)
-        sys.stdout.write("".join(n + "\n" for n in names))
-        sys.stdout.flush()
-        sys.exit(0)
-    sys.exit(_run_probe("tp", opts))
-
-
-# A tracepoint has no result to select on: tp keeps -x/--failed only to
-# refuse it with the reason (TpProbe), and does not offer it in --help
-# or in shell completion.
-for _param in tp_cmd.params:
-    if _param.name == "failed":
-        _param.hidden = True
-
-
-@cli.command("run", cls=TraceCommand)
-@trace_options("run")
-@click.argument("file", metavar="FILE.bpf.c", type=click.Path(path_type=str))
-def run_cmd(**opts):
-    """A probe of your own: a BCC C file that includes "rbtrace.h".
-
-    Its event structs (each beginning with struct rb_header h, named with
-    RBTRACE_EVENT) are decoded from the C source; events are written with
-    rbtrace_reserve() and rbtrace_submit(), which apply -p, -u, -n and
-    -- CMD and count drops.  TRACEPOINT_PROBE and RAW_TRACEPOINT_PROBE
-    hooks are attached.  See rbtrace-run(8) for the API and examples.
-    """
-    sys.exit(_run_probe("run", opts))
 
 
 @cli.command("cache")

@@ -142,7 +142,7 @@ class _Registry(Mapping):
     start tens of milliseconds)."""
 
     _where = {"exec": ("exec", "ExecProbe"), "open": ("open", "OpenProbe"),
-              "tp": ("tp", "TpProbe"), "run": ("run", "RunProbe"),
+              "tp": ("tp", "TpCodec"), "run": ("run", "RunCodec"),
               "exit": ("exit", "ExitCodec"), "tcp": ("tcp", "TcpCodec")}
 
     def __getitem__(self, name):
