@@ -21,7 +21,7 @@ from rbtrace.errors import Exit, RbtraceError, UsageError
 # area twice), so a ring no larger than a kind needs.  An open() storm of
 # a million failing calls (benchmarks/storm.c) dropped none into 8M and
 # 0.3% into 4M; exec, exit and tcp events come thousands of times slower.
-DEFAULT_RING = {"exec": "4M", "open": "8M", "exit": "1M", "tcp": "2M", "tp": "8M", "run": "8M"}
+DEFAULT_RING = {"exec": "4M", "open": "8M"}      # transitional: the others are in their specs
 TASK_COMM_LEN = 16
 
 
@@ -334,7 +334,7 @@ def _run_probe(probe_name, opts):
     target = _follow_target(opts)
     opts["follow"] = target is not None
     filters = []
-    for key in ("pid", "tid", "uid", "comm", "path", "flags", "port", "addr"):
+    for key in ("pid", "tid", "uid", "comm", "path", "flags"):
         if opts.get(key) not in (None, "", False):
             filters.append(f"{key}={opts[key]}")
     if opts.get("failed"):

@@ -169,7 +169,7 @@ SPEC = Spec(
     """,
     codec="probes.tcp:TcpCodec",
     source="tcp.bpf.c",
-    ring="2M",
+    ring="2M",                  # connections come thousands of times slower than opens
     failed="Only failed connects (no accept or close events).",
     offsets=STRUCT_OFFSETS,
     options=(
