@@ -250,6 +250,9 @@ class Spec:
                kind's decoding (rbtrace/codec.py).
     offsets    kernel struct members the probe reads: {-D name: (struct,
                member)}, from the running kernel's BTF.
+    before     None, or a function of the command's options called before
+               anything else (tp --list): an exit status ends the command
+               there, None goes on to trace.
     """
     name: str
     summary: str
@@ -266,6 +269,7 @@ class Spec:
     source: Optional[str] = None
     offsets: dict = field(default_factory=dict)
     fields_doc: str = ""
+    before: Optional[Callable] = None
 
     @property
     def json_fields(self) -> tuple:
