@@ -349,7 +349,7 @@ def _run_probe(probe_name, opts):
 
 def _run(probe, opts, target):
     from rbtrace.render import JsonRenderer, Output, PlainRenderer, TableRenderer
-    from rbtrace.session import Session
+    from rbtrace.session import Session, load
 
     out_fd = None
     if opts.get("output"):
@@ -371,12 +371,13 @@ def _run(probe, opts, target):
             renderer = TableRenderer(Console(), probe, opts["filters_text"], keys_fd=keys)
         else:
             renderer = PlainRenderer(out, probe)
-        session = Session(probe, renderer, opts["ring_size"], count=opts.get("count"),
-                          duration=opts.get("duration"), debug=opts.get("debug"), follow=target,
-                          use_cache=not opts.get("no_cache"))
         if target is not None:
             target.start()                    # CMD forked, held until attached
         try:
+            loaded, ring = load(probe, opts["ring_size"], use_cache=not opts.get("no_cache"),
+                                debug=opts.get("debug"))
+            session = Session(probe, renderer, loaded, ring, count=opts.get("count"),
+                              duration=opts.get("duration"), follow=target)
             code = session.run()
         except BaseException:
             if target is not None:
