@@ -390,10 +390,12 @@ class Session:
     def _drain_after_detach(self, loaded, ring):
         """Drain until every submitted record is delivered.  A program that
         was running on another CPU when it was detached may still submit
-        for a moment; wait for it (bounded) rather than lose it."""
+        for a moment; wait for it (bounded) rather than lose it.  It counts
+        a record only after committing it, so a record it has reserved but
+        not yet committed shows in the ring (pending), not in the counter."""
         for _ in range(200):
             self._drain(ring)
-            if (loaded.counters()[0] == self.delivered
+            if ((loaded.counters()[0] == self.delivered and ring.pending() == 0)
                     or self.stop_reason in ("count", "output closed", "output error")):
                 return
             time.sleep(0.001)
