@@ -36,12 +36,20 @@ def payload(et, seq):
 
 
 class Probe:
-    """What Session asks of a probe: decode() copies out each record."""
+    """What Session asks of a probe: decode() copies out each record.  It
+    counts the records read from a copy: those across the ring's end."""
     name = "fake"
     tally = ()
     options = {"filters_text": "fake=1"}
 
+    def __init__(self):
+        self.ring = None
+        self.across_the_end = 0
+
     def decode(self, et, records, offsets, data):
+        if data is not self.ring.data:
+            self.across_the_end += len(records)
+            assert struct.unpack_from("<Q", data, int(offsets[0]))[0] == records["seq"][0]
         return [{"type": et.name, "seq": int(s)} for s in records["seq"]]
 
 
@@ -141,12 +149,16 @@ def run_session(kring, out_file, program, types=(A, B), on_events=None, **kw):
     (exit code, session, renderer, the JSON lines by type)."""
     fd, path = out_file
     ring = kring.consumer(list(types))
-    renderer = Recording(Output(fd, "out.json"), Probe(), program, on_events)
-    session = Session(Probe(), renderer, program, ring, **kw)
+    probe = Probe()
+    probe.ring = ring
+    renderer = Recording(Output(fd, "out.json"), probe, program, on_events)
+    session = Session(probe, renderer, program, ring, **kw)
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     code = session.run()
     assert {s: signal.getsignal(s) for s in handlers} == handlers, "handlers not restored"
     assert program.closed and not program.attached
+    with pytest.raises(ValueError):          # released: Session.run closed the ring
+        ring.data.nbytes
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     by_type = {}
     for obj in lines:
@@ -193,6 +205,7 @@ def test_every_record_is_delivered_once_in_order_and_accounted(kring, out_file):
     assert summary["stopped_by"] == "duration" and code == Exit.OK
     # The loop drained while the producer ran, in many batches.
     assert len(r.batches) > 1 and any(attached for attached, _ in r.batches)
+    assert s.probe.across_the_end > 0
 
 
 def test_count_cuts_exactly_and_says_how_many_were_not_shown(kring, out_file):
