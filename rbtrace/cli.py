@@ -589,8 +589,20 @@ def _hold_standard_fds():
         sys.stderr = open(os.devnull, "w")
 
 
+def _notice_to_stderr(text, line):
+    """The core's notices (rbtrace/notice.py) on stderr: a notice as one
+    line made inert for a terminal, other text (--debug) as it is."""
+    if line:
+        text = fields.safe_message(text) + "\n"
+    sys.stderr.write(text)
+    sys.stderr.flush()
+
+
 def main(argv=None):
     import signal
+
+    from rbtrace import notice
+    notice.set_sink(_notice_to_stderr)
     signal.signal(signal.SIGUSR1, _usr1_ignored)
     argv = sys.argv[1:] if argv is None else argv
     _hold_standard_fds()
