@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 from rbtrace import __version__
-from rbtrace.notice import say  # cache.say: the cache command's lines too
 from rbtrace.loader import Compiled, MapSpec, ProgSpec
+from rbtrace.notice import say  # cache.say: the cache command's lines too
 
 FORMAT = 1
 SUFFIX = ".probe.json"

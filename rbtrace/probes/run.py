@@ -21,10 +21,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rbtrace import notice
 from rbtrace.bpf import USER_PROBE_COST_HINT
 from rbtrace.csource import code_only
 from rbtrace.errors import ProbeError, UsageError
-from rbtrace import notice
 from rbtrace.fields import for_message
 from rbtrace.probes.generic import (COLUMNS, FIELDS, HEADER_FIELDS, EventSpec, FieldSpec,
                                     GenericCodec)
