@@ -21,7 +21,7 @@ from rbtrace.errors import Exit, RbtraceError, UsageError
 # area twice), so a ring no larger than a kind needs.  An open() storm of
 # a million failing calls (benchmarks/storm.c) dropped none into 8M and
 # 0.3% into 4M; exec, exit and tcp events come thousands of times slower.
-DEFAULT_RING = {"exec": "4M", "open": "8M", "exit": "1M", "tcp": "2M", "tp": "8M", "run": "8M"}
+DEFAULT_RING = {"exec": "4M", "tcp": "2M", "tp": "8M", "run": "8M"}
 TASK_COMM_LEN = 16
 
 
@@ -89,35 +89,6 @@ class CommType(click.ParamType):
         if not raw or len(raw) >= TASK_COMM_LEN or b"\0" in raw:
             self.fail(f"'{fields.for_message(value)}': a command name is 1 to {TASK_COMM_LEN - 1} bytes "
                       f"(the kernel truncates longer names)", param, ctx)
-        return value
-
-
-class OpenFlagsType(click.ParamType):
-    """open(2) flag names that must all be set: "O_WRONLY", "wronly,creat"."""
-
-    name = "FLAGS"
-
-    def convert(self, value, param, ctx):
-        from rbtrace.probes.open import parse_flags_filter
-        if not isinstance(value, str):
-            return value
-        try:
-            return parse_flags_filter(value)
-        except ValueError as e:
-            self.fail(str(e), param, ctx)
-
-
-class PathPrefixType(click.ParamType):
-    """A path prefix matched byte by byte in the kernel."""
-
-    name = "PREFIX"
-
-    def convert(self, value, param, ctx):
-        from rbtrace.probes.open import parse_path_prefix
-        try:
-            parse_path_prefix(value)
-        except ValueError as e:
-            self.fail(str(e), param, ctx)
         return value
 
 
@@ -479,22 +450,6 @@ def exec_cmd(**opts):
     calling process; --pid, --uid and --comm are checked in the kernel.
     """
     sys.exit(_run_probe("exec", opts))
-
-
-@cli.command("open", cls=TraceCommand)
-@trace_options("open")
-@click.option("-t", "--tid", type=click.IntRange(1, 2**22), metavar="TID",
-              help="Only this thread.")
-@click.option("--path", type=PathPrefixType(), metavar="PREFIX",
-              help="Only paths starting with PREFIX, as passed to the call (bytes, not resolved).")
-@click.option("--flags", type=OpenFlagsType(), metavar="FLAGS",
-              help="Only opens with all these flags set, e.g. O_WRONLY or wronly,creat.")
-@click.option("--full-path", is_flag=True,
-              help="Also report full_path: relative paths joined to the caller's cwd or dirfd, "
-                   "read in the kernel at the call.")
-def open_cmd(**opts):
-    """Every file open on the host (open, openat, openat2, creat), with its result."""
-    sys.exit(_run_probe("open", opts))
 
 
 class AddrType(click.ParamType):

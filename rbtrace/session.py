@@ -117,7 +117,7 @@ class Session:
         self.stop_reason = None
         self._reported = {}         # losses already reported, by kind
         # What only the live table's summary view shows costs more per
-        # event than the other modes can spend (see OpenProbe.table_tally).
+        # event than the other modes can spend (see open's SPEC.table_tally).
         self.tally = Tally(probe.tally + (getattr(probe, "table_tally", ())
                                           if getattr(renderer, "shows_tally", False) else ()))
         self._ring = None

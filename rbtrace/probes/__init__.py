@@ -141,7 +141,7 @@ class _Registry(Mapping):
     a run imports only its own probe (the others' imports cost a warm
     start tens of milliseconds)."""
 
-    _where = {"exec": ("exec", "ExecProbe"), "open": ("open", "OpenProbe"),
+    _where = {"exec": ("exec", "ExecProbe"), "open": ("open", "OpenCodec"),
               "tp": ("tp", "TpProbe"), "run": ("run", "RunProbe"),
               "exit": ("exit", "ExitCodec"), "tcp": ("tcp", "TcpProbe")}
 
