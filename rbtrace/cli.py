@@ -21,7 +21,7 @@ from rbtrace.errors import Exit, RbtraceError, UsageError
 # area twice), so a ring no larger than a kind needs.  An open() storm of
 # a million failing calls (benchmarks/storm.c) dropped none into 8M and
 # 0.3% into 4M; exec, exit and tcp events come thousands of times slower.
-DEFAULT_RING = {"exec": "4M", "tcp": "2M", "tp": "8M", "run": "8M"}
+DEFAULT_RING = {"exec": "4M", "open": "8M", "exit": "1M", "tcp": "2M", "tp": "8M", "run": "8M"}
 TASK_COMM_LEN = 16
 
 
