@@ -36,6 +36,17 @@
 #ifndef TASK_TGID_OFF
 #error "TASK_TGID_OFF must come from the running kernel's BTF"
 #endif
+#ifndef TASK_START_TIME_OFF
+#error "TASK_GROUP_LEADER_OFF and TASK_START_TIME_OFF must come from the running kernel's BTF"
+#endif
+
+/* Which kind's program wrote a record (rb_header.rb_kind): one number per
+ * kind, from its spec (rbtrace/spec.py kind_tag()).  Records of several
+ * kinds share one ring in `rbtrace trace`, and user space tells them apart
+ * by (rb_kind, size). */
+#ifndef RB_KIND
+#error "RB_KIND comes from rbtrace/spec.py (kind_tag)"
+#endif
 
 /* Indexes of the per-CPU loss/accounting counters: STAT_SUBMITTED (records
  * submitted to the ring), STAT_RINGBUF_FULL (reserve failed: dropped),
@@ -56,6 +67,11 @@ struct rb_header {
     u32 ppid;       /* real_parent->tgid, via BTF offsets */
     u32 uid;
     char comm[16];
+    u64 proc_start_ns; /* the process's start: group_leader->start_time,
+                          CLOCK_MONOTONIC as ts_ns; with pid and the boot,
+                          a key no later process of that pid shares */
+    u32 rb_kind;    /* RB_KIND of the program that wrote it */
+    u32 rb_pad;     /* 0 */
 };
 
 BPF_RINGBUF_OUTPUT(events, RING_PAGES);
@@ -320,6 +336,15 @@ static __always_inline int current_wanted(void)
     return 1;
 }
 
+/* The current process's start time.  The leader's: a thread has its own,
+ * and de_thread() gives a non-leader that execs the leader's start_time
+ * as it takes its place, so a process keeps one start through exec. */
+static __always_inline u64 current_start_ns(void)
+{
+    void *task = (void *)bpf_get_current_task();
+    return kernel_u64(kernel_ptr(task, TASK_GROUP_LEADER_OFF), TASK_START_TIME_OFF);
+}
+
 static __always_inline void fill_header(struct rb_header *h, u64 seq)
 {
     u64 pid_tgid = bpf_get_current_pid_tgid();
@@ -330,6 +355,9 @@ static __always_inline void fill_header(struct rb_header *h, u64 seq)
     h->ppid = current_ppid();
     h->uid = (u32)bpf_get_current_uid_gid();
     bpf_get_current_comm(h->comm, sizeof(h->comm));
+    h->proc_start_ns = current_start_ns();
+    h->rb_kind = RB_KIND;
+    h->rb_pad = 0;
 }
 
 /* A record of `size` bytes (a constant: the verifier wants one) that

@@ -7,6 +7,7 @@ with both redirected to a temporary file; stdout stays pure data.
 """
 import contextlib
 import ctypes
+import dataclasses
 import errno
 import os
 import re
@@ -585,7 +586,7 @@ class LoadedProbe:
 
     def __init__(self, source, cflags: dict, event_structs, debug=False, tracepoints=(),
                  cost_hint=None, ring_bytes=None, use_cache=True, attach=True,
-                 kernel_types=False, config=None):
+                 kernel_types=False, config=None, shared=None, skip=()):
         """`tracepoints`: (function name, "category:event") pairs to load and
         attach besides what BCC attaches by name (generated sources).
         `cost_hint`: the options that make the probe cheaper to verify, for
@@ -594,9 +595,17 @@ class LoadedProbe:
         reads kernel structs by their C types (a user's probe): compile it
         against the running kernel's BTF (kernel.find_headers).  `config`:
         the process filters for rbtrace_config (Probe.run_config); none by
-        default."""
+        default.  `shared`: {map name: loader.Map} another probe of the
+        run created, used instead of this one's (see LoadedRun).  `skip`:
+        names of programs not to load (the follow hooks, which one probe
+        of a run attaches for all)."""
         from rbtrace import cache
         self.cost_hint = cost_hint
+        self.shared = dict(shared or {})
+        self.skip = frozenset(skip)
+        # The kind tag its programs write (RB_KIND): how the ring's
+        # consumer tells this probe's records from another's.
+        self.tag = cflags.get("RB_KIND")
         self.source = source
         self.config = config or {}
         self.generated = dict(tracepoints)
@@ -687,10 +696,13 @@ class LoadedProbe:
         return bcc, b, compiled
 
     def _load(self, compiled: Compiled, ring_bytes, attach):
-        self.event_types = [EventType(name, dtype_from_data(d))
+        self.event_types = [EventType(name, dtype_from_data(d), tag=self.tag)
                             for name, d in compiled.event_types]
+        if self.skip:
+            compiled = dataclasses.replace(compiled, programs=[
+                p for p in compiled.programs if p.name not in self.skip])
         try:
-            self.loaded = Loaded(compiled, sizes={"events": ring_bytes})
+            self.loaded = Loaded(compiled, sizes={"events": ring_bytes}, shared=self.shared)
         except LoadError as e:
             if e.what == "map events":
                 raise ProbeError(f"the kernel could not create the ring buffer: "
@@ -831,3 +843,104 @@ class LoadedProbe:
     def close(self):
         if self.loaded is not None:
             self.loaded.close()
+
+
+# The maps every probe declares (probes/common.h) that one run shares when
+# several probes write to one ring (LoadedRun): the ring, the counters, the
+# seq numbers, the filters' values, the followed processes, the stop switch.
+SHARED_MAPS = ("events", "stats", "seq_counter", "rbtrace_config", "followed", "rbtrace_stop")
+# common.h's hooks that follow a command's process tree: attached once per
+# run (a second fork hook would find the child followed already and count
+# it not followed), the exit one after every other program.
+FOLLOW_PROGRAMS = ("raw_tracepoint__sched_process_fork", "rbtrace_follow_exit")
+
+
+class LoadedRun:
+    """Several probes loaded as one: their programs write to one ring, take
+    their seq from one counter, count into one `stats` and read one
+    rbtrace_config and one `followed`; each probe's other maps are its own.
+    Each probe stays compiled (and cached) on its own.  What Session asks
+    of a LoadedProbe, for all of them: ring_fd, event_types (each with its
+    probe's tag), counters(), prog_misses(), follow(), followed_pids(),
+    detach(), close()."""
+
+    def __init__(self, probes, ring_bytes, use_cache=True, debug=False):
+        """`probes`: keyword arguments of LoadedProbe, one dict per probe."""
+        self.parts = []
+        shared = {}
+        try:
+            for i, kw in enumerate(probes):
+                part = LoadedProbe(**kw, ring_bytes=ring_bytes, use_cache=use_cache,
+                                   debug=debug, attach=False, shared=shared,
+                                   skip=FOLLOW_PROGRAMS if i else ())
+                self.parts.append(part)
+                for name in SHARED_MAPS:
+                    m = part.loaded.maps.get(name)
+                    if m is not None:
+                        shared[name] = m
+            tags = [p.tag for p in self.parts]
+            if len(set(tags)) != len(tags):
+                raise ValueError(f"two probes of one run have the same kind tag: {tags}")
+            self.ring_fd = shared["events"].fd
+            self.event_types = [et for p in self.parts for et in p.event_types]
+            self.from_cache = all(p.from_cache for p in self.parts)
+            self._attach()
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def first(self):
+        return self.parts[0]
+
+    def _set_stop(self, value):
+        for p in self.parts:
+            p._set_stop(value)
+
+    def _attach(self):
+        def own(p):
+            return p.name not in FOLLOW_PROGRAMS
+        self._set_stop(1)
+        try:
+            for part in self.parts:
+                part.loaded.attach_all(only=own)
+            # The follow hooks last: the exit one must run after every
+            # probe's own program on sched_process_exit.
+            self.first.loaded.attach_all(only=lambda p: not own(p))
+        except LoadError as e:
+            raise self.first._attach_failure(e) from None
+        self._set_stop(0)
+
+    def program_count(self) -> int:
+        return sum(p.program_count() for p in self.parts)
+
+    def counters(self):
+        return self.first.counters()        # one shared `stats`
+
+    def follow(self, pids):
+        self.first.follow(pids)
+
+    def followed_pids(self) -> set:
+        return self.first.followed_pids()
+
+    def followed_count(self) -> int:
+        return len(self.followed_pids())
+
+    def prog_misses(self) -> int:
+        return sum(p.prog_misses() for p in self.parts)
+
+    def detach(self):
+        self._set_stop(1)
+        fds = [fd for p in self.parts if p.loaded is not None for fd in p.loaded.attached]
+        for p in self.parts:
+            if p.loaded is not None:
+                p.loaded.attached = []
+        from rbtrace.loader import close_in_parallel
+        import functools
+        close_in_parallel([functools.partial(os.close, fd) for fd in fds])
+
+    def close(self):
+        # The later probes first: the first one owns the shared maps.
+        for p in reversed(self.parts):
+            p.close()
+        self.parts = []

@@ -118,7 +118,8 @@ class Codec:
     def cflags(self) -> dict:
         """The -D flags: the common ones, then each option's (spec.Option.cflags)."""
         o = self.options
-        flags = {}
+        from rbtrace.spec import kind_tag
+        flags = {"RB_KIND": kind_tag(self.spec.name)}
         if o.get("follow"):
             flags["FOLLOW"] = 1         # the command / --children tree, in the kernel
         if o.get("failed"):
@@ -160,16 +161,17 @@ class Codec:
         """The header's columns as Python lists, read straight off the ring."""
         return (records["seq"].tolist(), records["ts_ns"].tolist(), records["pid"].tolist(),
                 records["tid"].tolist(), records["ppid"].tolist(), records["uid"].tolist(),
-                records["comm"].tolist())
+                records["comm"].tolist(), records["proc_start_ns"].tolist())
 
     def heads(self, records, timed=True) -> list:
         """One dict per record with the header's members: type, seq, time,
-        ts_ns, pid, tid, ppid, uid, user, comm (+ comm_b64).  Untimed:
-        seq, time and ts_ns None, for a template."""
-        seq, ts, pid, tid, ppid, uid, comm = self.header_fields(records)
+        ts_ns, pid, tid, ppid, uid, user, comm (+ comm_b64), process.
+        Untimed: seq, time and ts_ns None, for a template."""
+        seq, ts, pid, tid, ppid, uid, comm, start = self.header_fields(records)
         iso = self.clock.iso
         user_name = fields.user_name
         name = self.name
+        boot = fields.boot_id()
         out = []
         for i in range(len(seq)):
             e = {"type": name, "seq": seq[i], "time": iso(ts[i]), "ts_ns": ts[i]} if timed else \
@@ -180,6 +182,7 @@ class Codec:
             e["uid"] = uid[i]
             e["user"] = user_name(uid[i])
             put_text(e, "comm", cstr(comm[i]))
+            e["process"] = f"{boot}-{start[i]}-{pid[i]}"
             out.append(e)
         return out
 

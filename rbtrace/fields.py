@@ -377,6 +377,20 @@ class Clock:
 _UID_INVALID = 2**32 - 1
 
 
+BOOT_ID = "/proc/sys/kernel/random/boot_id"
+
+
+@functools.lru_cache(maxsize=1)
+def boot_id() -> str:
+    """This boot's id, as the kernel gives it (a UUID): the first part of
+    every process key.  "0" when unreadable (no /proc)."""
+    try:
+        with open(BOOT_ID) as f:
+            return f.read().strip() or "0"
+    except OSError:
+        return "0"
+
+
 @functools.lru_cache(maxsize=4096)
 def user_name(uid: int) -> str:
     """Login name of uid, or the uid as a string if it has none.

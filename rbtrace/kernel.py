@@ -359,6 +359,9 @@ VMLINUX_BTF = Path("/sys/kernel/btf/vmlinux")
 TASK_OFFSETS = {
     "TASK_REAL_PARENT_OFF": ("task_struct", "real_parent"),
     "TASK_TGID_OFF": ("task_struct", "tgid"),
+    # The process's start time, in every record's header.
+    "TASK_GROUP_LEADER_OFF": ("task_struct", "group_leader"),
+    "TASK_START_TIME_OFF": ("task_struct", "start_time"),
     # Before 6.16, whether a process's last thread is exiting (common.h).
     "TASK_SIGNAL_OFF": ("task_struct", "signal"),
     "SIGNAL_LIVE_OFF": ("signal_struct", "live"),

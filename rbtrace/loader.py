@@ -575,12 +575,19 @@ class Loaded:
     Programs are verified in parallel: the kernel verifies each load on
     the calling thread, and ctypes lets go of the GIL during the call."""
 
-    def __init__(self, compiled: Compiled, sizes=None):
+    def __init__(self, compiled: Compiled, sizes=None, shared=None):
         """`sizes`: {map name: max_entries} overriding the compiled ones
-        (the ring's size is a run-time choice, not part of the bytes)."""
+        (the ring's size is a run-time choice, not part of the bytes).
+        `shared`: {map name: Map} of maps another Loaded created, used
+        instead of creating this probe's own (several probes writing to
+        one ring, one seq counter, one set of counters): each must be of
+        the same type and sizes as the one compiled here.  They stay the
+        other's to close."""
         self.compiled = compiled
         self.maps, self.prog_fds, self.attached = {}, {}, []
+        self.shared = {}
         sizes = sizes or {}
+        shared = shared or {}
         try:
             used = {name for p in compiled.programs for _, name in p.map_refs}
             for spec in compiled.maps:
@@ -588,8 +595,15 @@ class Loaded:
                     continue
                 if spec.name in sizes:
                     spec = MapSpec(**{**spec.__dict__, "max_entries": sizes[spec.name]})
+                if spec.name in shared:
+                    other = shared[spec.name]
+                    if other.spec != spec:
+                        raise ValueError(f"map {spec.name} differs from the shared one: "
+                                         f"{spec} and {other.spec}")
+                    self.shared[spec.name] = other
+                    continue
                 self.maps[spec.name] = create_map(spec)
-            fds = {name: m.fd for name, m in self.maps.items()}
+            fds = {name: m.fd for name, m in {**self.maps, **self.shared}.items()}
             images = [patched(p.insns, p.map_refs, fds) for p in compiled.programs]
             with_subprogs = [p for p in compiled.programs if p.subprogs]
             with FuncBTF(with_subprogs) if with_subprogs else contextlib.nullcontext() as btf:
@@ -612,12 +626,15 @@ class Loaded:
 
     def map(self, name):
         """The map called `name`, or None when the probe has none."""
-        return self.maps.get(name)
+        return self.maps.get(name) or self.shared.get(name)
 
-    def attach_all(self, before_each=None):
+    def attach_all(self, before_each=None, only=None):
         """Attach every program in order (the kernel runs the programs of
-        one hook in attach order)."""
+        one hook in attach order); `only`: a test of a ProgSpec, to attach
+        those it passes."""
         for p in self.compiled.programs:
+            if only is not None and not only(p):
+                continue
             if before_each is not None:
                 before_each(p)
             self.attached.append(attach(p, self.prog_fds[p.name]))
@@ -632,4 +649,4 @@ class Loaded:
             os.close(fd)
         for m in self.maps.values():
             os.close(m.fd)
-        self.prog_fds, self.maps = {}, {}
+        self.prog_fds, self.maps, self.shared = {}, {}, {}

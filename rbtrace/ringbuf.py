@@ -43,11 +43,19 @@ def _stride(payload: int) -> int:
 SEGMENT_RECORDS = 4096
 
 
+# The header member that says which kind's program wrote a record
+# (rb_header.rb_kind, probes/common.h).
+TAG_FIELD = "rb_kind"
+
+
 @dataclass
 class EventType:
-    """One C event struct: its name, numpy dtype (payload only) and size."""
+    """One C event struct: its name, numpy dtype (payload only) and size,
+    and `tag`: the rb_kind its programs write (None: records are told
+    apart by size alone, as in tests of the ring without a header)."""
     name: str
     dtype: np.dtype
+    tag: int = None
 
     @property
     def size(self):
@@ -77,16 +85,33 @@ class RingConsumer:
         self._data = np.frombuffer(self._data_map, dtype=np.uint8, offset=page, count=data_size)
         self._u32 = self._data.view(np.uint32)
         self.data = memoryview(self._data_map)[page:page + data_size]   # raw bytes, for strings
+        # Records are told apart by (tag, size): the kind that wrote one
+        # (several kinds share the ring in `rbtrace trace`) and which of its
+        # structs it is.  One kind's structs differ in size.
         self._types = {}
+        tagged = {et.tag is not None for et in event_types}
+        if len(tagged) > 1:
+            raise ValueError("event types with and without a kind tag in one ring")
+        self._tag_off = None
         for et in event_types:
-            if et.size in self._types:
-                raise ValueError(f"event types {et.name} and {self._types[et.size][0].name} "
-                                 f"have the same size {et.size}")
+            if et.tag is not None:
+                if TAG_FIELD not in et.dtype.names:
+                    raise ValueError(f"event type {et.name} has no {TAG_FIELD} member")
+                off = et.dtype.fields[TAG_FIELD][1]
+                if self._tag_off not in (None, off):
+                    raise ValueError(f"event type {et.name} has {TAG_FIELD} at {off}, "
+                                     f"others at {self._tag_off}")
+                self._tag_off = off
+            key = (et.tag, et.size)
+            if key in self._types:
+                raise ValueError(f"event types {et.name} and {self._types[key][0].name} "
+                                 f"have the same size {et.size}"
+                                 + (f" and kind tag {et.tag}" if et.tag is not None else ""))
             rec = np.dtype({"names": ["_len", "_pgoff", "_payload"],
                             "formats": ["<u4", "<u4", et.dtype],
                             "offsets": [0, 4, HDR],
                             "itemsize": _stride(et.size)})
-            self._types[et.size] = (et, rec)
+            self._types[key] = (et, rec)
         self.fd = map_fd      # pollable: readable when the kernel signals data
         # Records the probe reserved, then discarded (bpf_ringbuf_discard):
         # rbtrace's own probes never do, a `rbtrace run` probe may.  Not
@@ -132,9 +157,14 @@ class RingConsumer:
                 cons += _stride(length & ~DISCARD)
                 self._cons[0] = cons
                 continue
-            entry = self._types.get(length)
+            tag = None
+            if self._tag_off is not None:
+                tag = int(u32[((off + HDR + self._tag_off) & self.mask) >> 2])
+            entry = self._types.get((tag, length))
             if entry is None:
-                raise RuntimeError(f"ring record of unknown size {length} at {cons}")
+                raise RuntimeError(f"ring record of unknown size {length}"
+                                   + (f" and kind tag {tag}" if tag is not None else "")
+                                   + f" at {cons}")
             et, rec = entry
             stride = rec.itemsize
             n = min((prod - cons) // stride, (self.size - off) // stride, max_records)
@@ -152,8 +182,11 @@ class RingConsumer:
                 continue
             view = np.ndarray((n,), dtype=rec, buffer=self._data_map,
                               offset=mmap.PAGESIZE + off)
-            lens = view["_len"]
-            bad = np.flatnonzero(lens != length)
+            other = view["_len"] != length
+            if tag is not None:
+                # A run ends where another kind's record of the same size starts.
+                other |= view["_payload"][TAG_FIELD] != tag
+            bad = np.flatnonzero(other)
             if len(bad):
                 n = int(bad[0])
                 view = view[:n]

@@ -47,6 +47,8 @@ FIELD_KINDS = {
     "texts": "a list of texts; <name>_b64 beside it when one is not UTF-8",
     "bool": "true or false",
     "object": "an object of named values",
+    "process": 'a process\'s key, "<boot id>-<start ns>-<pid>": the same in every event of '
+               'one process, from its fork (or exec) to its exit, and in no other process\'s',
 }
 
 _SCHEMA = {
@@ -66,6 +68,7 @@ _SCHEMA = {
     "texts": {"type": "array", "items": {"type": "string"}},
     "bool": {"type": "boolean"},
     "object": {"type": "object"},
+    "process": {"type": "string", "pattern": "^[0-9a-f-]+-[0-9]+-[0-9]+$"},
 }
 
 
@@ -130,6 +133,10 @@ HEADER = (
     Field("uid", "int", "the real user id", minimum=0),
     Field("user", "user", "the user's name"),
     Field("comm", "text", "the command name (at most 15 bytes)"),
+    Field("process", "process", "the process's key: the boot's id "
+          "(/proc/sys/kernel/random/boot_id), the process's start (CLOCK_MONOTONIC "
+          "nanoseconds, kept through exec) and its pid, joined by \"-\"; unlike pid, never "
+          "reused: it joins a process's exec, its other events and its exit"),
 )
 
 
@@ -316,6 +323,13 @@ def json_schema(spec: Spec) -> dict:
 # Kinds by name: each spec module is imported only when its kind is used
 # (`rbtrace exec` needs exec's alone).
 KINDS = ("exec", "open", "exit", "tcp", "tp", "run")
+
+
+def kind_tag(name: str) -> int:
+    """The number a kind's programs put in every record's header (RB_KIND,
+    rb_header.rb_kind in probes/common.h): records of several kinds share
+    one ring (`rbtrace trace`) and are told apart by it and their size."""
+    return KINDS.index(name) + 1
 
 
 def load(name: str) -> Spec:
