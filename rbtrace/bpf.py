@@ -9,6 +9,7 @@ import contextlib
 import ctypes
 import dataclasses
 import errno
+import functools
 import os
 import re
 import struct
@@ -19,8 +20,8 @@ import numpy as np
 from rbtrace import csource, kernel, notice
 from rbtrace.errors import EnvironmentProblem, ProbeError
 from rbtrace.loader import (INSN_SIZE, PROG_TYPE_RAW_TRACEPOINT, PROG_TYPE_TRACEPOINT, Compiled,
-                            Loaded, LoadError, MapSpec, ProgSpec, link_callbacks, map_fd_refs,
-                            recursion_misses)
+                            Loaded, LoadError, MapSpec, ProgSpec, close_in_parallel,
+                            link_callbacks, map_fd_refs, recursion_misses)
 from rbtrace.paths import probes_dir
 from rbtrace.ringbuf import EventType
 
@@ -935,8 +936,6 @@ class LoadedRun:
         for p in self.parts:
             if p.loaded is not None:
                 p.loaded.attached = []
-        from rbtrace.loader import close_in_parallel
-        import functools
         close_in_parallel([functools.partial(os.close, fd) for fd in fds])
 
     def close(self):

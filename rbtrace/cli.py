@@ -186,12 +186,55 @@ def kind_command(spec) -> click.Command:
     return TraceCommand(spec.name, params=params, callback=callback, help=spec.help)
 
 
+def trace_command() -> click.Command:
+    """`rbtrace trace KIND[,KIND...]`: the common options, and every kind's
+    own, each valid only with its kind among KINDS."""
+    from click.core import ParameterSource
+
+    from rbtrace import trace
+    specs = trace.kind_specs()
+    spec = trace.trace_spec(specs)
+    _, owners = trace.options_by_owner(specs)
+    params = [click.Argument(["kinds"], metavar="KIND[,KIND...]")]
+    params += [_click_option(o) for o in common_options(spec) + spec.options]
+
+    def callback(kinds, **opts):
+        try:
+            names = trace.parse_kinds(kinds)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        ctx = click.get_current_context()
+        for name, of in owners.items():
+            given = ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT,
+                                                           ParameterSource.DEFAULT_MAP)
+            if given and not set(of) & set(names):
+                flag = spec.option(name).flags[-1]
+                raise UsageError(f"{flag} is an option of {' and '.join(of)}, which is not "
+                                 f"among the kinds traced ({','.join(names)})")
+        sys.exit(_run_trace(spec, names, opts))
+    return TraceCommand("trace", params=params, callback=callback, help=spec.help,
+                        short_help=spec.summary)
+
+
+def _run_trace(spec, kinds, opts):
+    from rbtrace import trace
+    from rbtrace.session import load_run
+
+    target = _follow_target(opts)
+    opts["follow"] = target is not None
+    opts["filters_text"] = filters_text(spec, opts, target)
+    return _run(trace.make(kinds, opts), opts, target, loader=load_run)
+
+
 class _Commands(dict):
     """The group's commands: each kind's made from its spec the first time
     it is asked for (`rbtrace exec` imports exec's spec alone)."""
 
     def __missing__(self, name):
         from rbtrace import spec
+        if name == "trace":
+            command = self[name] = trace_command()
+            return command
         if name not in spec.KINDS:
             raise KeyError(name)
         command = self[name] = kind_command(spec.load(name))
@@ -199,7 +242,7 @@ class _Commands(dict):
 
     def _names(self):
         from rbtrace.spec import KINDS
-        return set(KINDS) | set(dict.keys(self))
+        return set(KINDS) | {"trace"} | set(dict.keys(self))
 
     def __contains__(self, name):
         return name in self._names()
@@ -279,9 +322,10 @@ def _run_kind(spec, opts):
     return _run(codec.make(spec, opts), opts, target)
 
 
-def _run(probe, opts, target):
+def _run(probe, opts, target, loader=None):
     from rbtrace.render import JsonRenderer, Output, PlainRenderer, TableRenderer
     from rbtrace.session import Session, load
+    loader = loader or load
 
     out_fd = None
     if opts.get("output"):
@@ -306,7 +350,7 @@ def _run(probe, opts, target):
         if target is not None:
             target.start()                    # CMD forked, held until attached
         try:
-            loaded, ring = load(probe, opts["ring_size"], use_cache=not opts.get("no_cache"),
+            loaded, ring = loader(probe, opts["ring_size"], use_cache=not opts.get("no_cache"),
                                 debug=opts.get("debug"))
             session = Session(probe, renderer, loaded, ring, count=opts.get("count"),
                               duration=opts.get("duration"), follow=target)

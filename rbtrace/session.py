@@ -139,6 +139,20 @@ def load(probe, ring_bytes, use_cache=True, debug=False):
     return loaded, RingConsumer(loaded.ring_fd, ring_bytes, loaded.event_types)
 
 
+def load_run(probe, ring_bytes, use_cache=True, debug=False):
+    """(bpf.LoadedRun, RingConsumer) for `rbtrace trace`: the probes of
+    `probe` (a trace.TraceCodec), each compiled or taken from the cache on
+    its own, loaded into one run that shares one ring, and that ring mapped."""
+    from rbtrace.bpf import LoadedRun
+    from rbtrace.ringbuf import RingConsumer
+    loaded = LoadedRun(probe.probe_args(), ring_bytes, use_cache=use_cache, debug=debug)
+    try:
+        return loaded, RingConsumer(loaded.ring_fd, ring_bytes, loaded.event_types)
+    except BaseException:
+        loaded.close()
+        raise
+
+
 class Session:
     """The loop over one loaded probe.  `loaded`: a bpf.LoadedProbe, or
     anything with its counters(), prog_misses(), follow(), followed_pids(),
