@@ -53,10 +53,10 @@ def exit_records(n, tag):
     rec["ts_ns"] = 10**9 + np.arange(n)
     rec["pid"] = 100 + np.arange(n)
     rec["comm"] = b"sh"
-    rec["proc_start_ns"] = 5000
+    rec["proc_start_ns"] = 998_000_000
     rec["rb_kind"] = tag
     rec["status"] = 3 << 8
-    rec["start_ns"] = 5000
+    rec["start_ns"] = 998_000_000
     return rec
 
 
@@ -73,8 +73,8 @@ def test_segments_go_to_the_codec_of_their_tag():
         exit_codec.json_lines(et, recs, offsets, data)
     events = run_codec.decode(et, recs, offsets, data)
     assert [e["type"] for e in events] == ["exit"] * 3
-    assert events[1]["process"] == f"{fields.boot_id()}-5000-101"
-    assert run_codec.details(events[0]) == "ppid=0 user=root age=0us code/signal=3"
+    assert events[1]["process"] == f"{fields.boot_id()}-998000000-101"
+    assert run_codec.details(events[0]) == "ppid=0 user=root age=2ms code/signal=3"
     with pytest.raises(KeyError):
         run_codec.decode(EventType("open_event", EXIT_DTYPE, tag=kind_tag("open")),
                          recs, offsets, data)
