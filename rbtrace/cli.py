@@ -654,6 +654,26 @@ def cache_cmd(action, debug):
     cache.say(f"{len(rows)} compiled probe{'s' if len(rows) != 1 else ''} in {d}")
 
 
+@cli.command("schema")
+@click.argument("kind", required=False, metavar="[KIND]")
+def schema_cmd(kind):
+    """The JSON schema of the lines --json writes: start, event, lost and
+    summary lines, of every kind, or of KIND alone."""
+    from rbtrace import spec
+    from rbtrace.render import Output
+    if kind is None:
+        specs = spec.declared()
+    elif kind not in spec.KINDS:
+        raise UsageError(f"no kind '{fields.for_message(kind)}': one of "
+                         f"{', '.join(spec.KINDS)}")
+    else:
+        try:
+            specs = [spec.load(kind)]
+        except AttributeError:      # transitional: a kind not yet declared by a spec
+            raise RbtraceError(f"{kind}'s events are not declared by a spec yet: no schema")
+    Output(1, "standard output").write_all(spec.schema_json(specs, kind is not None).encode())
+
+
 @cli.command("doctor")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def doctor_cmd(debug):

@@ -24,7 +24,6 @@ schema` (for the schema alone).
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import sys
@@ -249,8 +248,7 @@ def page_now(spec) -> tuple:
 
 def schema_text() -> str:
     """The shipped schema: every kind declared by a spec."""
-    return json.dumps(specs.schema_document(specs.declared()), indent=2,
-                      ensure_ascii=False) + "\n"
+    return specs.schema_json(specs.declared())
 
 
 def add_markers(text: str, kind: str) -> str:

@@ -482,25 +482,27 @@ def json_schema(spec: Spec) -> dict:
 
 def line_schema(line: str, kinds=None) -> dict:
     """The schema of a start, lost or summary line (rbtrace.session), of
-    a run of one of `kinds` (names; None: any kind)."""
+    a run of one of `kinds` (names, or one name; None: any kind)."""
     consts = {"type": line}
-    if kinds is not None:
-        consts["probe"] = kinds[0] if len(kinds) == 1 else tuple(kinds)
+    if isinstance(kinds, str):
+        consts["probe"] = kinds
+    elif kinds is not None:
+        consts["probe"] = tuple(kinds)
     return {"$schema": SCHEMA_DIALECT,
             **_object_schema(LINES[line], f"rbtrace {line} line", consts)}
 
 
-def schema_document(specs) -> dict:
+def schema_document(specs, single=False) -> dict:
     """One schema for every line `rbtrace KIND --json` writes, for each
     kind of `specs`: the start, lost and summary lines and each kind's
     events, under $defs, and a oneOf over them (the line's "type" tells
-    which one applies)."""
+    which one applies).  `single`: of one kind's run alone."""
     from rbtrace import __version__
     from rbtrace.render import JSON_FORMAT_VERSION
     names = [s.name for s in specs]
     defs = {}
     for line in LINES:
-        d = line_schema(line, names)
+        d = line_schema(line, names[0] if single else names)
         del d["$schema"]
         defs[line] = d
     defs["start"]["properties"]["version"] = {
@@ -510,15 +512,19 @@ def schema_document(specs) -> dict:
         del d["$schema"]
         d["description"] = s.summary
         defs[s.name] = d
-    which = "the " + names[0] if len(names) == 1 else "every"
+    which = f"rbtrace {names[0]}" if single else "every kind"
     return {"$schema": SCHEMA_DIALECT,
-            "$id": ("https://rbtrace.invalid/schema/rbtrace-events.schema.json" if len(names) > 1
-                    else f"https://rbtrace.invalid/schema/rbtrace-{names[0]}.schema.json"),
-            "title": f"rbtrace {__version__} JSON lines ({which} kind{'s' if len(names) > 1 else ''})",
+            "title": f"rbtrace {__version__}: the JSON lines of {which}",
             "description": "Each line rbtrace writes with --json is one JSON object: one of "
                            "these, told apart by its \"type\".",
             "oneOf": [{"$ref": f"#/$defs/{n}"} for n in defs],
             "$defs": defs}
+
+
+def schema_json(specs, single=False) -> str:
+    """schema_document as `rbtrace schema` prints it and make man ships it."""
+    import json
+    return json.dumps(schema_document(specs, single), indent=2, ensure_ascii=False) + "\n"
 
 
 # --- the kinds -----------------------------------------------------------------
