@@ -37,16 +37,15 @@
 #error "TASK_TGID_OFF must come from the running kernel's BTF"
 #endif
 
-/* Indexes of the per-CPU loss/accounting counters, mirrored in
- * rbtrace/bpf.py.  seen = SUBMITTED + RINGBUF_FULL + MAP_FULL. */
-enum rbtrace_stat {
-    STAT_SUBMITTED = 0,      /* records submitted to the ring */
-    STAT_RINGBUF_FULL = 1,   /* ringbuf_reserve failed: event dropped */
-    STAT_MAP_FULL = 2,       /* entry state could not be stored: dropped */
-    STAT_NOT_FOLLOWED = 3,   /* a child of a followed process not followed
-                                (`followed` full): its events are lost */
-    STAT_NR = 4,
-};
+/* Indexes of the per-CPU loss/accounting counters: STAT_SUBMITTED (records
+ * submitted to the ring), STAT_RINGBUF_FULL (reserve failed: dropped),
+ * STAT_MAP_FULL (entry state could not be stored: dropped),
+ * STAT_NOT_FOLLOWED (a child of a followed process not followed, its
+ * events lost) and their number STAT_NR, as -D flags from the list that
+ * reads them (rbtrace/bpf.py STATS).  seen = submitted + the two drops. */
+#ifndef STAT_NR
+#error "STAT_* come from rbtrace/bpf.py (STATS)"
+#endif
 
 /* Every record starts with this header.  Fields stay raw; Python formats. */
 struct rb_header {
@@ -67,6 +66,7 @@ BPF_RINGBUF_OUTPUT(events, RING_PAGES);
  * the only definition.  Not preallocated, so it costs no memory. */
 #define RBTRACE_EVENT(name) \
     BPF_F_TABLE("hash", int, struct name, layout_##name, 1, BPF_F_NO_PREALLOC)
+RBTRACE_EVENT(rb_header);   /* its layout: every event struct must begin with it */
 BPF_PERCPU_ARRAY(stats, u64, STAT_NR);
 
 /* Values of this run, written by user space before any hook is attached

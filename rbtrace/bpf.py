@@ -24,7 +24,11 @@ from rbtrace.paths import probes_dir
 from rbtrace.ringbuf import EventType
 
 # Mirrors enum rbtrace_stat in probes/common.h.
-STAT_SUBMITTED, STAT_RINGBUF_FULL, STAT_MAP_FULL, STAT_NOT_FOLLOWED = 0, 1, 2, 3
+# The per-CPU counters every probe keeps (`stats`, probes/common.h), in
+# their index order; the C gets each index as -DSTAT_<NAME>, and STAT_NR.
+STATS = ("submitted", "ringbuf_full", "map_full", "not_followed")
+STAT_FLAGS = {**{f"STAT_{name.upper()}": i for i, name in enumerate(STATS)},
+              "STAT_NR": len(STATS)}
 
 
 def import_bcc():
@@ -418,20 +422,17 @@ def _refuse_hooks_that_cannot_load(text, source):
                                   "use tracepoints")
 
 
-# struct rb_header (probes/common.h) as numpy sees it at the start of a record.
-RB_HEADER = (("ts_ns", 0, "<u8"), ("seq", 8, "<u8"), ("pid", 16, "<u4"), ("tid", 20, "<u4"),
-             ("ppid", 24, "<u4"), ("uid", 28, "<u4"), ("comm", 32, "S16"))
-
-
-def check_event_types(event_types, source):
+def check_event_types(event_types, source, header):
     """Records in the ring are told apart by size only, and every one starts
-    with struct rb_header (time, seq, pid... for every decoder and filter)."""
+    with struct rb_header (time, seq, pid... for every decoder and filter),
+    whose layout `header` (a dtype) is read from the compiled program."""
+    def members(dtype, n):
+        f = dtype.fields
+        return [(name, f[name][1], f[name][0].str) for name in dtype.names[:n]]
+    want = members(header, len(header.names))
     by_size = {}
     for et in event_types:
-        fields = et.dtype.fields
-        head = [(n, fields[n][1], fields[n][0].str if fields[n][0].kind != "S"
-                 else f"S{fields[n][0].itemsize}") for n in et.dtype.names[:len(RB_HEADER)]]
-        if tuple(head) != RB_HEADER:
+        if members(et.dtype, len(want)) != want:
             raise ProbeError(f"{source}: struct {et.name} does not begin with struct rb_header",
                              hint=f"declare it as struct {et.name} {{ struct rb_header h; ... }}")
         other = by_size.setdefault(et.size, et)
@@ -605,6 +606,7 @@ class LoadedProbe:
         # Decided here, not by the probe, and part of the cache key: a probe
         # compiled with bpf_loop does not load on a kernel without it.
         cflags["HAVE_BPF_LOOP"] = int(kernel.bpf_loop_usable())
+        cflags.update(STAT_FLAGS)
         ring_bytes = ring_bytes or DEFAULT_RING_BYTES
         text = csource.inline_local_includes(source, [probes_dir()])
         self.headers = kernel.find_headers(kernel_types=kernel_types)
@@ -676,7 +678,8 @@ class LoadedProbe:
         try:
             compiled = _from_bcc(bcc, b, source, self.generated)
             event_types = [self._event_type(bcc, b, name, source) for name in event_structs]
-            check_event_types(event_types, source)
+            header = self._event_type(bcc, b, "rb_header", source)
+            check_event_types(event_types, source, header.dtype)
             compiled.event_types = [(et.name, dtype_to_data(et.dtype)) for et in event_types]
         except BaseException:
             b.cleanup()
@@ -795,9 +798,8 @@ class LoadedProbe:
         not_followed."""
         stats = self.loaded.map("stats")
         if stats is None:       # no program reserves a record: nothing counted
-            return [0, 0, 0, 0]
-        return [stats.u64_sum(i) for i in
-                (STAT_SUBMITTED, STAT_RINGBUF_FULL, STAT_MAP_FULL, STAT_NOT_FOLLOWED)]
+            return [0] * len(STATS)
+        return [stats.u64_sum(i) for i in range(len(STATS))]
 
     def follow(self, pids):
         """Add processes to the probe's `followed` map (FOLLOW=1 only)."""
