@@ -45,4 +45,4 @@ def check(lines, what="output"):
     """Every line valid, or an AssertionError naming the first bad ones."""
     bad = [(line, p) for line in lines for p in [problems(line)] if p]
     assert not bad, f"{what}: {len(bad)} line(s) not valid against {SCHEMA_FILE}: " + \
-        "; ".join(f"{line} -> {p}" for line, p in bad[:3])
+        "; ".join(f"{p} in {str(line)[:300]}" for line, p in bad[:3])
