@@ -135,7 +135,6 @@ def options(spec) -> list:
     common = list(common_options(spec))
     at = next(i for i, o in enumerate(common) if o.name == "failed") + 1
     ordered = common[:at] + list(spec.options) + common[at:]
-    own = {o.name for o in spec.options}
     out = []
     for o in ordered:
         if o.hidden:
@@ -144,7 +143,7 @@ def options(spec) -> list:
             text = spec.failed or ""
         else:
             text = o.man or o.help
-        if o.name not in own and o.name in spec.man:
+        if o.name in spec.man:
             text = spec.man[o.name]
         if o.name in spec.notes:
             text += " " + spec.notes[o.name]

@@ -405,7 +405,8 @@ class Spec:
     offsets    kernel struct members the probe reads: {-D name: (struct,
                member)}, from the running kernel's BTF.
     man        this kind's own man text for something every kind has, in
-               place of the common one: a common option by name ("uid"),
+               place of the common one (or for one of its own, in place of
+               its Field/Option/Column.man): an option by name ("uid"),
                a column by header ("column.TIME"), a header member
                ("event.tid") or a member of the run's lines
                ("lost.map_full", "summary.top_errors").  The markup is
