@@ -59,12 +59,11 @@
 #define TCP_SYN_SENT 2
 #define TCP_CLOSE 7
 
-/* event kinds and connect sources, mirrored in rbtrace/probes/tcp.py */
-#define EV_CONNECT 0
-#define EV_ACCEPT 1
-#define EV_CLOSE 2
-#define SRC_SYSCALL 0
-#define SRC_STATE 1
+/* Event kinds and connect sources, EV_* and SRC_*: -D flags from
+   rbtrace/probes/tcp.py (EVENTS, SOURCES), the one copy. */
+#ifndef EV_CONNECT
+#error "EV_* and SRC_* come from rbtrace/probes/tcp.py as -D flags"
+#endif
 
 /* conn flags */
 #define C_IN_CONNECT 1             /* a connect() on it is running */

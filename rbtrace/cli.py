@@ -21,7 +21,7 @@ from rbtrace.errors import Exit, RbtraceError, UsageError
 # area twice), so a ring no larger than a kind needs.  An open() storm of
 # a million failing calls (benchmarks/storm.c) dropped none into 8M and
 # 0.3% into 4M; exec, exit and tcp events come thousands of times slower.
-DEFAULT_RING = {"exec": "4M", "open": "8M", "exit": "1M", "tcp": "2M", "tp": "8M", "run": "8M"}
+DEFAULT_RING = {"exec": "4M", "open": "8M"}      # transitional: the others are in their specs
 TASK_COMM_LEN = 16
 
 
@@ -250,6 +250,10 @@ def kind_command(spec) -> click.Command:
     params += [_click_option(o) for o in common_options(spec) + spec.options]
 
     def callback(**opts):
+        if spec.before is not None:
+            code = spec.before(opts)
+            if code is not None:
+                sys.exit(code)
         sys.exit(_run_kind(spec, opts))
     return TraceCommand(spec.name, params=params, callback=callback, help=spec.help)
 
@@ -353,7 +357,7 @@ def _run_probe(probe_name, opts):
     target = _follow_target(opts)
     opts["follow"] = target is not None
     filters = []
-    for key in ("pid", "tid", "uid", "comm", "path", "flags", "port", "addr"):
+    for key in ("pid", "tid", "uid", "comm", "path", "flags"):
         if opts.get(key) not in (None, "", False):
             filters.append(f"{key}={opts[key]}")
     if opts.get("failed"):
@@ -518,95 +522,6 @@ def exec_cmd(**opts):
 def open_cmd(**opts):
     """Every file open on the host (open, openat, openat2, creat), with its result."""
     sys.exit(_run_probe("open", opts))
-
-
-class AddrType(click.ParamType):
-    """An IPv4 or IPv6 address (rbtrace tcp --addr)."""
-
-    name = "ADDR"
-
-    def convert(self, value, param, ctx):
-        from rbtrace.probes.tcp import parse_addr
-        try:
-            return parse_addr(value)
-        except ValueError as e:
-            self.fail(str(e), param, ctx)
-
-
-@cli.command("tcp", cls=TraceCommand)
-@trace_options("tcp")
-@click.option("--port", type=click.IntRange(1, 65535), metavar="PORT",
-              help="Only connections whose local or remote port is PORT.")
-@click.option("--addr", type=AddrType(), metavar="ADDR",
-              help="Only connections whose local or remote address is ADDR (IPv4 or IPv6).")
-def tcp_cmd(**opts):
-    """TCP connections: connect (with its result), accept, and close (with
-    duration and bytes), on tracepoints.  -x keeps only failed connects.
-
-    close events, and the outcome of a non-blocking connect, happen in the
-    kernel's network context: they carry the pid, comm and uid of the
-    process that connected or accepted, and -p, -u, -n and -- CMD select
-    connections by that process, when it connects or accepts.
-    """
-    sys.exit(_run_probe("tcp", opts))
-
-
-@cli.command("tp", cls=TraceCommand)
-@trace_options("tp")
-@click.argument("tracepoints", nargs=-1, metavar="CATEGORY:EVENT...")
-@click.option("--list", "list_only", is_flag=True,
-              help="Print the tracepoints that exist (those matching the arguments, "
-                   "if any), one per line, and exit.")
-# The numbers are rbtrace/probes/tp.py's (tests/unit/test_tp_format.py holds them equal).
-@click.option("--max-tracepoints", type=click.IntRange(1, 2000), default=400, show_default=True,
-              metavar="N", help="Refuse to attach more than N tracepoints at once, 1 to 2000.")
-@click.option("--string-bytes", type=click.IntRange(16, 4096), default=256, show_default=True,
-              metavar="N", help="Bytes kept of each __data_loc string or array, 16 to 4096.")
-def tp_cmd(**opts):
-    """Any tracepoint, every field decoded from its format.
-
-    CATEGORY:EVENT names a tracepoint (sched:sched_process_fork); either
-    part may be a wildcard ('syscalls:sys_enter_*').  JSON lines have the
-    common fields (time, pid, tid, ppid, uid, user, comm), "event" (the
-    tracepoint) and "args", the tracepoint's own fields: integers as
-    numbers, pointers as "0x..." strings, char arrays and __data_loc
-    strings as text, other arrays as lists.
-    """
-    from rbtrace.probes import tp
-    if opts["list_only"]:
-        names = []
-        for pattern in opts["tracepoints"] or (None,):
-            found = tp.list_matching(pattern)
-            if not found:
-                raise UsageError(f"no tracepoint matches '{fields.for_message(pattern)}'")
-            names.extend(n for n in found if n not in names)
-        sys.stdout.write("".join(n + "\n" for n in names))
-        sys.stdout.flush()
-        sys.exit(0)
-    sys.exit(_run_probe("tp", opts))
-
-
-# A tracepoint has no result to select on: tp keeps -x/--failed only to
-# refuse it with the reason (TpProbe), and does not offer it in --help
-# or in shell completion.
-for _param in tp_cmd.params:
-    if _param.name == "failed":
-        _param.hidden = True
-
-
-@cli.command("run", cls=TraceCommand)
-@trace_options("run")
-@click.argument("file", metavar="FILE.bpf.c", type=click.Path(path_type=str))
-def run_cmd(**opts):
-    """A probe of your own: a BCC C file that includes "rbtrace.h".
-
-    Its event structs (each beginning with struct rb_header h, named with
-    RBTRACE_EVENT) are decoded from the C source; events are written with
-    rbtrace_reserve() and rbtrace_submit(), which apply -p, -u, -n and
-    -- CMD and count drops.  TRACEPOINT_PROBE and RAW_TRACEPOINT_PROBE
-    hooks are attached.  See rbtrace-run(8) for the API and examples.
-    """
-    sys.exit(_run_probe("run", opts))
 
 
 @cli.command("cache")

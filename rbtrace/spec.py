@@ -413,6 +413,9 @@ class Spec:
                rbtrace/mandoc.py's.
     notes      text added after a common option's man text for this kind
                ("failed": "Checked in the kernel.").
+    before     None, or a function of the command's options called before
+               anything else (tp --list): an exit status ends the command
+               there, None goes on to trace.
     """
     name: str
     summary: str
@@ -431,6 +434,7 @@ class Spec:
     fields_doc: str = ""
     man: dict = field(default_factory=dict)
     notes: dict = field(default_factory=dict)
+    before: Optional[Callable] = None
 
     @property
     def json_fields(self) -> tuple:

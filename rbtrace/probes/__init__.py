@@ -142,8 +142,8 @@ class _Registry(Mapping):
     start tens of milliseconds)."""
 
     _where = {"exec": ("exec", "ExecProbe"), "open": ("open", "OpenProbe"),
-              "tp": ("tp", "TpProbe"), "run": ("run", "RunProbe"),
-              "exit": ("exit", "ExitCodec"), "tcp": ("tcp", "TcpProbe")}
+              "tp": ("tp", "TpCodec"), "run": ("run", "RunCodec"),
+              "exit": ("exit", "ExitCodec"), "tcp": ("tcp", "TcpCodec")}
 
     def __getitem__(self, name):
         module, cls = self._where[name]

@@ -2,7 +2,7 @@
 
 `rbtrace tp` (rbtrace/probes/tp.py) generates one C event struct per
 tracepoint; `rbtrace run` compiles a struct a user wrote.  Neither has a
-hand-written decoder: GenericProbe decodes any record whose C struct starts
+hand-written decoder: GenericCodec decodes any record whose C struct starts
 with `struct rb_header h;` (probes/common.h) from the numpy dtype BCC gave
 for it (bpf.dtype_from_ctypes: nested structs flattened to leaf names, char
 and u8 arrays as 'S<n>' columns, other arrays as sub-arrays), column by
@@ -10,15 +10,17 @@ column.
 
 API (kept stable: `rbtrace run` builds on it)
 ----------------------------------------------
-GenericProbe(options, events=None)
-    A Probe.  `events` maps a C struct name (as declared with
-    RBTRACE_EVENT) to an EventSpec; `event_structs` is its keys in order.
-    A record of a struct without an EventSpec (events=None, or a name
-    missing from it) is decoded with EventSpec(label=<struct name>) and
-    every field "auto".  Subclasses set `name`, which is the JSON lines'
-    "type" and the command's name, and usually `source_path()`.  How a
-    struct is decoded is worked out at its first record and kept: change
-    `events` before decoding starts.
+GenericCodec(options, spec=None, events=None)
+    A Codec (rbtrace/codec.py).  `events` maps a C struct name (as
+    declared with RBTRACE_EVENT) to an EventSpec; `event_structs` is its
+    keys in order.  A record of a struct without an EventSpec (events=None,
+    or a name missing from it) is decoded with EventSpec(label=<struct
+    name>) and every field "auto".  `spec` is the kind's Spec (tp's, run's:
+    its name is the JSON lines' "type" and the command's name); by default
+    the SPEC of the subclass's module, else GENERIC (for inspection).  The
+    kind's spec takes its event members and columns from here: FIELDS and
+    COLUMNS.  How a struct is decoded is worked out at its first record and
+    kept: change `events` before decoding starts.
 
 EventSpec(label, fields={})
     label   what the EVENT column and the JSON "event" member show, e.g.
@@ -56,40 +58,48 @@ FieldSpec(kind="auto", label=None, cast=None, full_length=None)
             cut to the bytes that are valid.  The length column itself is
             not shown.
 
-decode(event_type, records, offsets, data) -> [event dict]
-    The events of one ring segment (see Probe.decode).  An event is
+bodies(event_type, records, offsets, data) -> [dict]
+    What the codec adds after the header (Codec.heads()): one
+        {"event": label, "args": {...}}
+    per record, with the fields in "args", in the struct's order, so that
+    a tracepoint's own pid or comm never collides with the header's.
+    decode() and json_lines() are the Codec's: an event line is
         {"type": name, "seq", "time", "ts_ns", "pid", "tid", "ppid", "uid",
          "user", "comm" (+ "comm_b64"), "event": label, "args": {...}}
-    with the fields in "args", in the struct's order, so that a
-    tracepoint's own pid or comm never collides with the header's.
-
-json_lines(event_type, records, offsets, data) -> bytes
-    The same events as JSON lines, exactly what JsonRenderer writes for
-    decode()'s dicts, from a cache of serialized events keyed by the
-    record's bytes after seq and ts_ns (the session uses it for --json).
-    Bytes the C code leaves unset (padding, a buffer after its string's
-    NUL) only cost cache misses; zero them to make storms cheap.
+    made from a cache of events keyed by the record's bytes from `pid` to
+    its end (`cached`; the JSON lines from serialized templates, runs of
+    equal records at once).  Bytes the C code leaves unset (padding, a
+    buffer after its string's NUL) only cost cache misses; zero them to
+    make storms cheap.
 
 columns
     TIME, PID, COMM, EVENT, then ARGS: "name=value" pairs, texts quoted
     and escaped for the terminal, a cut text ending with "…"; fields whose
     label starts with "__" (a tracepoint's __syscall_nr) are left to JSON.
 """
-from dataclasses import dataclass, field
+import sys
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 import numpy as np
 
 from rbtrace import fields as fmt
-from rbtrace.probes import Column, Probe, cstr, pid_column, put_text, shown, time_column
+from rbtrace.codec import Codec, cstr, put_text, shown
+from rbtrace.spec import Column, Field, Spec, pid_column, time_column
 
 KINDS = ("auto", "int", "hex", "text", "array", "bytes", "hidden")
 HEADER_FIELDS = ("ts_ns", "seq", "pid", "tid", "ppid", "uid", "comm")
 
-# Every member an event line can have; what is under "args" depends on
-# the event (see the module docstring).
-JSON_FIELDS = ("type", "seq", "time", "ts_ns", "pid", "tid", "ppid", "uid", "user",
-               "comm", "comm_b64", "event", "args")
+# The members of an event line after the header; what is under "args"
+# depends on the event (see the module docstring).
+FIELDS = (
+    Field("event", "name", 'what the event is: the tracepoint ("sched:sched_process_fork") '
+          "for tp, the event struct's name for run"),
+    Field("args", "object", "the event's own fields by name, in the struct's order: "
+          'integers as numbers, pointers as "0x..." strings, texts as text (<name>_b64 '
+          "beside one that is not UTF-8, <name>_truncated: true beside one cut short), "
+          "other arrays as lists"),
+)
 
 
 @dataclass(frozen=True)
@@ -154,26 +164,43 @@ def _hex(values) -> list:
     return [f"0x{v:x}" for v in values]
 
 
-class GenericProbe(Probe):
-    name = "generic"
-    tally = (("commands", "comm"),)
+def _args_unbound(e):
+    raise AssertionError("the ARGS column is bound to its codec (GenericCodec)")
 
-    def __init__(self, options, events=None):
-        super().__init__(options)
+
+# priority: which columns a narrow terminal drops first (highest)
+COLUMNS = (
+    time_column(priority=5),
+    pid_column(priority=1),
+    Column("COMM", lambda e: shown(e, "comm"), width=15, min_width=6, priority=4,
+           doc="the command name"),
+    Column("EVENT", lambda e: fmt.escape_str(e["event"]), width=28, min_width=12,
+           keep="end", priority=3, doc="the event (the tracepoint, or the struct's name)"),
+    Column("ARGS", _args_unbound, min_width=16, priority=2,
+           doc='the event\'s fields, name=value, texts quoted ("…" after a cut one)'),
+)
+
+# The spec of a GenericCodec made on its own (for inspection and tests).
+GENERIC = Spec(name="generic", summary="records decoded from their C struct", help="",
+               codec="probes.generic:GenericCodec", fields=FIELDS, columns=COLUMNS,
+               tally=(("commands", "comm"),))
+
+
+class GenericCodec(Codec):
+    # The whole record after pid keys the cache of events: equal bytes,
+    # equal event.
+    cached = True
+    variable = None
+
+    def __init__(self, options, spec=None, events=None):
+        spec = spec or getattr(sys.modules[type(self).__module__], "SPEC", None) or GENERIC
+        super().__init__(options, spec)
         self.events = dict(events or {})
         self.event_structs = tuple(self.events)
         self._plans = {}
         self._kinds = {}            # event label -> {arg label: kind}
-        self._json_cache = {}       # record bytes from pid on -> serialized tail
-        # priority: which columns a narrow terminal drops first (highest)
-        self.columns = self._bind_time((
-            time_column(priority=5),
-            pid_column(priority=1),
-            Column("COMM", lambda e: shown(e, "comm"), width=15, min_width=6, priority=4),
-            Column("EVENT", lambda e: fmt.escape_str(e["event"]), width=28, min_width=12,
-                   keep="end", priority=3),
-            Column("ARGS", self.args_cell, min_width=16, priority=2),
-        ))
+        self.columns = tuple(replace(c, value=self.args_cell) if c.value is _args_unbound
+                             else c for c in self.columns)
 
     def event_spec(self, struct_name) -> EventSpec:
         return self.events.get(struct_name) or EventSpec(label=struct_name)
@@ -250,19 +277,14 @@ class GenericProbe(Probe):
             raws = [r[:max(0, min(n, width))] for r, n in zip(raws, lens)]
         return [r.hex() for r in raws], None
 
-    def decode(self, event_type, records, offsets, data):
+    def bodies(self, event_type, records, offsets, data):
         n = len(records)
-        if not n:
-            return []
         plan = self._plan(event_type)
-        seq, ts, pid, tid, ppid, uid, comm = self.header_fields(records)
         cols = []
         for label, kind, name, fs, ftype in plan.steps:
             vals, trunc = self._column_values(records, kind, name, fs, ftype)
             cols.append((label, kind == "text", vals, trunc, label + "_truncated"))
-        clock = self.clock
-        user_name = fmt.user_name
-        type_name, event_label = self.name, plan.label
+        event_label = plan.label
         out = []
         append = out.append
         for i in range(n):
@@ -274,91 +296,8 @@ class GenericProbe(Probe):
                         args[trunc_key] = True
                 else:
                     args[label] = vals[i]
-            e = {"type": type_name, "seq": seq[i], "time": clock.iso(ts[i]), "ts_ns": ts[i],
-                 "pid": pid[i], "tid": tid[i], "ppid": ppid[i], "uid": uid[i],
-                 "user": user_name(uid[i])}
-            put_text(e, "comm", cstr(comm[i]))
-            e["event"] = event_label
-            e["args"] = args
-            append(e)
+            append({"event": event_label, "args": args})
         return out
-
-    def json_lines(self, event_type, records, offsets, data) -> bytes:
-        """The JSON lines of a segment, as JsonRenderer would write decode()'s
-        events (a unit test holds the two equal), built faster.
-
-        Everything after ts_ns is a function of the record's bytes from
-        `pid` to its end, so those bytes key a cache of serialized tails.
-        A storm repeats one event: records equal to their predecessor (one
-        numpy compare for the segment) within one second form a run, and a
-        run is one `%` over its repeated line template.  Records missing
-        from the cache are decoded together, column by column, once."""
-        import orjson
-        n = len(records)
-        if not n:
-            return b""
-        key_off = event_type.dtype.fields["pid"][1]
-        size = event_type.size
-        clock = self.clock
-        stamps = records["ts_ns"].astype(np.int64)
-        wall = stamps + clock.offset_ns
-        sec_arr = wall // 1_000_000_000
-        newrun = np.ones(n, dtype=bool)
-        if n > 1:
-            stride = int(offsets[1] - offsets[0])
-            if stride > 0 and bool((np.diff(offsets) == stride).all()):
-                fixed = np.ndarray((n,), dtype=np.dtype((np.void, size - key_off)), buffer=data,
-                                   offset=int(offsets[0]) + key_off, strides=(stride,))
-                newrun[1:] = fixed[1:] != fixed[:-1]
-            newrun[1:] |= sec_arr[1:] != sec_arr[:-1]
-        starts = np.flatnonzero(newrun).tolist()
-        ends = starts[1:] + [n]
-        offs = offsets.tolist()
-        keys = [bytes(data[offs[i] + key_off:offs[i] + size]) for i in starts]
-        cache = self._json_cache
-        if len(cache) > 4096:
-            cache.clear()
-        missing = {}
-        for i, k in zip(starts, keys):
-            if k not in cache and k not in missing:
-                missing[k] = i
-        if missing:
-            idx = np.fromiter(missing.values(), dtype=np.int64, count=len(missing))
-            events = self.decode(event_type, records[idx], offsets[idx], data)
-            head_len = len(self._json_head)
-            for k, e in zip(missing, events):
-                e["seq"] = e["time"] = e["ts_ns"] = None
-                cache[k] = orjson.dumps(e)[head_len:] + b"\n"
-        # All int64: mixing in uint64 would make numpy promote to float64.
-        numbers = np.column_stack((records["seq"].astype(np.int64), wall % 1_000_000_000,
-                                   stamps)).ravel().tolist()
-        secs = sec_arr.tolist()
-        start = self._json_start
-        out = []
-        last_sec = unit = None
-        for s0, e0, key in zip(starts, ends, keys):
-            sec = secs[s0]
-            if sec != last_sec:
-                prefix = clock.iso(sec * 1_000_000_000 - clock.offset_ns)[:-10].encode()
-                # NUL marks where the serialized tail goes: JSON text has none.
-                unit = start + b'%d,"time":"' + prefix + b'%09dZ","ts_ns":%d,\0'
-                last_sec = sec
-            # `%` over the short heads only, then the tail copied in by replace().
-            heads = unit * (e0 - s0) % tuple(numbers[3 * s0:3 * e0])
-            out.append(heads.replace(b"\0", cache[key]))
-        return b"".join(out)
-
-    @property
-    def _json_head(self):
-        """The serialized start of an event whose seq, time and ts_ns are None."""
-        import orjson
-        return orjson.dumps({"type": self.name, "seq": None, "time": None,
-                             "ts_ns": None})[:-1] + b","
-
-    @property
-    def _json_start(self):
-        import orjson
-        return b'{"type":' + orjson.dumps(self.name) + b',"seq":'
 
     # --- the table -----------------------------------------------------------
 

@@ -8,7 +8,7 @@ rbtrace_submit(), which apply the filters and keep the loss counters.
 Everything else is the engine's: compile and load (bpf.LoadedProbe, with
 the user's includes pasted in and #line markers, so the compiler's and the
 verifier's messages name the user's file and lines), the ring, the
-accounting, the renderers.  Records are decoded by GenericProbe, with
+accounting, the renderers.  Records are decoded by GenericCodec, with
 each member shown under "args" by its C path.
 
 Before anything is compiled, the source is read for what the compiler
@@ -26,10 +26,11 @@ from rbtrace.bpf import USER_PROBE_COST_HINT
 from rbtrace.csource import code_only
 from rbtrace.errors import ProbeError, UsageError
 from rbtrace.fields import for_message, safe_message
-from rbtrace.probes.generic import (HEADER_FIELDS, JSON_FIELDS, EventSpec, FieldSpec,
-                                    GenericProbe)
+from rbtrace.probes.generic import (COLUMNS, FIELDS, HEADER_FIELDS, EventSpec, FieldSpec,
+                                    GenericCodec)
+from rbtrace.spec import Argument, Spec
 
-__all__ = ["JSON_FIELDS", "RunProbe", "UserProbe", "read_probe", "ring_warnings", "counts_errors",
+__all__ = ["SPEC", "RunCodec", "UserProbe", "read_probe", "ring_warnings", "counts_errors",
            "examples_dir"]
 
 HEADER = "rbtrace.h"
@@ -281,16 +282,14 @@ def counts_errors(probe: UserProbe) -> bool:
     return bool(found) and all(m.group(1) in _SIGNED and m.group(2) == ";" for m in found)
 
 
-class RunProbe(GenericProbe):
-    name = "run"
+class RunCodec(GenericCodec):
     cost_hint = USER_PROBE_COST_HINT        # when the verifier gives up
-    tally = (("commands", "comm"),)
     # A user's probe may read kernel structs by their C types: it compiles
     # against the running kernel's BTF, never another kernel's headers.
     kernel_types = True
 
-    def __init__(self, options):
-        super().__init__(options)
+    def __init__(self, options, spec=None):
+        super().__init__(options, spec)
         self.user = None
         self._described = set()
         if options.get("file") is None:
@@ -330,7 +329,29 @@ class RunProbe(GenericProbe):
         self.events[event_type.name] = EventSpec(label=event_type.name, fields=fields)
         self._described.add(event_type.name)
 
-    def decode(self, event_type, records, offsets, data):
+    def _plan(self, event_type):
         if event_type.name not in self._described:
             self._describe(event_type)
-        return super().decode(event_type, records, offsets, data)
+        return super()._plan(event_type)
+
+
+SPEC = Spec(
+    name="run",
+    summary="trace with a BPF probe of your own, decoded from its C source",
+    help="""A probe of your own: a BCC C file that includes "rbtrace.h".
+
+    Its event structs (each beginning with struct rb_header h, named with
+    RBTRACE_EVENT) are decoded from the C source; events are written with
+    rbtrace_reserve() and rbtrace_submit(), which apply -p, -u, -n and
+    -- CMD and count drops.  TRACEPOINT_PROBE and RAW_TRACEPOINT_PROBE
+    hooks are attached.  See rbtrace-run(8) for the API and examples.
+    """,
+    codec="probes.run:RunCodec",
+    source=None,                # the user's (RunCodec.source_path)
+    ring="8M",
+    # errors are counted when the file's `ret` members are signed (RunCodec)
+    tally=(("commands", "comm"),),
+    arguments=(Argument("file", "FILE.bpf.c", path=True),),
+    fields=FIELDS,
+    columns=COLUMNS,
+)

@@ -4,41 +4,23 @@
 One record layout, struct tcp_event, for three kinds of events: `connect`
 (the call's result, and for a non-blocking connect the outcome later),
 `accept`, and `close` (duration and bytes, attributed to the process that
-connected or accepted).  The JSON fields are listed once, with their kind,
-in FIELDS below.
+connected or accepted).  SPEC below declares the event's members, options
+and columns.
 """
 import ipaddress
 import socket
 
-from rbtrace import fields
-from rbtrace.kernel import btf_offsets
-from rbtrace.probes import Column, Probe, cstr, pid_column, put_text, shown, time_column
+import click
 
-# Mirrors EV_* and SRC_* in probes/tcp.bpf.c.
+from rbtrace import fields
+from rbtrace.codec import Codec, shown
+from rbtrace.spec import Column, Field, Option, Spec, pid_column, time_column
+
+# The event kinds and connect sources, by their number in the record: the
+# probe gets them as -D flags (EV_CONNECT=0 ..., SRC_SYSCALL=0 ...).
 EVENTS = ("connect", "accept", "close")
 SOURCES = ("syscall", "state")
 FAMILIES = {socket.AF_INET: 4, socket.AF_INET6: 6}
-
-# Every member of a tcp event line, in order, with its kind: how the raw
-# record value becomes the JSON value.  A member that does not apply to an
-# event kind is null (ret/errno/source outside connect; duration and bytes
-# outside close).
-FIELDS = (
-    ("type", "const"),
-    ("seq", "int"), ("time", "time"), ("ts_ns", "int"),
-    ("pid", "int"), ("tid", "int"), ("ppid", "int"), ("uid", "int"), ("user", "uid"),
-    ("comm", "text"),
-    ("event", "enum"),            # connect, accept, close
-    ("source", "enum"),           # connect: syscall (the call's result) or state (its outcome later)
-    ("family", "enum"),           # 4 or 6
-    ("saddr", "ip"), ("sport", "port"), ("daddr", "ip"), ("dport", "port"),
-    ("ret", "int"), ("errno", "errno"),
-    ("duration_ns", "duration"), ("tx_bytes", "int"), ("rx_bytes", "int"),
-    ("sock", "hex"),              # the kernel's struct sock *: one connection's events share it
-)
-# text kinds may add `<name>_b64` when the bytes are not UTF-8
-JSON_FIELDS = tuple(n for name, kind in FIELDS
-                    for n in ((name, name + "_b64") if kind == "text" else (name,)))
 
 # Kernel struct members the probe reads, by -D name (see the C file): an
 # fd's file (task->files->fdt->fd[fd]), its struct socket and struct sock,
@@ -116,72 +98,129 @@ def _event_cell(e):
     return "connect…" if e["source"] == "state" else e["event"]
 
 
-class TcpProbe(Probe):
-    name = "tcp"
-    source = "tcp.bpf.c"
+class AddrType(click.ParamType):
+    """An IPv4 or IPv6 address (--addr)."""
+
+    name = "ADDR"
+
+    def convert(self, value, param, ctx):
+        try:
+            return parse_addr(value)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
+def _addr_flags(addr) -> dict:
+    return addr_cflags(parse_addr(addr) if isinstance(addr, str) else addr)
+
+
+def _name(names, i):
+    return names[i] if i < len(names) else str(i)
+
+
+class TcpCodec(Codec):
     event_structs = ("tcp_event",)
-    tally = (("commands", "comm"), ("errors", "ret"))
-    columns = (
-        time_column(priority=5),
-        pid_column(priority=1),
-        Column("COMM", lambda e: shown(e, "comm"), width=15, min_width=6, priority=4),
-        Column("EVENT", _event_cell, width=8, priority=2, whole=True),
-        Column("LOCAL", lambda e: _endpoint(e["saddr"], e["sport"]), width=21, min_width=9,
-               keep="end", priority=3),
-        Column("REMOTE", lambda e: _endpoint(e["daddr"], e["dport"]), min_width=9,
-               keep="end", priority=1),
-        Column("RESULT", _result, width=11, justify="right", priority=2, whole=True),
-        Column("TX/RX", _bytes, width=15, justify="right", priority=6, whole=True),
-    )
 
     def cflags(self):
         flags = super().cflags()
-        o = self.options
-        if o.get("port"):
-            flags["FILTER_PORT"] = int(o["port"])
-        if o.get("addr") is not None:
-            addr = o["addr"]
-            if isinstance(addr, str):
-                addr = parse_addr(addr)
-            flags.update(addr_cflags(addr))
-        flags.update(btf_offsets(STRUCT_OFFSETS))
+        flags.update({f"EV_{n.upper()}": i for i, n in enumerate(EVENTS)})
+        flags.update({f"SRC_{n.upper()}": i for i, n in enumerate(SOURCES)})
         return flags
 
-    def decode(self, event_type, records, offsets, data):
-        clock = self.clock
+    def bodies(self, event_type, records, offsets, data):
         out = []
-        for rec in records:
-            out.append(self._event(rec, clock))
+        cols = (records["kind"].tolist(), records["source"].tolist(),
+                records["family"].tolist(), records["saddr"].tolist(),
+                records["sport"].tolist(), records["daddr"].tolist(),
+                records["dport"].tolist(), records["ret"].tolist(),
+                records["duration_ns"].tolist(), records["tx_bytes"].tolist(),
+                records["rx_bytes"].tolist(), records["sock"].tolist())
+        errno_name = fields.errno_name
+        for kind, src, fam, sa, sp, da, dp, ret, dur, tx, rx, sock in zip(*cols):
+            event = _name(EVENTS, kind)
+            connect = event == "connect"
+            close = event == "close"
+            out.append({
+                "event": event,
+                "source": SOURCES[src & 1] if connect else None,
+                "family": FAMILIES.get(fam, fam),
+                "saddr": address(fam, sa), "sport": sp,
+                "daddr": address(fam, da), "dport": dp,
+                "ret": ret if connect else None,
+                "errno": (errno_name(ret) or None) if connect else None,
+                "duration_ns": dur if close else None,
+                "tx_bytes": tx if close else None,
+                "rx_bytes": rx if close else None,
+                "sock": f"0x{sock:x}",
+            })
         return out
 
-    def _event(self, rec, clock):
-        ts = int(rec["ts_ns"])
-        uid = int(rec["uid"])
-        kind = EVENTS[int(rec["kind"])] if int(rec["kind"]) < len(EVENTS) else str(int(rec["kind"]))
-        t = rec                    # the tuple's members, flattened (see bpf.py)
-        fam = int(t["family"])
-        e = {"type": "tcp", "seq": int(rec["seq"]), "time": clock.iso(ts), "ts_ns": ts,
-             "pid": int(rec["pid"]), "tid": int(rec["tid"]), "ppid": int(rec["ppid"]),
-             "uid": uid, "user": fields.user_name(uid)}
-        put_text(e, "comm", cstr(bytes(rec["comm"])))
-        e["event"] = kind
-        e["source"] = SOURCES[int(rec["source"]) & 1] if kind == "connect" else None
-        e["family"] = FAMILIES.get(fam, fam)
-        e["saddr"] = address(fam, bytes(t["saddr"]))
-        e["sport"] = int(t["sport"])
-        e["daddr"] = address(fam, bytes(t["daddr"]))
-        e["dport"] = int(t["dport"])
-        if kind == "connect":
-            r = int(rec["ret"])
-            e["ret"] = r
-            e["errno"] = fields.errno_name(r) or None
-        else:
-            e["ret"] = e["errno"] = None
-        if kind == "close":
-            e["duration_ns"] = int(rec["duration_ns"])
-            e["tx_bytes"] = int(rec["tx_bytes"])
-            e["rx_bytes"] = int(rec["rx_bytes"])
-        else:
-            e["duration_ns"] = e["tx_bytes"] = e["rx_bytes"] = None
-        e["sock"] = hex(int(rec["sock"]))
-        return e
+
+SPEC = Spec(
+    name="tcp",
+    summary="trace TCP connections, from connect or accept to close",
+    help="""TCP connections: connect (with its result), accept, and close (with
+    duration and bytes), on tracepoints.  -x keeps only failed connects.
+
+    close events, and the outcome of a non-blocking connect, happen in the
+    kernel's network context: they carry the pid, comm and uid of the
+    process that connected or accepted, and -p, -u, -n and -- CMD select
+    connections by that process, when it connects or accepts.
+    """,
+    codec="probes.tcp:TcpCodec",
+    source="tcp.bpf.c",
+    ring="2M",                  # connections come thousands of times slower than opens
+    failed="Only failed connects (no accept or close events).",
+    offsets=STRUCT_OFFSETS,
+    options=(
+        Option(("--port",), "port", type=click.IntRange(1, 65535), metavar="PORT",
+               help="Only connections whose local or remote port is PORT.",
+               cflags="FILTER_PORT", filter=True),
+        Option(("--addr",), "addr", type=AddrType(), metavar="ADDR",
+               help="Only connections whose local or remote address is ADDR (IPv4 or IPv6).",
+               cflags=_addr_flags, filter=True),
+    ),
+    # A member that does not apply to an event kind is null (ret/errno/source
+    # outside connect; duration and bytes outside close).
+    fields=(
+        Field("event", "enum", "connect, accept or close", values=EVENTS),
+        Field("source", "enum", "for a connect: syscall (the call's result, when it returned) "
+              "or state (the outcome of a connect that returned EINPROGRESS or EINTR, when "
+              "the handshake ended); null otherwise", null=True, values=SOURCES),
+        Field("family", "enum", "4 for IPv4, 6 for IPv6", values=tuple(FAMILIES.values())),
+        Field("saddr", "ip", 'the local address ("0.0.0.0" or "::" before one was chosen)'),
+        Field("sport", "port", "the local port; 0 when none was chosen"),
+        Field("daddr", "ip", "the remote address"),
+        Field("dport", "port", "the remote port"),
+        Field("ret", "int", "for a connect: 0, or a negative error number; null otherwise",
+              null=True),
+        Field("errno", "errno", "for a connect: the error's name, or null when it succeeded",
+              null=True),
+        Field("duration_ns", "duration", "for a close: nanoseconds from the connect call (its "
+              "start) or the accept call (its return) to the close; null otherwise", null=True),
+        Field("tx_bytes", "int", "for a close: the kernel's bytes_acked (sequence space "
+              "acknowledged by the peer); null otherwise", null=True, minimum=0),
+        Field("rx_bytes", "int", "for a close: the kernel's bytes_received; null otherwise",
+              null=True, minimum=0),
+        Field("sock", "hex", "the kernel's address of the connection's socket: the events "
+              "of one connection share it"),
+    ),
+    columns=(
+        # priority: which columns a narrow terminal drops first (highest)
+        time_column(priority=5),
+        pid_column(priority=1),
+        Column("COMM", lambda e: shown(e, "comm"), width=15, min_width=6, priority=4,
+               doc="the command name"),
+        Column("EVENT", _event_cell, width=8, priority=2, whole=True,
+               doc="connect, connect… (the later outcome of a non-blocking connect), "
+                   "accept or close"),
+        Column("LOCAL", lambda e: _endpoint(e["saddr"], e["sport"]), width=21, min_width=9,
+               keep="end", priority=3, doc="the local address and port"),
+        Column("REMOTE", lambda e: _endpoint(e["daddr"], e["dport"]), min_width=9,
+               keep="end", priority=1, doc="the remote address and port"),
+        Column("RESULT", _result, width=11, justify="right", priority=2, whole=True,
+               doc="for a connect, ok or the error name; for a close, its duration in seconds"),
+        Column("TX/RX", _bytes, width=15, justify="right", priority=6, whole=True,
+               doc="for a close, tx_bytes/rx_bytes"),
+    ),
+)

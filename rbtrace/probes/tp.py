@@ -3,7 +3,7 @@
 For each tracepoint asked for, rbtrace reads tracefs'
 events/CATEGORY/EVENT/format, generates one C event struct and one BPF
 program, writes them to a temporary file that includes common.h, and
-decodes the records with GenericProbe (rbtrace/probes/generic.py).
+decodes the records with GenericCodec (rbtrace/probes/generic.py).
 
 Reading the format
     Each `field:TYPE NAME; offset:N; size:N; signed:N;` line is a member
@@ -52,16 +52,20 @@ import fnmatch
 import os
 import re
 import resource
+import sys
 import tempfile
 from pathlib import Path
 from typing import Optional
 
+import click
+
 from rbtrace import kernel
 from rbtrace.errors import EnvironmentProblem, UsageError
 from rbtrace.fields import for_message
-from rbtrace.probes.generic import JSON_FIELDS, EventSpec, FieldSpec, GenericProbe
+from rbtrace.probes.generic import COLUMNS, FIELDS, EventSpec, FieldSpec, GenericCodec
+from rbtrace.spec import Argument, Option, Spec
 
-__all__ = ["JSON_FIELDS", "TpProbe", "TpField", "TpFormat", "parse_format", "generate",
+__all__ = ["SPEC", "TpCodec", "TpField", "TpFormat", "parse_format", "generate",
            "resolve", "list_tracepoints"]
 
 # How many tracepoints one run attaches unless --max-tracepoints says more.
@@ -592,15 +596,14 @@ def raise_fd_limit(needed: int):
             pass
 
 
-class TpProbe(GenericProbe):
+class TpCodec(GenericCodec):
     """Options: `tracepoints` (CATEGORY:EVENT names or patterns; absent:
-    a probe with no events, for inspection), `max_tracepoints`,
+    a codec with no events, for inspection), `max_tracepoints`,
     `string_bytes`."""
-    name = "tp"
     tracepoints = ()        # (program, "category:event"): LoadedProbe attaches them
 
-    def __init__(self, options, root=None):
-        super().__init__(options)
+    def __init__(self, options, spec=None, root=None):
+        super().__init__(options, spec)
         self._tmp = None
         self._generated = None
         self.formats = []
@@ -621,7 +624,7 @@ class TpProbe(GenericProbe):
 
     def source_path(self):
         """The generated source, written once to a temporary directory that
-        lives as long as the probe (the compiler's messages name it)."""
+        lives as long as the codec (the compiler's messages name it)."""
         if self._generated is None:
             raise UsageError("no tracepoint given: rbtrace tp CATEGORY:EVENT...")
         if self._tmp is None:
@@ -629,3 +632,60 @@ class TpProbe(GenericProbe):
             with open(os.path.join(self._tmp.name, "tp.bpf.c"), "w") as f:
                 f.write(self._generated.source)
         return Path(self._tmp.name) / "tp.bpf.c"
+
+
+def list_only(opts):
+    """--list: print the tracepoints (those matching the arguments, if any)
+    and end the command there, before anything is compiled."""
+    if not opts.get("list_only"):
+        return None
+    names = []
+    for pattern in opts.get("tracepoints") or (None,):
+        found = list_matching(pattern)
+        if not found:
+            raise UsageError(f"no tracepoint matches '{for_message(pattern)}'")
+        names.extend(n for n in found if n not in names)
+    sys.stdout.write("".join(n + "\n" for n in names))
+    sys.stdout.flush()
+    return 0
+
+
+SPEC = Spec(
+    name="tp",
+    summary="trace any kernel tracepoint, every field decoded",
+    help="""Any tracepoint, every field decoded from its format.
+
+    CATEGORY:EVENT names a tracepoint (sched:sched_process_fork); either
+    part may be a wildcard ('syscalls:sys_enter_*').  JSON lines have the
+    common fields (time, pid, tid, ppid, uid, user, comm), "event" (the
+    tracepoint) and "args", the tracepoint's own fields: integers as
+    numbers, pointers as "0x..." strings, char arrays and __data_loc
+    strings as text, other arrays as lists.
+    """,
+    codec="probes.tp:TpCodec",
+    source=None,                # generated (TpCodec.source_path)
+    ring="8M",
+    # A tracepoint has no result to select on: -x is hidden, and refused
+    # with the reason (TpCodec).
+    failed=None,
+    tally=(("commands", "comm"),),
+    before=list_only,
+    arguments=(Argument("tracepoints", "CATEGORY:EVENT...", nargs=-1),),
+    options=(
+        Option(("--list",), "list_only", is_flag=True,
+               help="Print the tracepoints that exist (those matching the arguments, "
+                    "if any), one per line, and exit."),
+        Option(("--max-tracepoints",), "max_tracepoints",
+               type=click.IntRange(1, LIMIT_MAX_TRACEPOINTS), default=DEFAULT_MAX_TRACEPOINTS,
+               show_default=True, metavar="N",
+               help=f"Refuse to attach more than N tracepoints at once, "
+                    f"1 to {LIMIT_MAX_TRACEPOINTS}."),
+        Option(("--string-bytes",), "string_bytes",
+               type=click.IntRange(MIN_STRING_BYTES, LIMIT_STRING_BYTES),
+               default=DEFAULT_STRING_BYTES, show_default=True, metavar="N",
+               help=f"Bytes kept of each __data_loc string or array, "
+                    f"{MIN_STRING_BYTES} to {LIMIT_STRING_BYTES}."),
+    ),
+    fields=FIELDS,
+    columns=COLUMNS,
+)

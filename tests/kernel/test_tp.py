@@ -313,7 +313,7 @@ def test_every_format_on_this_kernel_generates_and_one_per_category_verifies(ker
     for kind in kinds:                                 # and one of each kind of field
         if not any(fl.kind == kind for f in chosen for fl in f.fields):
             chosen.append(next(f for f in formats if any(fl.kind == kind for fl in f.fields)))
-    probe = tp.TpProbe({"tracepoints": [f.name for f in chosen], "max_tracepoints": 2000})
+    probe = tp.TpCodec({"tracepoints": [f.name for f in chosen], "max_tracepoints": 2000})
     loaded = LoadedProbe(probe.source_path(), probe.cflags(), probe.event_structs,
                          tracepoints=probe.tracepoints, ring_bytes=4096, use_cache=False,
                          attach=False)

@@ -444,13 +444,13 @@ def test_time_column_is_local_and_utc_with_the_option(tz, probe_class):
 
 def test_the_man_page_states_the_history_and_the_drop_order():
     import pathlib
-    from rbtrace.probes.generic import GenericProbe
+    from rbtrace.probes.generic import GenericCodec
     page = (pathlib.Path(__file__).parents[2] / "man" / "rbtrace.8").read_text()
     text = re.sub(r"\n\.B[IR]? ?", " ", page).replace("\n", " ")
     assert f"newest {TableRenderer.history} rows" in text
     assert f"newest {TableRenderer.tail} events of each batch" in text
     for name, cols in (("exec", _exec_columns()), ("open", _open_columns()),
-                       ("run", GenericProbe({}).columns)):
+                       ("run", GenericCodec({}).columns)):
         order = [c.header for c in sorted(cols, key=lambda c: -c.priority) if c.header != "PID"]
         said = ", ".join(order[:-1]) + ", then " + order[-1] + "; "
         assert re.search(rf"{name} ?: {re.escape(said)}", text), (name, said)

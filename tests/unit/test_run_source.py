@@ -16,7 +16,7 @@ from rbtrace.bpf import check_event_types, dtype_from_ctypes
 from rbtrace.csource import code_only
 from rbtrace.errors import Exit, ProbeError, UsageError
 from rbtrace.probes import run
-from rbtrace.probes.run import RunProbe, counts_errors, read_probe, ring_warnings
+from rbtrace.probes.run import RunCodec, counts_errors, read_probe, ring_warnings
 from rbtrace.ringbuf import EventType
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -190,8 +190,8 @@ def test_unreadable_files_are_usage_errors(tmp_path):
 
 def test_failed_filter_needs_the_probe_to_say_what_failed(tmp_path):
     with pytest.raises(UsageError, match=r"-x/--failed: .* never calls rbtrace_ret_wanted"):
-        RunProbe({"file": good(tmp_path), "failed": True})
-    assert RunProbe({"file": os.path.join(EXAMPLES, "kill.bpf.c"), "failed": True})
+        RunCodec({"file": good(tmp_path), "failed": True})
+    assert RunCodec({"file": os.path.join(EXAMPLES, "kill.bpf.c"), "failed": True})
 
 
 def test_following_refuses_the_raw_tracepoints_it_uses_itself(tmp_path):
@@ -223,7 +223,7 @@ def test_direct_ring_calls_are_one_warning_line(tmp_path, capsys):
     (line,) = ring_warnings(read_probe(path))
     assert line.startswith(f"{path}:6: events.ringbuf_reserve() and events.ringbuf_submit() "
                            f"called directly: records dropped and sent are not counted")
-    RunProbe({"file": path})
+    RunCodec({"file": path})
     err = capsys.readouterr().err
     assert err == f"rbtrace run: warning: {line}\n"
 
@@ -337,7 +337,7 @@ def test_event_structs_must_begin_with_the_header_and_differ_in_size():
 
 def test_members_are_decoded_under_args_by_c_path(tmp_path):
     path = good(tmp_path, "RBTRACE_HEX(ev, ptr);\nRBTRACE_BYTES(ev, slots[1].name);\n")
-    probe = RunProbe({"file": path})
+    probe = RunCodec({"file": path})
     et = EventType("ev", dtype_from_ctypes(Event))
     rec = np.zeros(1, dtype=et.dtype)
     rec["pid"], rec["comm"], rec["seq"], rec["ts_ns"] = 10, b"caller", 5, 1_000_000_000
@@ -365,9 +365,9 @@ def test_the_command_is_one_line_and_exit_2_for_a_missing_file(tmp_path):
 
 
 def test_a_probe_without_a_file_is_described_only():
-    probe = RunProbe({})
+    probe = RunCodec({})
     assert [c.header for c in probe.columns] == ["TIME", "PID", "COMM", "EVENT", "ARGS"]
-    assert probe.event_structs == () and run.JSON_FIELDS[-2:] == ("event", "args")
+    assert probe.event_structs == () and run.SPEC.json_fields[-2:] == ("event", "args")
 
 
 @pytest.mark.parametrize("member, counted", [
@@ -378,5 +378,5 @@ def test_a_probe_without_a_file_is_described_only():
 def test_errors_are_tallied_only_for_a_signed_ret(tmp_path, member, counted):
     path = good(tmp_path, f"struct other {{ struct rb_header h; {member} u8 pad[9]; }};\n")
     assert counts_errors(read_probe(path)) is counted
-    tally = dict(RunProbe({"file": path}).tally)
+    tally = dict(RunCodec({"file": path}).tally)
     assert ("errors" in tally) is counted
