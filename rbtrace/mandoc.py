@@ -14,7 +14,8 @@ hand.  It also writes schema/rbtrace-events.schema.json, the JSON schema
 `rbtrace schema` prints.  tests/unit/test_docs.py fails when a region or
 the schema file is not what this module makes now.
 
-Man texts in specs use a small markup: **bold**, *italic*, “quotes”; a
+Man texts in specs use a small markup: **bold**, *italic*, \\* for a
+literal asterisk, “quotes”; a
 blank-separated sentence goes on a line of its own; "-" that starts a
 word (an option) and every "-" in bold or italic become "\\-".  The roff
 made is the subset tests/unit/test_docs.py's Page reads.
@@ -62,8 +63,12 @@ def _escape(text: str, code: bool) -> str:
     return text
 
 
+_STAR = "\x00"          # a literal "*", written "\\*" in the markup
+
+
 def inline(text: str) -> str:
     """One line's worth of markup as roff text (no line breaks)."""
+    text = text.replace("\\*", _STAR)
     out, pos = [], 0
     for m in _SPAN.finditer(text):
         out.append(_escape(text[pos:m.start()], False))
@@ -73,7 +78,7 @@ def inline(text: str) -> str:
             out.append("\\fI" + _escape(m.group(2), True) + "\\fR")
         pos = m.end()
     out.append(_escape(text[pos:], False))
-    return "".join(out)
+    return "".join(out).replace(_STAR, "*")
 
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(“*])")
@@ -129,13 +134,17 @@ def _substitute(text: str, spec) -> str:
 
 
 def options(spec) -> list:
-    """The OPTIONS entries: the common options (rbtrace.cli) with the
-    kind's own after the filters, then -h."""
+    """The OPTIONS entries: the arguments that have a text, the common
+    options (rbtrace.cli) with the kind's own after the filters, then -h."""
     from rbtrace.cli import common_options
     common = list(common_options(spec))
     at = next(i for i, o in enumerate(common) if o.name == "failed") + 1
     ordered = common[:at] + list(spec.options) + common[at:]
     out = []
+    for a in spec.arguments:            # an entry when it has a text: run's FILE.bpf.c
+        text = spec.man.get(f"argument.{a.name}") or a.man
+        if text:
+            out += _entry(f".I {a.metavar}", _substitute(text, spec))
     for o in ordered:
         if o.hidden:
             continue
@@ -147,7 +156,8 @@ def options(spec) -> list:
             text = spec.man[o.name]
         if o.name in spec.notes:
             text += " " + spec.notes[o.name]
-        if o.show_default and o.default is not None and not o.is_flag:
+        if o.show_default and o.default is not None and not o.is_flag \
+                and "default" not in text.lower():
             text += f" Default **{o.default}**."
         # click's own choice when the option names none: the type's name.
         metavar = o.metavar or getattr(o.type, "name", "").upper()

@@ -331,11 +331,13 @@ class Option:
 
 @dataclass(frozen=True)
 class Argument:
-    """A positional argument of a kind's command (tp's tracepoints, run's file)."""
+    """A positional argument of a kind's command (tp's tracepoints, run's file).
+    man: its entry in the man page's OPTIONS, if it has one."""
     name: str
     metavar: str
     nargs: int = 1
     path: bool = False
+    man: str = ""
 
 
 # --- the table ----------------------------------------------------------------
