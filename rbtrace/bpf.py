@@ -15,7 +15,7 @@ import sys
 
 import numpy as np
 
-from rbtrace import csource, kernel
+from rbtrace import csource, kernel, notice
 from rbtrace.errors import EnvironmentProblem, ProbeError
 from rbtrace.loader import (INSN_SIZE, PROG_TYPE_RAW_TRACEPOINT, PROG_TYPE_TRACEPOINT, Compiled,
                             Loaded, LoadError, MapSpec, ProgSpec, link_callbacks, map_fd_refs,
@@ -617,7 +617,7 @@ class LoadedProbe:
             try:
                 entries = cache.open_dir()
             except cache.Unsafe as e:
-                cache.say(f"not using the compile cache: {e}")
+                notice.say(f"not using the compile cache: {e}")
         if entries is not None:
             used = [f"{c}:{e}" for c, e in csource.tracepoints_used(text)]
             key, parts = cache.make_key(csource.without_dirs(text), _key_flags(cflags),
@@ -629,10 +629,10 @@ class LoadedProbe:
                     self._load(compiled, ring_bytes, attach)
                     self.from_cache = True
                     if debug:
-                        cache.say(f"{source}: loaded from the compile cache ({key[:16]})")
+                        notice.say(f"{source}: loaded from the compile cache ({key[:16]})")
                     return
                 except (LoadError, ValueError, KeyError, TypeError) as e:
-                    cache.say(f"the cached {os.path.basename(str(source))} did not load "
+                    notice.say(f"the cached {os.path.basename(str(source))} did not load "
                               f"({e}); compiling again")
                     self.close()
         bcc, b, compiled = self._compile(text, cflags, source, event_structs, debug)
@@ -647,7 +647,7 @@ class LoadedProbe:
             try:
                 cache.store(entries, key, compiled, os.path.basename(str(source)), parts)
             except OSError as e:
-                cache.say(f"cannot store in the compile cache {entries}: {e.strerror}")
+                notice.say(f"cannot store in the compile cache {entries}: {e.strerror}")
 
     def _compile(self, text, cflags, source, event_structs, debug):
         """(bcc, the BPF object, Compiled): BCC compiles; nothing is loaded."""
@@ -671,7 +671,7 @@ class LoadedProbe:
             except Exception as e:  # BCC raises bare Exception for all of these
                 failure = e
         if debug and output.text.strip():
-            sys.stderr.write(output.text)
+            notice.show(output.text)
         if failure is not None:
             missing = _missing_include(output.text, source) if self.headers.btf else None
             raise missing or _load_failure(failure, output.text, source, self.cost_hint)

@@ -11,19 +11,19 @@ kernel.  The entries' directory must belong to the user running rbtrace
 and be reachable by nobody else (mode 0700), every entry must be a
 regular file of that user with mode 0600, and its digest must match its
 contents.  Anything else is not used: it is compiled again, with one line
-on stderr.
+for the user (notice.say: on stderr from the command line).
 """
 import base64
 import hashlib
 import json
 import os
 import stat
-import sys
 import time
 from pathlib import Path
 
 from rbtrace import __version__
 from rbtrace.loader import Compiled, MapSpec, ProgSpec
+from rbtrace.notice import say  # cache.say: the cache command's lines too
 
 FORMAT = 1
 SUFFIX = ".probe.json"
@@ -208,8 +208,8 @@ def read_entry(path: Path, key=None):
 
 
 def lookup(d: Path, key: str):
-    """The Compiled for `key`, or None (missing, or refused with a line on
-    stderr: it is compiled again)."""
+    """The Compiled for `key`, or None (missing, or refused with a notice:
+    it is compiled again)."""
     path = d / (key + SUFFIX)
     try:
         found = read_entry(path, key)
@@ -261,8 +261,3 @@ def clear(d: Path) -> int:
         except FileNotFoundError:
             pass
     return n
-
-
-def say(text):
-    sys.stderr.write(f"rbtrace: {text}\n")
-    sys.stderr.flush()

@@ -372,7 +372,7 @@ def _run_probe(probe_name, opts):
 
 def _run(probe, opts, target):
     from rbtrace.render import JsonRenderer, Output, PlainRenderer, TableRenderer
-    from rbtrace.session import Session
+    from rbtrace.session import Session, load
 
     out_fd = None
     if opts.get("output"):
@@ -394,12 +394,13 @@ def _run(probe, opts, target):
             renderer = TableRenderer(Console(), probe, opts["filters_text"], keys_fd=keys)
         else:
             renderer = PlainRenderer(out, probe)
-        session = Session(probe, renderer, opts["ring_size"], count=opts.get("count"),
-                          duration=opts.get("duration"), debug=opts.get("debug"), follow=target,
-                          use_cache=not opts.get("no_cache"))
         if target is not None:
             target.start()                    # CMD forked, held until attached
         try:
+            loaded, ring = load(probe, opts["ring_size"], use_cache=not opts.get("no_cache"),
+                                debug=opts.get("debug"))
+            session = Session(probe, renderer, loaded, ring, count=opts.get("count"),
+                              duration=opts.get("duration"), follow=target)
             code = session.run()
         except BaseException:
             if target is not None:
@@ -631,8 +632,20 @@ def _hold_standard_fds():
         sys.stderr = open(os.devnull, "w")
 
 
+def _notice_to_stderr(text, line):
+    """The core's notices (rbtrace/notice.py) on stderr: a notice as one
+    line made inert for a terminal, other text (--debug) as it is."""
+    if line:
+        text = fields.safe_message(text) + "\n"
+    sys.stderr.write(text)
+    sys.stderr.flush()
+
+
 def main(argv=None):
     import signal
+
+    from rbtrace import notice
+    notice.set_sink(_notice_to_stderr)
     signal.signal(signal.SIGUSR1, _usr1_ignored)
     argv = sys.argv[1:] if argv is None else argv
     _hold_standard_fds()

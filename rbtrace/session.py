@@ -1,4 +1,8 @@
-"""The engine: load a probe, drain its ring in batches, render, account.
+"""The engine: drain a loaded probe's ring in batches, render, account.
+
+load() compiles (or takes from the cache), loads and attaches a probe and
+maps its ring; Session runs the loop over what it is given, so that the
+loop is tested without the kernel (tests/unit/test_session_loop.py).
 
 Loss accounting is exact: the probe counts every ring reservation that
 failed and every entry it could not store; user space counts what it
@@ -15,9 +19,7 @@ import time
 
 import numpy as np
 
-from rbtrace.bpf import LoadedProbe
 from rbtrace.errors import Exit, OutputError
-from rbtrace.ringbuf import RingConsumer
 
 STATS_INTERVAL = 0.1      # footer / lost-record cadence, seconds
 
@@ -99,20 +101,39 @@ class Tally:
         return self.counts[name].most_common(n)
 
 
+def load(probe, ring_bytes, use_cache=True, debug=False):
+    """(LoadedProbe, RingConsumer): `probe` compiled, or taken from the
+    compile cache unless `use_cache` is False, loaded and attached, and
+    its ring of `ring_bytes` mapped, for Session.  Session.run closes both."""
+    from rbtrace.bpf import LoadedProbe
+    from rbtrace.ringbuf import RingConsumer
+    loaded = LoadedProbe(probe.source_path(), dict(probe.cflags()), probe.event_structs,
+                         debug=debug, tracepoints=getattr(probe, "tracepoints", ()),
+                         cost_hint=getattr(probe, "cost_hint", None),
+                         ring_bytes=ring_bytes, use_cache=use_cache,
+                         kernel_types=getattr(probe, "kernel_types", False),
+                         config=probe.run_config())
+    return loaded, RingConsumer(loaded.ring_fd, ring_bytes, loaded.event_types)
+
+
 class Session:
-    def __init__(self, probe, renderer, ring_bytes, count=None, duration=None, debug=False,
-                 follow=None, use_cache=True):
+    """The loop over one loaded probe.  `loaded`: a bpf.LoadedProbe, or
+    anything with its counters(), prog_misses(), follow(), followed_pids(),
+    detach() and close(); `ring`: a ringbuf.RingConsumer over its ring (or
+    one alike).  Session.run owns both: it detaches and closes them.
+    `follow`: a follow.Command or follow.RunningProcess, or None."""
+
+    def __init__(self, probe, renderer, loaded, ring, count=None, duration=None, follow=None):
         self.probe = probe
-        self.use_cache = use_cache  # False: compile, bypassing the compile cache
+        self.loaded = loaded
+        self.ring = ring
         self.follow = follow        # follow.Command or follow.RunningProcess
         self.command_error = None
         self.output_error = None    # OutputError: writing the output failed
         self._followed_running = 0
         self.renderer = renderer
-        self.ring_bytes = ring_bytes
         self.count = count
         self.duration = duration
-        self.debug = debug
         self.delivered = 0
         self.stop_reason = None
         self._reported = {}         # losses already reported, by kind
@@ -120,8 +141,6 @@ class Session:
         # event than the other modes can spend (see OpenProbe.table_tally).
         self.tally = Tally(probe.tally + (getattr(probe, "table_tally", ())
                                           if getattr(renderer, "shows_tally", False) else ()))
-        self._ring = None
-        self.batch_bytes = ring_bytes // 64      # "little is waiting" below this
 
     def _on_signal(self, signum, frame):
         self.stop_reason = self.stop_reason or signum
@@ -135,14 +154,7 @@ class Session:
                 self.stop_reason = self.stop_reason or signum
 
     def run(self) -> int:
-        loaded = LoadedProbe(self.probe.source_path(), dict(self.probe.cflags()),
-                             self.probe.event_structs, debug=self.debug,
-                             tracepoints=getattr(self.probe, "tracepoints", ()),
-                             cost_hint=getattr(self.probe, "cost_hint", None),
-                             ring_bytes=self.ring_bytes, use_cache=self.use_cache,
-                             kernel_types=getattr(self.probe, "kernel_types", False),
-                             config=self.probe.run_config())
-        ring = self._ring = RingConsumer(loaded.ring_fd, self.ring_bytes, loaded.event_types)
+        loaded, ring = self.loaded, self.ring
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signals = stop_signals()
         self._pidfd = self._sigfd = None
@@ -177,7 +189,7 @@ class Session:
         self.started = time.monotonic()
         try:
             try:
-                self.renderer.start({"probe": self.probe.name, "ring_bytes": self.ring_bytes,
+                self.renderer.start({"probe": self.probe.name, "ring_bytes": ring.size,
                                      "filters": self.probe.options.get("filters_text", "")})
             except OutputError as e:
                 self._output_failed(e)
@@ -338,6 +350,7 @@ class Session:
 
     def _loop(self, loaded, ring, poller):
         next_stats = 0.0
+        batch_bytes = ring.size // 64       # "little is waiting" below this
         deadline = self.started + self.duration if self.duration else None
         while self.stop_reason is None:
             now = time.monotonic()
@@ -367,7 +380,7 @@ class Session:
                 # whose fixed cost (numpy calls, one write) dominates.  When
                 # little is waiting, let a batch build up for a moment; the
                 # ring has room for far more than BATCH_WAIT of any rate.
-                if 0 < ring.pending() < self.batch_bytes:
+                if 0 < ring.pending() < batch_bytes:
                     time.sleep(BATCH_WAIT)
             now = time.monotonic()
             if now >= next_stats:
@@ -377,10 +390,12 @@ class Session:
     def _drain_after_detach(self, loaded, ring):
         """Drain until every submitted record is delivered.  A program that
         was running on another CPU when it was detached may still submit
-        for a moment; wait for it (bounded) rather than lose it."""
+        for a moment; wait for it (bounded) rather than lose it.  It counts
+        a record only after committing it, so a record it has reserved but
+        not yet committed shows in the ring (pending), not in the counter."""
         for _ in range(200):
             self._drain(ring)
-            if (loaded.counters()[0] == self.delivered
+            if ((loaded.counters()[0] == self.delivered and ring.pending() == 0)
                     or self.stop_reason in ("count", "output closed", "output error")):
                 return
             time.sleep(0.001)
@@ -484,7 +499,7 @@ class Session:
             "map_full": map_full,
             "missed_by_kernel": losses["missed_by_kernel"],
             "not_followed": losses["not_followed"],
-            "discarded": self._ring.discarded if self._ring is not None else 0,
+            "discarded": self.ring.discarded if self.ring is not None else 0,
             "duration_s": round(time.monotonic() - self.started, 3),
             "stopped_by": stop or "end",
             "top_errors": dict(self.tally.top("errors")) if "errors" in self.tally.counts else {},

@@ -193,3 +193,23 @@ def pytest_configure(config):
                                 f"disabled (-p no:{GUARD_NAME})")
     if not config.pluginmanager.has_plugin(GUARD_NAME):
         config.pluginmanager.register(CiGuard(config), GUARD_NAME)
+
+
+@pytest.fixture
+def notices():
+    """The core's notices (rbtrace/notice.py) during the test: a list of
+    (text, line) as the sink receives them; the previous sink after."""
+    from rbtrace import notice
+    got = []
+    old = notice.set_sink(lambda text, line: got.append((text, line)))
+    yield got
+    notice.set_sink(old)
+
+
+@pytest.fixture
+def stderr_notices():
+    """The command line's sink (cli._notice_to_stderr) during the test."""
+    from rbtrace import cli, notice
+    old = notice.set_sink(cli._notice_to_stderr)
+    yield
+    notice.set_sink(old)

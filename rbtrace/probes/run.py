@@ -18,14 +18,14 @@ and writes to the ring that bypass the counters.
 """
 import os
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rbtrace import notice
 from rbtrace.bpf import USER_PROBE_COST_HINT
 from rbtrace.csource import code_only
 from rbtrace.errors import ProbeError, UsageError
-from rbtrace.fields import for_message, safe_message
+from rbtrace.fields import for_message
 from rbtrace.probes.generic import (COLUMNS, FIELDS, HEADER_FIELDS, EventSpec, FieldSpec,
                                     GenericCodec)
 from rbtrace.spec import Argument, Spec
@@ -304,8 +304,7 @@ class RunCodec(GenericCodec):
         self.events = {name: EventSpec(label=name) for name in self.user.event_names}
         self.event_structs = self.user.event_names
         for line in ring_warnings(self.user):
-            sys.stderr.write(safe_message(f"rbtrace run: warning: {line}") + "\n")
-        sys.stderr.flush()
+            notice.say(f"warning: {line}", who="rbtrace run")
 
     def source_path(self):
         return self.user.path

@@ -477,7 +477,7 @@ def envelope_fields():
     from rbtrace.follow import Command, RunningProcess
     probe = codec_for(probe_commands()[0])
     renderer = _Recorder()
-    session = Session(probe, renderer, 1 << 20)
+    session = Session(probe, renderer, None, None)
     session.started = 0.0
     summary = session._summary(_FakeLoaded())
     assert renderer.lost_records, "a drop on the fake counters makes a lost record"
@@ -485,7 +485,7 @@ def envelope_fields():
     # Following `-- CMD` or `--pid P --children` adds members of its own.
     running = RunningProcess(os.getpid())
     for target in (Command(["true"]), running):
-        session = Session(probe, _Recorder(), 1 << 20, follow=target)
+        session = Session(probe, _Recorder(), None, None, follow=target)
         session.started = 0.0
         out["summary"] |= set(session._summary(_FakeLoaded()))
     running.close()
@@ -515,7 +515,7 @@ def envelope_orders():
     try:
         for target in (None, Command(["true"]), running):
             renderer = _Recorder()
-            session = Session(probe, renderer, 1 << 20, follow=target)
+            session = Session(probe, renderer, None, None, follow=target)
             session.started = 0.0
             summary = session._summary(_FakeLoaded())
             out["summary"].append(_written(render, "close", summary))

@@ -308,12 +308,12 @@ def test_the_session_counts_files_only_for_the_table():
     from rbtrace.session import Session
     probe = OpenProbe({})
     table, _, _ = _table(probe, 80, 10)
-    assert [n for n, _ in Session(probe, table, 4096).tally.spec] == ["commands", "errors", "files"]
+    assert [n for n, _ in Session(probe, table, None, None).tally.spec] == ["commands", "errors", "files"]
     plain = PlainRenderer(io.BytesIO(), probe)
-    assert [n for n, _ in Session(probe, plain, 4096).tally.spec] == ["commands", "errors"]
+    assert [n for n, _ in Session(probe, plain, None, None).tally.spec] == ["commands", "errors"]
     exec_probe = ExecProbe({})
     table, _, _ = _table(exec_probe, 80, 10)
-    assert [n for n, _ in Session(exec_probe, table, 4096).tally.spec] == ["commands", "errors"]
+    assert [n for n, _ in Session(exec_probe, table, None, None).tally.spec] == ["commands", "errors"]
 
 
 # --- deferred frames ------------------------------------------------------------

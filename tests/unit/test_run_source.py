@@ -218,14 +218,20 @@ TRACEPOINT_PROBE(syscalls, sys_enter_kill)
 """
 
 
-def test_direct_ring_calls_are_one_warning_line(tmp_path, capsys):
+def test_direct_ring_calls_are_one_warning_line(tmp_path, notices):
     path = probe_file(tmp_path, DIRECT)
     (line,) = ring_warnings(read_probe(path))
     assert line.startswith(f"{path}:6: events.ringbuf_reserve() and events.ringbuf_submit() "
                            f"called directly: records dropped and sent are not counted")
     RunCodec({"file": path})
-    err = capsys.readouterr().err
-    assert err == f"rbtrace run: warning: {line}\n"
+    assert notices == [(f"rbtrace run: warning: {line}", True)]
+
+
+def test_the_warning_line_on_stderr_from_the_command_line(tmp_path, stderr_notices, capsys):
+    path = probe_file(tmp_path, DIRECT)
+    (line,) = ring_warnings(read_probe(path))
+    RunCodec({"file": path})
+    assert capsys.readouterr().err == f"rbtrace run: warning: {line}\n"
 
 
 def test_direct_ring_calls_that_count_are_not_warned_about(tmp_path):

@@ -89,8 +89,9 @@ class FakeLoaded:
         return self.misses
 
 
-def make_session(renderer=None, **kw):
-    s = Session(FakeProbe(), renderer or FakeRenderer(), 1 << 20, **kw)
+def make_session(renderer=None, loaded=None, ring=None, **kw):
+    s = Session(FakeProbe(), renderer or FakeRenderer(), loaded or FakeLoaded(),
+                ring or FakeRing(), **kw)
     s.started = 0.0
     return s
 
@@ -322,16 +323,6 @@ def test_sighup_ignored_at_start_is_left_out(monkeypatch):
 
 # --- a stop signal before CMD is released ---------------------------------------------------
 
-class RunProbe(FakeProbe):
-    event_structs = ()
-
-    def cflags(self):
-        return {}
-
-    def source_path(self):
-        return "fake.bpf.c"
-
-
 class RunRenderer(FakeRenderer):
     def start(self, info):
         pass
@@ -346,8 +337,7 @@ class RunRenderer(FakeRenderer):
         self.summary = summary
 
 
-def test_a_stop_signal_before_cmd_is_released_goes_to_cmd_which_stays_traced(
-        monkeypatch, tmp_path):
+def test_a_stop_signal_before_cmd_is_released_goes_to_cmd_which_stays_traced(tmp_path):
     """SIGHUP arrives while the session is being set up (here: while the
     followed pid is put in the map), before CMD is released.  It must not
     end the run with CMD then let go untraced: CMD gets it, and the probes
@@ -357,11 +347,6 @@ def test_a_stop_signal_before_cmd_is_released_goes_to_cmd_which_stays_traced(
     ring_r, ring_w = os.pipe()
 
     class Loaded:
-        ring_fd, event_types = ring_r, ()
-
-        def __init__(self, *a, **k):
-            pass
-
         def follow(self, pids):
             os.kill(os.getpid(), signal.SIGHUP)           # the signal, mid set-up
             log.append("seeded")
@@ -386,15 +371,11 @@ def test_a_stop_signal_before_cmd_is_released_goes_to_cmd_which_stays_traced(
 
     class Ring(FakeRing):
         fd = ring_r
-
-        def __init__(self, *a):
-            super().__init__()
+        size = 1 << 20
 
         def close(self):
             pass
 
-    monkeypatch.setattr(session, "LoadedProbe", Loaded)
-    monkeypatch.setattr(session, "RingConsumer", Ring)
     got = tmp_path / "got"
     cmd = follow.Command(["/bin/sh", "-c", f"trap 'echo HUP >{got}; exit 5' HUP; "
                                            f"i=0; while [ $i -lt 100 ]; do sleep 0.05; "
@@ -402,7 +383,7 @@ def test_a_stop_signal_before_cmd_is_released_goes_to_cmd_which_stays_traced(
     old = signal.getsignal(signal.SIGHUP)
     try:
         cmd.start()
-        s = Session(RunProbe(), RunRenderer(), 1 << 20, follow=cmd)
+        s = Session(FakeProbe(), RunRenderer(), Loaded(), Ring(), follow=cmd)
         code = s.run()
     finally:
         cmd.abandon()
