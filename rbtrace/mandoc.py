@@ -286,15 +286,16 @@ def add_markers(text: str, kind: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> int:
+def main():
+    """0, or a message for sys.exit (which writes it on stderr, status 1):
+    a make tool, not the tracer, so it does not go through rbtrace.notice."""
     if sys.argv[1:2] == ["--add-markers"]:
         for kind in sys.argv[2:]:
             path = page_path(kind)
             with open(path, encoding="utf-8") as f:
                 text = f.read()
             if region_names(text):
-                print(f"{path} has markers already", file=sys.stderr)
-                return 1
+                return f"{path} has markers already"
             with open(path, "w", encoding="utf-8") as f:
                 f.write(add_markers(text, kind))
         return 0
@@ -304,9 +305,8 @@ def main() -> int:
         missing = [r for r in REQUIRED + (("COLUMNS",) if spec.columns else ())
                    if r not in region_names(text)]
         if missing:
-            print(f"{path}: no region {', '.join(missing)}: add its BEGIN/END markers "
-                  f"(see rbtrace/mandoc.py)", file=sys.stderr)
-            return 1
+            return (f"{path}: no region {', '.join(missing)}: add its BEGIN/END markers "
+                    f"(python -m rbtrace.mandoc --add-markers {spec.name})")
         if made != text:
             with open(path, "w", encoding="utf-8") as f:
                 f.write(made)
@@ -322,8 +322,7 @@ def main() -> int:
         with open(SCHEMA_FILE, "w", encoding="utf-8") as f:
             f.write(schema)
         changed.append(SCHEMA_FILE)
-    for path in changed:
-        print(f"rewrote {os.path.relpath(path, REPO)}")
+    sys.stdout.write("".join(f"rewrote {os.path.relpath(p, REPO)}\n" for p in changed))
     return 0
 
 

@@ -90,7 +90,7 @@ def _engine_lines():
     try:
         for target in (None, Command(["true"]), running):
             recorder = docs._Recorder()
-            session = Session(probe, recorder, 1 << 20, follow=target)
+            session = Session(probe, recorder, None, None, follow=target)
             session.started = 0.0
             summary = session._summary(docs._FakeLoaded())
             summary["probe"] = DECLARED[0]
