@@ -185,9 +185,11 @@ class Command:
         """rbtrace failed before CMD ran: CMD must not run untraced."""
         if self.pid is None or self.released or self.exited():
             return
-        os.close(self._go)               # EOF: the child exits without exec
-        os.close(self._err)
+        # Killed before its pipe closes: the EOF would also end it without
+        # exec, but with its own status, not the SIGKILL the summary reports.
         os.kill(self.pid, signal.SIGKILL)
+        os.close(self._go)
+        os.close(self._err)
         self.wait()
 
     def close(self):

@@ -84,7 +84,6 @@ DEFAULT_STRING_BYTES = 256
 MIN_STRING_BYTES = 16
 LIMIT_STRING_BYTES = 4096
 
-RB_HEADER_SIZE = 48          # sizeof(struct rb_header), probes/common.h
 
 # C integer types a tracepoint format names: (size, signed).  None for
 # signed means "as the format says" (char's sign depends on the arch).
@@ -418,8 +417,9 @@ class Member:
 @dataclasses.dataclass
 class Layout:
     """One tracepoint's event struct: members after `struct rb_header h`,
-    the C statements that fill them, how each is decoded, and its size
-    before the padding that makes it unique."""
+    the C statements that fill them, how each is decoded, and the size of
+    its members (after the header) before the padding that makes it
+    unique.  The header's size is the C's to know (RBTP_HDR)."""
     members: list
     fill: list
     specs: dict
@@ -473,11 +473,11 @@ def layout(fmt: TpFormat, string_bytes: int) -> Layout:
             gaps.append(gap)
         cname = add_field(f)
         if f.kind in ("string", "dynarray"):
-            dynamic.append((f, f"(char *)e + {RB_HEADER_SIZE + f.offset - base}"))
+            dynamic.append((f, f"(char *)e + RBTP_HDR + {f.offset - base}"))
         pos = f.offset + f.size
     fixed = pos - base
     if fixed:
-        fill.append(f"bpf_probe_read_kernel((char *)e + {RB_HEADER_SIZE}, {fixed}, "
+        fill.append(f"bpf_probe_read_kernel((char *)e + RBTP_HDR, {fixed}, "
                     f"(char *)ctx + {base});")
     # Padding holds whatever the buffers held before: zeroed, so that equal
     # events have equal bytes (the decoder caches by them).
@@ -510,7 +510,7 @@ def layout(fmt: TpFormat, string_bytes: int) -> Layout:
             fill.append(f"{{ {read_loc} u32 n = loc >> 16; e->{n_name} = n; "
                         f"if (n > {room}) n = {room}; "
                         f"bpf_probe_read_kernel(e->{d_name}, n, (char *)ctx + {start}); }}")
-    return Layout(members, fill, specs, RB_HEADER_SIZE + sum(m.size for m in members))
+    return Layout(members, fill, specs, sum(m.size for m in members))
 
 
 def unique_sizes(natural: list) -> list:
@@ -532,6 +532,9 @@ def generate(formats, string_bytes=DEFAULT_STRING_BYTES) -> Generated:
         " * format files; one event struct and one program per tracepoint.",
         " * Fields are copied by their offsets in the raw record (see tp.py). */",
         '#include "common.h"',
+        "",
+        "/* Sizes and offsets below count from the end of the header. */",
+        "#define RBTP_HDR sizeof(struct rb_header)",
         "",
         "/* Set by user space before detaching (rbtrace/bpf.py _stop_programs):",
         " * closing hundreds of tracepoints takes seconds, and nothing may be",
@@ -560,7 +563,7 @@ struct {struct} {{
 {body}
 }} __attribute__((packed));
 RBTRACE_EVENT({struct});
-_Static_assert(sizeof(struct {struct}) == {size}, "size of {struct}");
+_Static_assert(sizeof(struct {struct}) == RBTP_HDR + {size}, "size of {struct}");
 
 int {fn}(void *ctx)
 {{

@@ -65,22 +65,38 @@ def test_descendants_walks_the_parent_chain(tmp_path):
     assert follow.descendants([11, 20], proc=str(tmp_path)) == {12, 21}
 
 
+def _comms(pids):
+    out = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                out.append(f.read().strip())
+        except OSError:
+            out.append(None)
+    return out
+
+
 def test_descendants_of_a_real_tree():
     child = subprocess.Popen(["sh", "-c", "sleep 30 & sleep 30 & wait"])
+    found = set()
     try:
-        for _ in range(200):
+        # A child is found as soon as it is forked, still "sh" until it has
+        # exec'd sleep: wait for both to be sleep.
+        for _ in range(500):
             found = follow.descendants([child.pid])
-            if len(found) == 2:
+            if len(found) == 2 and _comms(found) == ["sleep", "sleep"]:
                 break
             signal.sigtimedwait([], 0.01)
         assert len(found) == 2
-        for pid in found:
-            with open(f"/proc/{pid}/comm") as f:
-                assert f.read().strip() == "sleep"
+        assert _comms(found) == ["sleep", "sleep"]
     finally:
         child.kill()
         child.wait()
-        subprocess.run(["pkill", "-P", str(child.pid)])
+        for pid in found:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 @pytest.mark.parametrize("argv, code, text", [

@@ -203,7 +203,7 @@ def test_each_program_filters_before_reserving_and_accounts_like_open():
 def test_struct_sizes_are_unique_and_asserted():
     fmts = formats(*ALL)
     g = tp.generate(fmts)
-    sizes = [int(n) for n in re.findall(r"_Static_assert\(sizeof\(struct \w+\) == (\d+)", g.source)]
+    sizes = [int(n) for n in re.findall(r"_Static_assert\(sizeof\(struct \w+\) == RBTP_HDR \+ (\d+)", g.source)]
     assert len(sizes) == len(fmts) == len(set(sizes))
     natural = [tp.layout(f, 256).size for f in fmts]
     # close and dup have the same layout: one byte apart, no more
@@ -243,7 +243,7 @@ def test_a_comment_cannot_be_closed_by_a_type_name():
 def test_data_loc_strings_are_read_from_their_offset_and_their_length_kept():
     g = tp.generate(formats(("sched:sched_process_fork", FORK)), string_bytes=64)
     body = program(g.source, "rbtp_0")
-    assert "bpf_probe_read_kernel((char *)e + 48, 16, (char *)ctx + 8);" in body
+    assert "bpf_probe_read_kernel((char *)e + RBTP_HDR, 16, (char *)ctx + 8);" in body
     assert re.search(r"e->n_parent_comm = loc >> 16; bpf_probe_read_kernel_str\("
                      r"e->s_parent_comm, 64, \(char \*\)ctx \+ \(loc & 0xffff\)\)", body)
     rel = tp.generate(formats(("odd:odd_event", ODD)))
@@ -277,7 +277,7 @@ def event_types(g, fmts, string_bytes=256):
         if size > lay.size:
             fields.append(("__pad_size", ctypes.c_uint8 * (size - lay.size)))
         struct = type(f"rbtp_event_{i}", (ctypes.Structure,), {"_pack_": 1, "_fields_": fields})
-        assert ctypes.sizeof(struct) == size
+        assert ctypes.sizeof(struct) == ctypes.sizeof(RbHeader) + size
         out.append(EventType(f"rbtp_event_{i}", dtype_from_ctypes(struct)))
     return out
 
