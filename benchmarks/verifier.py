@@ -31,12 +31,12 @@ sys.path.insert(0, str(REPO))
 
 from rbtrace import kernel, loader  # noqa: E402
 from rbtrace.bpf import LoadedProbe  # noqa: E402
-from rbtrace.probes.exec import ExecProbe  # noqa: E402
+from rbtrace.probes.exec import ExecCodec  # noqa: E402
 
 
 def load_times(options, repeat):
     """{program: (verified insns, median load seconds)} from the cache."""
-    probe = ExecProbe(options)
+    probe = ExecCodec(options)
     for attempt in ("compile", "from cache"):
         loaded = LoadedProbe(probe.source_path(), dict(probe.cflags()), probe.event_structs,
                              attach=False)

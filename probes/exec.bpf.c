@@ -14,27 +14,30 @@
  * packed into data[] and the smallest size class that holds them is
  * reserved, so a typical exec costs a few hundred bytes of ring, not the
  * maximum.  Each class is its own event struct; user space tells them apart
- * by record size (rbtrace/ringbuf.py) and mirrors the class list in
- * rbtrace/probes/exec.py.
+ * by record size (rbtrace/ringbuf.py).
+ *
+ * rbtrace/probes/exec.py (ExecCodec.cflags) defines, as -D flags, every
+ * constant the decoder shares with this file: the limits (MAX_ARGS,
+ * ARGS_BYTES, ARGV_PAGES, SCRATCH_SLOTS), the sizes FILENAME_BYTES and
+ * EXE_BYTES, the size classes (EXEC_CLASSES), the SYSCALL_* numbers and
+ * the FLAG_* bits.  None has a default here.
  */
 #include "common.h"
 
-#ifndef MAX_ARGS
-#define MAX_ARGS 64                /* arguments captured */
+#if !defined(MAX_ARGS) || !defined(ARGS_BYTES) || !defined(ARGV_PAGES) || \
+    !defined(SCRATCH_SLOTS) || !defined(FILENAME_BYTES) || !defined(EXE_BYTES)
+#error "the limits and sizes come from rbtrace/probes/exec.py as -D flags"
 #endif
-#ifndef ARGS_BYTES
-#define ARGS_BYTES 4096            /* bytes of argv captured, NULs included */
+#if !defined(EXEC_CLASSES) || !defined(SYSCALL_EXECVEAT) || !defined(FLAG_EXE)
+#error "the size classes, syscall numbers and flag bits come from rbtrace/probes/exec.py"
 #endif
-#ifndef ARGV_PAGES
-#define ARGV_PAGES 129             /* pages of argv pointers scanned to count
-                                      argc: exact up to 65536 */
-#endif
-#ifndef SCRATCH_SLOTS
-#define SCRATCH_SLOTS 1024         /* possible CPUs: one scratch slot each */
-#endif
+/* MAX_ARGS        arguments captured
+ * ARGS_BYTES      bytes of argv captured, NULs included
+ * ARGV_PAGES      pages of argv pointers scanned to count argc
+ * SCRATCH_SLOTS   possible CPUs: one scratch slot each
+ * FILENAME_BYTES  PATH_MAX, NUL included
+ * EXE_BYTES       path components of the executable */
 #define PTRS_PER_PAGE 512          /* argv pointers in a 4 KiB page */
-#define FILENAME_BYTES 4096        /* PATH_MAX, NUL included */
-#define EXE_BYTES 4096             /* path components of the executable */
 #define EXE_DEPTH 64               /* dentries and mounts walked for it */
 #define NAME_BYTES 256             /* NAME_MAX + NUL */
 #define DATA_BYTES (FILENAME_BYTES + ARGS_BYTES + EXE_BYTES)
@@ -47,24 +50,22 @@
 #error "the mm and exe_file offsets must come from the running kernel's BTF"
 #endif
 
-#define SYSCALL_EXECVE 0
-#define SYSCALL_EXECVEAT 1
-#define SYSCALL_KERNEL 2
-
-#define FLAG_ARGS_TRUNCATED 1      /* argc > MAX_ARGS, or the bytes reached
-                                      ARGS_BYTES (user space tells if cut) */
-#define FLAG_FILENAME_TRUNCATED 2  /* longer than PATH_MAX (ENAMETOOLONG) */
-#define FLAG_FILENAME_FAULT 4      /* filename pointer unreadable */
-#define FLAG_ARGV_FAULT 8          /* an argv pointer or string unreadable */
-#define FLAG_ARGC_CAPPED 16        /* argv longer than ARGV_PAGES: argc is a minimum */
-#define FLAG_NO_ARGV 32            /* exec from the kernel: argv unknown */
-#define FLAG_ARGV_NULL 64          /* argv was a NULL pointer */
-#define FLAG_EXE 128               /* exe_len bytes of exe components follow */
-#define FLAG_EXE_TRUNCATED 256     /* path deeper or longer than the limits */
-#define FLAG_EXE_DELETED 512       /* the executable file was unlinked */
-#define FLAG_ARGC_FAULT 1024       /* the argv array itself was unreadable */
-#define FLAG_ARGV_FROM_EXEC 2048   /* argv read from the new program */
-#define FLAG_FILENAME_FROM_EXEC 4096 /* filename from bprm->filename */
+/* SYSCALL_EXECVE, SYSCALL_EXECVEAT, SYSCALL_KERNEL: the syscall member.
+ * FLAG_* bits of the flags member, each set when:
+ *   ARGS_TRUNCATED      argc > MAX_ARGS, or the bytes reached ARGS_BYTES
+ *                       (user space tells if cut)
+ *   FILENAME_TRUNCATED  longer than PATH_MAX (ENAMETOOLONG)
+ *   FILENAME_FAULT      filename pointer unreadable
+ *   ARGV_FAULT          an argv pointer or string unreadable
+ *   ARGC_CAPPED         argv longer than ARGV_PAGES: argc is a minimum
+ *   NO_ARGV             exec from the kernel: argv unknown
+ *   ARGV_NULL           argv was a NULL pointer
+ *   EXE                 exe_len bytes of exe components follow
+ *   EXE_TRUNCATED       path deeper or longer than the limits
+ *   EXE_DELETED         the executable file was unlinked
+ *   ARGC_FAULT          the argv array itself was unreadable
+ *   ARGV_FROM_EXEC      argv read from the new program
+ *   FILENAME_FROM_EXEC  filename from bprm->filename */
 
 /* Fixed part of the state kept from entry to result, and of each record. */
 struct exec_info {
@@ -118,29 +119,10 @@ struct exec_head {
     struct exec_event_##n { struct exec_head x; char data[n]; }; \
     RBTRACE_EVENT(exec_event_##n);
 
-/* Size classes, by data bytes: 256 << 2k below the maximum, then the
- * maximum itself.  Keep in step with CLASSES in rbtrace/probes/exec.py. */
-#if DATA_BYTES > 256
-EXEC_CLASS(256)
-#endif
-#if DATA_BYTES > 1024
-EXEC_CLASS(1024)
-#endif
-#if DATA_BYTES > 4096
-EXEC_CLASS(4096)
-#endif
-#if DATA_BYTES > 16384
-EXEC_CLASS(16384)
-#endif
-#if DATA_BYTES > 65536
-EXEC_CLASS(65536)
-#endif
-#if DATA_BYTES > 262144
-EXEC_CLASS(262144)
-#endif
-#if DATA_BYTES > 1048576
-EXEC_CLASS(1048576)
-#endif
+/* Size classes, by data bytes, below the maximum: EXEC_CLASSES(X) is
+ * X(256) X(1024) ..., those smaller than DATA_BYTES (rbtrace/probes/exec.py
+ * CLASSES); then the maximum itself. */
+EXEC_CLASSES(EXEC_CLASS)
 struct exec_event_max { struct exec_head x; char data[DATA_BYTES]; };
 RBTRACE_EVENT(exec_event_max);
 
@@ -402,27 +384,7 @@ static __always_inline void emit(struct exec_args *a, s32 ret)
      * whose upper half the verifier can't bound. */
     u64 len = (u64)a->i.args_len + a->i.filename_len + a->i.exe_len;
     u64 seq = next_seq();
-#if DATA_BYTES > 256
-    EMIT_CLASS(256)
-#endif
-#if DATA_BYTES > 1024
-    EMIT_CLASS(1024)
-#endif
-#if DATA_BYTES > 4096
-    EMIT_CLASS(4096)
-#endif
-#if DATA_BYTES > 16384
-    EMIT_CLASS(16384)
-#endif
-#if DATA_BYTES > 65536
-    EMIT_CLASS(65536)
-#endif
-#if DATA_BYTES > 262144
-    EMIT_CLASS(262144)
-#endif
-#if DATA_BYTES > 1048576
-    EMIT_CLASS(1048576)
-#endif
+    EXEC_CLASSES(EMIT_CLASS)
     {
         struct exec_event_max *e = ring_reserve(sizeof(*e));
         if (!e) {

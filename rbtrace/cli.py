@@ -21,7 +21,7 @@ from rbtrace.errors import Exit, RbtraceError, UsageError
 # area twice), so a ring no larger than a kind needs.  An open() storm of
 # a million failing calls (benchmarks/storm.c) dropped none into 8M and
 # 0.3% into 4M; exec, exit and tcp events come thousands of times slower.
-DEFAULT_RING = {"exec": "4M", "open": "8M"}      # transitional: the others are in their specs
+DEFAULT_RING = {"open": "8M"}      # transitional: the others are in their specs
 TASK_COMM_LEN = 16
 
 
@@ -456,57 +456,6 @@ def _print_summary(s):
     if s.get("followed_running"):
         line += f"; {s['followed_running']} followed processes still running, no longer traced"
     sys.stderr.write(line + "\n")
-
-
-def _exec_arg_bytes(ctx, param, value):
-    """--max-arg-bytes: a byte count, K/M suffixes allowed, within limits."""
-    from rbtrace.probes import exec as exec_probe
-    if value is None or isinstance(value, int):
-        return value
-    try:
-        n = fields.parse_size(value)
-    except ValueError as e:
-        raise click.BadParameter(str(e), ctx, param)
-    lo, hi = exec_probe.MIN_ARG_BYTES, exec_probe.LIMIT_ARG_BYTES
-    if not lo <= n <= hi:
-        raise click.BadParameter(f"'{fields.for_message(value)}' is not between {lo} and {hi} (1M) bytes", ctx, param)
-    return n
-
-
-@cli.command("exec", cls=TraceCommand)
-@trace_options("exec")
-@click.option("--max-args", type=click.IntRange(1, 4096), default=64, show_default=True,
-              metavar="N",
-              help="Arguments captured per exec, 1 to 4096.  argc is counted "
-                   "beyond them (exactly up to 65536 arguments).")
-@click.option("--max-arg-bytes", default="4096", show_default=True, metavar="SIZE",
-              callback=_exec_arg_bytes,
-              help="Bytes of argv captured per exec, NULs included: 64 to 1M "
-                   "(K and M suffixes).  Costs about twice this in kernel "
-                   "memory per possible CPU.")
-def exec_cmd(**opts):
-    """Every program execution on the host, with its result.
-
-    One event per execve/execveat: successes when the new program starts,
-    failures (ENOENT, EACCES, ENOEXEC...) when the call returns.  JSON
-    fields: time, pid, tid (the thread that called exec; a non-leader
-    thread's exec continues as pid), ppid, uid, user, comm (after exec
-    for a success, the caller's for a failure), syscall, filename (as
-    passed: "" for fexecve), argv, argc (the real count), args_truncated,
-    ret, errno; for execveat also dirfd, at_flags and exe (the path of the
-    executable, null when the call failed).
-
-    argv is cut after --max-args arguments or --max-arg-bytes bytes:
-    args_truncated is then true, argc keeps the full count, and the table
-    ends the line with "…[N args]" (a cut argument ends with "…").  Table
-    and plain lines escape control characters (\\n, \\t, \\x1b); JSON keeps
-    the exact strings (argv_b64 when not UTF-8).
-
-    --comm matches the command name after exec for successes and the
-    caller's command name for failures.  --pid and --uid select the
-    calling process; --pid, --uid and --comm are checked in the kernel.
-    """
-    sys.exit(_run_probe("exec", opts))
 
 
 @cli.command("open", cls=TraceCommand)

@@ -9,39 +9,57 @@ its own event struct; the decoder handles them all alike.
 """
 import functools
 
+import click
+
 from rbtrace import fields
-from rbtrace.kernel import btf_offsets
-from rbtrace.probes import (Column, Probe, cstr, pid_column, put_text, put_text_list, shown,
-                            shown_list, time_column)
+from rbtrace.codec import Codec, cstr, put_text, put_text_list, shown, shown_list
+from rbtrace.spec import Column, Field, Option, Spec, pid_column, time_column
 
+# Everything below that the C file uses reaches it as -D flags
+# (ExecCodec.cflags): it has no copy of its own.
+
+# The syscall member: SYSCALL_EXECVE=0, SYSCALL_EXECVEAT=1, SYSCALL_KERNEL=2.
 SYSCALLS = ("execve", "execveat", "kernel")
-SYSCALL_EXECVEAT = 1
+SYSCALL_EXECVEAT = SYSCALLS.index("execveat")
 
-# Mirrors the FLAG_* bits in probes/exec.bpf.c.
-ARGS_TRUNCATED = 1
-FILENAME_TRUNCATED = 2
-FILENAME_FAULT = 4
-ARGV_FAULT = 8
-ARGC_CAPPED = 16
-NO_ARGV = 32
-ARGV_NULL = 64
-EXE = 128
-EXE_TRUNCATED = 256
-EXE_DELETED = 512
-ARGC_FAULT = 1024
-ARGV_FROM_EXEC = 2048
-FILENAME_FROM_EXEC = 4096
+# The bits of the flags member, FLAG_<name> in the C file (see its comment
+# for when each is set).
+FLAGS = {
+    "ARGS_TRUNCATED": 1,
+    "FILENAME_TRUNCATED": 2,
+    "FILENAME_FAULT": 4,
+    "ARGV_FAULT": 8,
+    "ARGC_CAPPED": 16,
+    "NO_ARGV": 32,
+    "ARGV_NULL": 64,
+    "EXE": 128,
+    "EXE_TRUNCATED": 256,
+    "EXE_DELETED": 512,
+    "ARGC_FAULT": 1024,
+    "ARGV_FROM_EXEC": 2048,
+    "FILENAME_FROM_EXEC": 4096,
+}
+ARGS_TRUNCATED = FLAGS["ARGS_TRUNCATED"]
+FILENAME_TRUNCATED = FLAGS["FILENAME_TRUNCATED"]
+FILENAME_FAULT = FLAGS["FILENAME_FAULT"]
+ARGV_FAULT = FLAGS["ARGV_FAULT"]
+ARGC_CAPPED = FLAGS["ARGC_CAPPED"]
+NO_ARGV = FLAGS["NO_ARGV"]
+ARGV_NULL = FLAGS["ARGV_NULL"]
+EXE = FLAGS["EXE"]
+EXE_DELETED = FLAGS["EXE_DELETED"]
+ARGV_FROM_EXEC = FLAGS["ARGV_FROM_EXEC"]
+FILENAME_FROM_EXEC = FLAGS["FILENAME_FROM_EXEC"]
 _RARE = FILENAME_TRUNCATED | FILENAME_FAULT | ARGV_FAULT | ARGC_CAPPED | NO_ARGV | ARGV_NULL
 
-# Sizes fixed in probes/exec.bpf.c.
-FILENAME_BYTES = 4096
-EXE_BYTES = 4096
-# Record size classes by data bytes (EXEC_CLASS in the C file): these
-# below the maximum, then the maximum, FILENAME + ARGS + EXE bytes.
+FILENAME_BYTES = 4096           # PATH_MAX, NUL included
+EXE_BYTES = 4096                # the executable's path components
+# Record size classes by data bytes: those below the maximum (FILENAME +
+# ARGS + EXE bytes) are compiled in (EXEC_CLASSES), then the maximum.
 CLASSES = (256, 1024, 4096, 16384, 65536, 262144, 1048576)
 
-# Defaults and limits of the capture, mirrored in the exec command's
-# options (rbtrace/cli.py).  Measured on 6.18: with its bounded loops (no
+# Defaults and limits of the capture: the exec command's options below.
+# Measured on 6.18: with its bounded loops (no
 # bpf_loop: before Linux 5.17, or RBTRACE_NO_BPF_LOOP=1) the entry program
 # verifies in ~47 instructions per captured argument plus ~4100 per page of
 # argv pointers counted (~730k of the verifier's 1M with 4096 arguments and
@@ -66,10 +84,16 @@ AT_FDCWD = -100
 _AT_FLAGS = (("AT_SYMLINK_NOFOLLOW", 0x100), ("AT_EMPTY_PATH", 0x1000))
 
 
+def classes(arg_bytes: int) -> tuple:
+    """The size classes below the maximum of a probe built with
+    ARGS_BYTES=arg_bytes."""
+    total = FILENAME_BYTES + arg_bytes + EXE_BYTES
+    return tuple(n for n in CLASSES if n < total)
+
+
 def event_structs(arg_bytes: int) -> tuple:
     """The C event structs a probe built with ARGS_BYTES=arg_bytes defines."""
-    total = FILENAME_BYTES + arg_bytes + EXE_BYTES
-    return tuple(f"exec_event_{n}" for n in CLASSES if n < total) + ("exec_event_max",)
+    return tuple(f"exec_event_{n}" for n in classes(arg_bytes)) + ("exec_event_max",)
 
 
 def possible_cpus(path="/sys/devices/system/cpu/possible") -> int:
@@ -174,41 +198,47 @@ def _args_text(e):
     return text
 
 
-class ExecProbe(Probe):
-    name = "exec"
-    source = "exec.bpf.c"
+def parse_arg_bytes(ctx, param, value):
+    """--max-arg-bytes: a byte count, K/M suffixes allowed, within limits."""
+    if value is None or isinstance(value, int):
+        return value
+    try:
+        n = fields.parse_size(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e), ctx, param)
+    lo, hi = MIN_ARG_BYTES, LIMIT_ARG_BYTES
+    if not lo <= n <= hi:
+        raise click.BadParameter(f"'{fields.for_message(value)}' is not between {lo} and {hi} "
+                                 f"({hi >> 20}M) bytes", ctx, param)
+    return n
+
+
+class ExecCodec(Codec):
     # The argv loops are what the verifier walks (rbtrace/bpf.py _too_large).
     cost_hint = "lower --max-args or --max-arg-bytes"
-    columns = (
-        # priority: which columns a narrow terminal drops first (highest)
-        time_column(priority=5),
-        pid_column(priority=1),
-        pid_column("PPID", "ppid", priority=7),
-        Column("USER", lambda e: fields.escape_str(e["user"]), width=8, min_width=4, priority=8),
-        Column("COMM", lambda e: shown(e, "comm"), width=15, min_width=6, priority=4),
-        Column("RET", lambda e: e["errno"] or str(e["ret"]), width=6, justify="right",
-               priority=3, whole=True),
-        Column("FILENAME", _file_text, min_width=12, keep="end", priority=6),
-        Column("ARGV", _args_text, min_width=24, priority=2),
-    )
 
-    def __init__(self, options):
-        super().__init__(options)
-        self.arg_bytes = options.get("max_arg_bytes") or DEFAULT_ARG_BYTES
-        self.max_args = options.get("max_args") or DEFAULT_MAX_ARGS
+    def __init__(self, options, spec=None):
+        options = dict(options)
+        options["max_args"] = options.get("max_args") or DEFAULT_MAX_ARGS
+        options["max_arg_bytes"] = options.get("max_arg_bytes") or DEFAULT_ARG_BYTES
+        super().__init__(options, spec)
+        self.max_args = options["max_args"]
+        self.arg_bytes = options["max_arg_bytes"]
         self.event_structs = event_structs(self.arg_bytes)
 
     def cflags(self):
-        flags = super().cflags()
-        flags["MAX_ARGS"] = self.max_args
-        flags["ARGS_BYTES"] = self.arg_bytes
+        flags = super().cflags()       # MAX_ARGS, ARGS_BYTES and the offsets among them
         flags["ARGV_PAGES"] = ARGV_PAGES
         flags["SCRATCH_SLOTS"] = possible_cpus()
-        flags.update(btf_offsets(STRUCT_OFFSETS))
+        flags["FILENAME_BYTES"] = FILENAME_BYTES
+        flags["EXE_BYTES"] = EXE_BYTES
+        # An X macro: the C file declares and reserves each class with it.
+        flags["EXEC_CLASSES(X)"] = " ".join(f"X({n})" for n in classes(self.arg_bytes))
+        flags.update({f"SYSCALL_{name.upper()}": i for i, name in enumerate(SYSCALLS)})
+        flags.update({f"FLAG_{name}": bit for name, bit in FLAGS.items()})
         return flags
 
-    def decode(self, event_type, records, offsets, data):
-        seq, ts, pid, tid, ppid, uid, comm = self.header_fields(records)
+    def bodies(self, event_type, records, offsets, data):
         ret = records["ret"].tolist()
         argc = records["argc"].tolist()
         fn_len = records["filename_len"].tolist()
@@ -221,11 +251,10 @@ class ExecProbe(Probe):
         data_off = event_type.dtype.fields["data"][1]
         room = event_type.dtype.fields["data"][0].itemsize
         offs = offsets.tolist()
-        clock = self.clock
-        user_name = fields.user_name
         max_args = self.max_args
+        errno_name = fields.errno_name
         out = []
-        for i in range(len(seq)):
+        for i in range(len(offs)):
             f = flags[i]
             start = offs[i] + data_off
             a = args_len[i]
@@ -236,18 +265,7 @@ class ExecProbe(Probe):
             if len(argv) > max_args:           # read back from the new program
                 del argv[max_args:]
                 last_cut = False
-            e = {
-                "type": "exec",
-                "seq": seq[i],
-                "time": clock.iso(ts[i]),
-                "ts_ns": ts[i],
-                "pid": pid[i],
-                "tid": tid[i],
-                "ppid": ppid[i],
-                "uid": uid[i],
-                "user": user_name(uid[i]),
-            }
-            put_text(e, "comm", cstr(comm[i]))
+            e = {}
             sc = syscall[i]
             e["syscall"] = SYSCALLS[sc] if sc < len(SYSCALLS) else str(sc)
             filename = cstr(blob[a:b])
@@ -271,7 +289,7 @@ class ExecProbe(Probe):
             e["argc"] = argc[i]
             e["args_truncated"] = truncated
             e["ret"] = ret[i]
-            e["errno"] = fields.errno_name(ret[i]) or None
+            e["errno"] = errno_name(ret[i]) or None
             if f & _RARE or last_cut:
                 e["filename_truncated"] = bool(f & FILENAME_TRUNCATED)
                 e["filename_fault"] = bool(f & FILENAME_FAULT)
@@ -282,3 +300,108 @@ class ExecProbe(Probe):
                 e["last_arg_cut"] = last_cut
             out.append(e)
         return out
+
+
+_RARE_WHEN = "only when one of the seven rare flags is true (then all seven are there)"
+
+SPEC = Spec(
+    name="exec",
+    summary="trace every program execution on the host, with its result",
+    help="""Every program execution on the host, with its result.
+
+    One event per execve/execveat: successes when the new program starts,
+    failures (ENOENT, EACCES, ENOEXEC...) when the call returns.  JSON
+    fields: time, pid, tid (the thread that called exec; a non-leader
+    thread's exec continues as pid), ppid, uid, user, comm (after exec
+    for a success, the caller's for a failure), syscall, filename (as
+    passed: "" for fexecve), argv, argc (the real count), args_truncated,
+    ret, errno; for execveat also dirfd, at_flags and exe (the path of the
+    executable, null when the call failed).
+
+    argv is cut after --max-args arguments or --max-arg-bytes bytes:
+    args_truncated is then true, argc keeps the full count, and the table
+    ends the line with "…[N args]" (a cut argument ends with "…").  Table
+    and plain lines escape control characters (\\n, \\t, \\x1b); JSON keeps
+    the exact strings (argv_b64 when not UTF-8).
+
+    --comm matches the command name after exec for successes and the
+    caller's command name for failures.  --pid and --uid select the
+    calling process; --pid, --uid and --comm are checked in the kernel.
+    """,
+    codec="probes.exec:ExecCodec",
+    source="exec.bpf.c",
+    ring="4M",
+    failed="Only failed calls.",
+    offsets=STRUCT_OFFSETS,
+    options=(
+        Option(("--max-args",), "max_args", type=click.IntRange(1, LIMIT_MAX_ARGS),
+               default=DEFAULT_MAX_ARGS, show_default=True, metavar="N", cflags="MAX_ARGS",
+               help=f"Arguments captured per exec, 1 to {LIMIT_MAX_ARGS}.  argc is counted "
+                    f"beyond them (exactly up to {ARGC_EXACT_MAX} arguments)."),
+        Option(("--max-arg-bytes",), "max_arg_bytes", type=click.STRING,
+               default=str(DEFAULT_ARG_BYTES), show_default=True, metavar="SIZE",
+               callback=parse_arg_bytes, cflags="ARGS_BYTES",
+               help=f"Bytes of argv captured per exec, NULs included: {MIN_ARG_BYTES} to "
+                    f"{LIMIT_ARG_BYTES >> 20}M (K and M suffixes).  Costs about twice this in "
+                    f"kernel memory per possible CPU."),
+    ),
+    fields=(
+        Field("syscall", "enum", '"execve" or "execveat"; or "kernel" when the exec was seen '
+              "without its system call: one started by the kernel itself, or one already "
+              "under way when rbtrace attached (its arguments are then unknown, argv_unknown)",
+              values=SYSCALLS),
+        Field("filename", "text", "the file name the caller passed, exactly (at most 4095 "
+              "bytes): not resolved, relative to the working directory or to dirfd; for "
+              '"kernel", the name the kernel used'),
+        Field("dirfd", "int", "the directory file descriptor a relative filename is resolved "
+              "against; -100 is AT_FDCWD (the working directory)", when="execveat"),
+        Field("at_flags", "int", "raw flags: AT_EMPTY_PATH (4096, run the file dirfd refers "
+              "to, as fexecve(3) does) and AT_SYMLINK_NOFOLLOW (256)", when="execveat"),
+        Field("exe", "text", "the path of the executable that was run, as /proc/PID/exe shows "
+              'it, with " (deleted)" appended when the file had been removed; null when the '
+              "exec failed or the path was deeper than 64 directories or longer than 4 KiB",
+              null=True, when="execveat"),
+        Field("argv", "texts", "the arguments captured (argv[0] first), at most --max-args of "
+              "them and --max-arg-bytes in all; the last one may be cut (last_arg_cut); an "
+              'argument that could not be read is an empty string (argv_fault); empty for "kernel"'),
+        Field("argc", "int", "the number of arguments the program was given, counted in full, "
+              "not only the captured ones (a minimum when argc_capped is true)", minimum=0),
+        Field("args_truncated", "bool", "true when argv is not all of the arguments, whole: "
+              "fewer than argc, or the last one cut"),
+        Field("ret", "int", "raw result: 0 for success, or a negative error number"),
+        Field("errno", "errno", 'ret, decoded: the error\'s name ("ENOENT"), "E<N>" for a '
+              "number without a name, or null for success", null=True),
+        Field("filename_truncated", "bool", "the file name was longer than 4095 bytes (the "
+              "exec fails with ENAMETOOLONG)", when=_RARE_WHEN),
+        Field("filename_fault", "bool", "the file name could not be read; filename is then "
+              "empty", when=_RARE_WHEN),
+        Field("argv_fault", "bool", "an argument could not be read; it shows as an empty "
+              "string", when=_RARE_WHEN),
+        Field("argv_null", "bool", "the caller passed a NULL argv; Linux runs the program with "
+              "an empty argument list", when=_RARE_WHEN),
+        Field("argc_capped", "bool", f"there were more than {ARGC_EXACT_MAX} arguments, more "
+              "than rbtrace counts, so argc is a minimum", when=_RARE_WHEN),
+        Field("argv_unknown", "bool", "the arguments are unknown: the exec was seen without its "
+              'system call (syscall is "kernel")', when=_RARE_WHEN),
+        Field("last_arg_cut", "bool", "the last argument captured was cut by --max-arg-bytes",
+              when=_RARE_WHEN),
+    ),
+    columns=(
+        # priority: which columns a narrow terminal drops first (highest)
+        time_column(priority=5),
+        pid_column(priority=1),
+        pid_column("PPID", "ppid", priority=7),
+        Column("USER", lambda e: fields.escape_str(e["user"]), width=8, min_width=4, priority=8,
+               doc="the user's login name, or the user id when it has none"),
+        Column("COMM", lambda e: shown(e, "comm"), width=15, min_width=6, priority=4,
+               doc="the command name: the new program's for a successful exec, the caller's "
+                   "for a failed one"),
+        Column("RET", lambda e: e["errno"] or str(e["ret"]), width=6, justify="right",
+               priority=3, whole=True, doc="0 for success, else the error name (ENOENT)"),
+        Column("FILENAME", _file_text, min_width=12, keep="end", priority=6,
+               doc="the file name as passed; for execveat, a relative name is prefixed by "
+                   '"fd N/", and the executable that was run follows an arrow'),
+        Column("ARGV", _args_text, min_width=24, priority=2,
+               doc="the arguments, each as a shell would read it back"),
+    ),
+)

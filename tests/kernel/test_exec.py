@@ -609,7 +609,7 @@ def test_exec_probe_uses_bpf_loop_on_this_kernel(kernel_ok, monkeypatch, tmp_pat
     from rbtrace import kernel
     from rbtrace.bpf import LoadedProbe
     from rbtrace.loader import verified_insns
-    from rbtrace.probes.exec import ExecProbe
+    from rbtrace.probes.exec import ExecCodec
     release = tuple(int(x) for x in re.match(r"(\d+)\.(\d+)", os.uname().release).groups())
     assert release >= (5, 17)
     monkeypatch.setenv("RBTRACE_CACHE_DIR", str(tmp_path))
@@ -618,7 +618,7 @@ def test_exec_probe_uses_bpf_loop_on_this_kernel(kernel_ok, monkeypatch, tmp_pat
     for forced in ("0", "1"):
         monkeypatch.setenv("RBTRACE_NO_BPF_LOOP", forced)
         assert kernel.bpf_loop_usable() == (forced == "0")
-        probe = ExecProbe({})
+        probe = ExecCodec({})
         loaded = LoadedProbe(probe.source_path(), dict(probe.cflags()), probe.event_structs,
                              attach=False)
         try:

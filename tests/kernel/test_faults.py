@@ -135,7 +135,7 @@ def test_exception_in_event_handling_stops_with_an_error(kernel_ok):
             "from rbtrace.probes import exec as e\n"
             "def boom(*a, **k):\n"
             "    raise ValueError('decoder exploded')\n"
-            "e.ExecProbe.decode = boom\n"
+            "e.ExecCodec.decode = boom\n"
             "from rbtrace.cli import main\n"
             "main(['exec', '--json', '-d', '20'])\n")
     p = subprocess.Popen([sys.executable, "-c", code], cwd=REPO,

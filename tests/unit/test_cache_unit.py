@@ -228,9 +228,9 @@ def test_process_filters_are_config_values_not_compile_flags():
     rbtrace_config): two runs with other values share one compiled probe."""
     import struct
     from rbtrace.bpf import config_bytes
-    from rbtrace.probes.exec import ExecProbe
-    a = ExecProbe({"pid": 7, "uid": 0, "comm": "make"})
-    b = ExecProbe({"pid": 8, "tid": 9, "comm": "ninja"})
+    from rbtrace.probes.exec import ExecCodec
+    a = ExecCodec({"pid": 7, "uid": 0, "comm": "make"})
+    b = ExecCodec({"pid": 8, "tid": 9, "comm": "ninja"})
     keep = {"SCRATCH_SLOTS", "ARGV_PAGES", "MAX_ARGS", "ARGS_BYTES"}
     flags = lambda p: {k: v for k, v in p.cflags().items() if k in keep or k.startswith("FILTER")}
     assert flags(a) == flags(b)

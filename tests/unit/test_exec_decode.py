@@ -78,7 +78,7 @@ def decode(recs, options=None, size=256):
     offsets = 8 + stride * np.arange(len(recs))
     for i in range(len(recs)):
         buf[offsets[i]:offsets[i] + et.size] = arr[i:i + 1].tobytes()
-    probe = ex.ExecProbe(options or {})
+    probe = ex.ExecCodec(options or {})
     probe.clock = ex.fields.Clock(offset_ns=0)
     return probe.decode(et, arr, offsets, memoryview(bytes(buf)))
 
@@ -239,7 +239,7 @@ def test_at_flags_text():
 # --- table and plain text -------------------------------------------------------
 
 def column(name, e):
-    (c,) = [c for c in ex.ExecProbe.columns if c.header == name]
+    (c,) = [c for c in ex.ExecCodec({}).columns if c.header == name]
     return c.value(e)
 
 
@@ -267,17 +267,9 @@ def test_records_of_every_size_class_decode_alike():
         assert e["argv"] == ["x" * 100, "y"]
 
 
-# --- the C side and the CLI agree with these constants ---------------------------
+# --- what the C file is compiled with ---------------------------------------------
 
-def test_flags_mirror_the_c_defines():
-    defined = {m.group(1): int(m.group(2))
-               for m in re.finditer(r"#define FLAG_(\w+) (\d+)", C_SOURCE)}
-    assert defined == {name: getattr(ex, name) for name in defined}
-    assert len(set(defined.values())) == len(defined)
-
-
-def test_size_classes_mirror_the_c_file():
-    assert tuple(int(n) for n in re.findall(r"^EXEC_CLASS\((\d+)\)", C_SOURCE, re.M)) == ex.CLASSES
+def test_event_structs_follow_the_arg_bytes():
     assert ex.event_structs(4096) == ("exec_event_256", "exec_event_1024",
                                       "exec_event_4096", "exec_event_max")
     assert ex.event_structs(1 << 20)[-2:] == ("exec_event_1048576", "exec_event_max")
@@ -285,9 +277,25 @@ def test_size_classes_mirror_the_c_file():
     assert "exec_event_16384" not in ex.event_structs(8192)
 
 
-def test_sizes_and_offsets_the_c_file_needs():
-    for name in ("FILENAME_BYTES", "EXE_BYTES"):
-        assert re.search(rf"#define {name} {getattr(ex, name)}\b", C_SOURCE)
+def test_the_c_file_gets_every_constant_it_uses_from_the_flags(monkeypatch):
+    """The C file has no copy of the flag bits, syscall numbers, sizes or
+    classes: each name it uses must be one of the -D flags."""
+    from rbtrace import kernel
+    monkeypatch.setattr(kernel, "btf_offsets", lambda table: dict.fromkeys(table, 8))
+    f = ex.ExecCodec({}).cflags()
+    used = set(re.findall(r"\b((?:FLAG|SYSCALL)_[A-Z_]+)\b", C_SOURCE))
+    assert used and used <= set(f)
+    assert {"FLAG_EXE", "SYSCALL_EXECVEAT"} <= used
+    assert not re.search(r"#define\s+(FLAG|SYSCALL)_", C_SOURCE)
+    for name in ("MAX_ARGS", "ARGS_BYTES", "ARGV_PAGES", "SCRATCH_SLOTS", "FILENAME_BYTES",
+                 "EXE_BYTES"):
+        assert name in f and not re.search(rf"#define\s+{name}\b", C_SOURCE), name
+    assert len(set(ex.FLAGS.values())) == len(ex.FLAGS)
+    assert f["EXEC_CLASSES(X)"] == "X(256) X(1024) X(4096)"
+    assert "EXEC_CLASSES(EXEC_CLASS)" in C_SOURCE and "EXEC_CLASSES(EMIT_CLASS)" in C_SOURCE
+
+
+def test_offsets_the_c_file_needs():
     needed = set(re.findall(r"\b([A-Z_]+_OFF)\b", C_SOURCE)) - {"TASK_REAL_PARENT_OFF", "TASK_TGID_OFF"}
     assert needed == set(ex.STRUCT_OFFSETS)
 
@@ -300,8 +308,9 @@ def test_possible_cpus(tmp_path):
 
 
 def test_cflags_carry_the_limits(monkeypatch):
-    monkeypatch.setattr(ex, "btf_offsets", lambda table: {"TASK_MM_OFF": 1})
-    p = ex.ExecProbe({"max_args": 1000, "max_arg_bytes": 100 * 1024, "pid": 7})
+    from rbtrace import kernel
+    monkeypatch.setattr(kernel, "btf_offsets", lambda table: {"TASK_MM_OFF": 1})
+    p = ex.ExecCodec({"max_args": 1000, "max_arg_bytes": 100 * 1024, "pid": 7})
     f = p.cflags()
     assert (f["MAX_ARGS"], f["ARGS_BYTES"]) == (1000, 102400)
     # -p is a value in the probe's config map, not compiled in: the compile
@@ -309,17 +318,10 @@ def test_cflags_carry_the_limits(monkeypatch):
     assert "FILTER_PID" not in f and p.run_config()["pid"] == 7
     assert f["ARGV_PAGES"] * 512 >= ex.ARGC_EXACT_MAX + 512 and f["SCRATCH_SLOTS"] >= 1
     assert p.event_structs == ex.event_structs(102400)
-
-
-def test_cli_limits_are_the_probe_limits():
-    from rbtrace.cli import cli
-    params = {p.name: p for p in cli.commands["exec"].params}
-    assert params["max_args"].type.max == ex.LIMIT_MAX_ARGS
-    assert params["max_args"].default == ex.DEFAULT_MAX_ARGS
-    assert int(params["max_arg_bytes"].default) == ex.DEFAULT_ARG_BYTES
-    help_text = " ".join((params["max_args"].help + params["max_arg_bytes"].help).split())
-    assert str(ex.LIMIT_MAX_ARGS) in help_text and str(ex.ARGC_EXACT_MAX) in help_text
-    assert "1M" in help_text and str(ex.MIN_ARG_BYTES) in help_text
+    assert f["EXEC_CLASSES(X)"].split()[-1] == "X(65536)"
+    # Without the options (a codec made by hand): the command's defaults.
+    f = ex.ExecCodec({}).cflags()
+    assert (f["MAX_ARGS"], f["ARGS_BYTES"]) == (64, 4096)
 
 
 @pytest.mark.parametrize("args, says", [
@@ -343,7 +345,6 @@ def test_bad_exec_options_are_one_line_and_exit_2(args, says):
 
 
 def test_arg_bytes_accept_suffixes():
-    from rbtrace.cli import _exec_arg_bytes
-    assert _exec_arg_bytes(None, None, "100K") == 102400
-    assert _exec_arg_bytes(None, None, "1M") == 1 << 20
-    assert _exec_arg_bytes(None, None, "64") == 64
+    assert ex.parse_arg_bytes(None, None, "100K") == 102400
+    assert ex.parse_arg_bytes(None, None, "1M") == 1 << 20
+    assert ex.parse_arg_bytes(None, None, "64") == 64

@@ -14,7 +14,7 @@ from rich.console import Console
 
 from rbtrace import fields, render
 from rbtrace.probes import Column
-from rbtrace.probes.exec import ExecProbe
+from rbtrace.probes.exec import ExecCodec
 from rbtrace.probes.open import OpenProbe
 from rbtrace.render import PlainRenderer, TableRenderer, _cut, layout
 from rbtrace.session import Tally
@@ -65,7 +65,7 @@ def _open_columns():
 
 
 def _exec_columns():
-    return ExecProbe({}).columns
+    return ExecCodec({}).columns
 
 
 @pytest.mark.parametrize("width", range(1, 200))
@@ -166,7 +166,7 @@ def test_open_frame_shows_numbers_whole_and_paths_with_their_end(width, height):
 
 
 def test_exec_frame_at_80_columns_keeps_argv_and_quotes_it():
-    probe = ExecProbe({})
+    probe = ExecCodec({})
     table, console, out = _table(probe, 80, 12)
     e = {"type": "exec", "ts_ns": 0, "pid": 4194304, "ppid": 1, "user": "root", "comm": "echo",
          "syscall": "execve", "filename": "/bin/echo", "argv": ["echo", "a b", "", "c"],
@@ -311,7 +311,7 @@ def test_the_session_counts_files_only_for_the_table():
     assert [n for n, _ in Session(probe, table, None, None).tally.spec] == ["commands", "errors", "files"]
     plain = PlainRenderer(io.BytesIO(), probe)
     assert [n for n, _ in Session(probe, plain, None, None).tally.spec] == ["commands", "errors"]
-    exec_probe = ExecProbe({})
+    exec_probe = ExecCodec({})
     table, _, _ = _table(exec_probe, 80, 10)
     assert [n for n, _ in Session(exec_probe, table, None, None).tally.spec] == ["commands", "errors"]
 
@@ -387,7 +387,7 @@ def _argv_cell(argv):
     except UnicodeDecodeError:
         import base64
         e["argv_b64"] = [base64.b64encode(a).decode() for a in argv]
-    (col,) = [c for c in ExecProbe.columns if c.header == "ARGV"]
+    (col,) = [c for c in ExecCodec({}).columns if c.header == "ARGV"]
     return col.value(e)
 
 
@@ -425,7 +425,7 @@ def tz(monkeypatch):
     time.tzset()
 
 
-@pytest.mark.parametrize("probe_class", [OpenProbe, ExecProbe])
+@pytest.mark.parametrize("probe_class", [OpenProbe, ExecCodec])
 def test_time_column_is_local_and_utc_with_the_option(tz, probe_class):
     epoch = 1_795_000_000                          # 2026-11-18 11:06:40 UTC
     tz("XST-5:30")                                 # UTC+5:30, POSIX form
