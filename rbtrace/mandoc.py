@@ -15,7 +15,7 @@ hand.  It also writes schema/rbtrace-events.schema.json, the JSON schema
 the schema file is not what this module makes now.
 
 Man texts in specs use a small markup: **bold**, *italic*, \\* for a
-literal asterisk, “quotes”; a
+literal asterisk and \\\\ for a backslash (a lone one is kept), “quotes”; a
 blank-separated sentence goes on a line of its own; "-" that starts a
 word (an option) and every "-" in bold or italic become "\\-".  The roff
 made is the subset tests/unit/test_docs.py's Page reads.
@@ -63,12 +63,17 @@ def _escape(text: str, code: bool) -> str:
     return text
 
 
-_STAR = "\x00"          # a literal "*", written "\\*" in the markup
+_STAR, _BACKSLASH = "\x00", "\x01"   # markup \* and \\ while the rest is escaped
+
+
+def _literals(text: str) -> str:
+    """Markup escapes, left to right: \\* an asterisk, \\\\ a backslash."""
+    return re.sub(r"\\([*\\])", lambda m: _STAR if m.group(1) == "*" else _BACKSLASH, text)
 
 
 def inline(text: str) -> str:
     """One line's worth of markup as roff text (no line breaks)."""
-    text = text.replace("\\*", _STAR)
+    text = _literals(text)
     out, pos = [], 0
     for m in _SPAN.finditer(text):
         out.append(_escape(text[pos:m.start()], False))
@@ -78,7 +83,7 @@ def inline(text: str) -> str:
             out.append("\\fI" + _escape(m.group(2), True) + "\\fR")
         pos = m.end()
     out.append(_escape(text[pos:], False))
-    return "".join(out).replace(_STAR, "*")
+    return "".join(out).replace(_STAR, "*").replace(_BACKSLASH, "\\e")
 
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(“*])")
