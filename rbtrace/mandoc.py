@@ -15,13 +15,13 @@ hand.  It also writes schema/rbtrace-events.schema.json, the JSON schema
 the schema file is not what this module makes now.
 
 Man texts in specs use a small markup: **bold**, *italic*, \\* for a
-literal asterisk and \\\\ for a backslash (a lone one is kept), “quotes”; a
-blank-separated sentence goes on a line of its own; "-" that starts a
+literal asterisk and \\\\ for a backslash (a lone one is kept), “quotes”;
+each sentence goes on a source line of its own; "-" that starts a
 word (an option) and every "-" in bold or italic become "\\-".  The roff
 made is the subset tests/unit/test_docs.py's Page reads.
 
-Not imported when tracing: only by `make man`, the tests and `rbtrace
-schema` (for the schema alone).
+Not imported when tracing, nor by `rbtrace schema` (which prints
+spec.schema_json): only by `make man` and the tests.
 """
 from __future__ import annotations
 

@@ -1118,3 +1118,18 @@ def test_the_man_markup_stays_in_the_subset_page_reads():
     assert not any(ln[:1] in (".", "'") for ln in lines), lines
     text = " ".join(map(unroff, lines))
     assert "A \u201cquoted\u201d rbtrace-cache(8) back\\slash." in text
+
+
+def test_the_tracer_does_not_import_the_man_generator():
+    """rbtrace/mandoc.py is for `make man` and the tests: building every
+    command, and printing the schema, leave it unimported."""
+    code = ("import sys\n"
+            "from rbtrace.cli import cli, main\n"
+            "for name in list(cli.commands): cli.commands[name]\n"
+            "try: main(['schema'])\n"
+            "except SystemExit: pass\n"
+            "print('rbtrace.mandoc' in sys.modules)\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=60, cwd=REPO)
+    assert p.returncode == 0 and p.stdout.splitlines()[-1] == "False", p.stderr
+    assert '"$defs"' in p.stdout
