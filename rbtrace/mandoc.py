@@ -140,11 +140,17 @@ def _substitute(text: str, spec) -> str:
 
 def options(spec) -> list:
     """The OPTIONS entries: the arguments that have a text, the common
-    options (rbtrace.cli) with the kind's own after the filters, then -h."""
+    options (rbtrace.cli) with the kind's own among them, then -h."""
     from rbtrace.cli import common_options
-    common = list(common_options(spec))
-    at = next(i for i, o in enumerate(common) if o.name == "failed") + 1
-    ordered = common[:at] + list(spec.options) + common[at:]
+    # A kind's own process filters (rank < 5: open's --tid) go with the
+    # common ones, after --pid --children; its other options after -x.
+    ordered = []
+    for o in common_options(spec):
+        ordered.append(o)
+        if o.name == "children":
+            ordered += [k for k in spec.options if k.rank < 5]
+        if o.name == "failed":
+            ordered += [k for k in spec.options if k.rank >= 5]
     out = []
     for a in spec.arguments:            # an entry when it has a text: run's FILE.bpf.c
         text = spec.man.get(f"argument.{a.name}") or a.man
