@@ -37,7 +37,7 @@ from rbtrace.bpf import captured_fds, compile_flags, config_bytes, prepare  # no
 from rbtrace.csource import inline_local_includes  # noqa: E402
 from rbtrace.loader import recursion_misses  # noqa: E402
 from rbtrace.paths import probes_dir  # noqa: E402
-from rbtrace.probes.open import SYSCALLS, OpenProbe  # noqa: E402
+from rbtrace.probes.open import SPEC, SYSCALLS, OpenCodec  # noqa: E402
 
 
 class BccProbe:
@@ -72,7 +72,7 @@ class BccProbe:
 
 
 def probe_flags(comm):
-    probe = OpenProbe({"comm": comm} if comm else {})
+    probe = OpenCodec({"comm": comm} if comm else {}, SPEC)
     return probe, dict(probe.cflags())
 
 

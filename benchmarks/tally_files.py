@@ -1,5 +1,5 @@
 """Cost per event of the live table's tally, with and without the top files
-(OpenProbe.table_tally), on a synthetic batch: a storm of one path, and
+(open's SPEC.table_tally), on a synthetic batch: a storm of one path, and
 1000 paths.  Run: .venv/bin/python benchmarks/tally_files.py"""
 import numpy as np, time, random
 from rbtrace.session import Tally

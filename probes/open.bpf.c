@@ -53,25 +53,30 @@ _Static_assert((DATA_BYTES & (DATA_BYTES - 1)) == 0, "DATA_BYTES masks a length:
 #define O_CREAT 0100
 #define O_TRUNC 01000
 
-#define SYSCALL_OPEN 0
-#define SYSCALL_OPENAT 1
-#define SYSCALL_OPENAT2 2
-#define SYSCALL_CREAT 3
+/* -D flags from rbtrace/probes/open.py (constants()), defined there only:
+ *   SYSCALL_OPEN, _OPENAT, _OPENAT2, _CREAT   a record's `syscall` numbers
+ * and a record's `status` bits:
+ *   ST_PATH_TRUNCATED   longer than LONG_PATH - 1 bytes
+ *   ST_PATH_FAULT       unreadable, at entry and at exit
+ *   ST_HOW_FAULT        openat2's open_how unreadable
+ *   ST_HOW_SHORT        openat2 usize < 24: no open_how
+ *   ST_PATH_AT_EXIT     path read at exit (entry read faulted)
+ *   ST_DIR              dir_len bytes of the directory's components follow
+ *                       the path, up to its root
+ *   ST_DIR_TRUNCATED    the same, but cut: deeper than DIR_DEPTH or longer
+ *                       than DIR_BYTES; the innermost components are there
+ *   ST_DIR_DELETED      the directory had been removed */
+#if !defined(SYSCALL_OPEN) || !defined(SYSCALL_OPENAT) || !defined(SYSCALL_OPENAT2) || \
+    !defined(SYSCALL_CREAT)
+#error "SYSCALL_* come from rbtrace/probes/open.py"
+#endif
+#if !defined(ST_PATH_TRUNCATED) || !defined(ST_PATH_FAULT) || !defined(ST_HOW_FAULT) || \
+    !defined(ST_HOW_SHORT) || !defined(ST_PATH_AT_EXIT) || !defined(ST_DIR) || \
+    !defined(ST_DIR_TRUNCATED) || !defined(ST_DIR_DELETED)
+#error "the ST_* status bits come from rbtrace/probes/open.py"
+#endif
 
-/* status bits, mirrored in rbtrace/probes/open.py */
-#define ST_PATH_TRUNCATED 1        /* longer than LONG_PATH - 1 bytes */
-#define ST_PATH_FAULT 2            /* unreadable, at entry and at exit */
-#define ST_HOW_FAULT 4             /* openat2's open_how unreadable */
-#define ST_HOW_SHORT 8             /* openat2 usize < 24: no open_how */
-#define ST_PATH_AT_EXIT 16         /* path read at exit (entry read faulted) */
-#define ST_DIR 32                  /* dir_len bytes of the directory's components
-                                      follow the path, up to its root */
-#define ST_DIR_TRUNCATED 64        /* the same, but cut: deeper than DIR_DEPTH
-                                      or longer than DIR_BYTES; the innermost
-                                      components are there */
-#define ST_DIR_DELETED 128         /* the directory had been removed */
-
-/* -D flags set by rbtrace/probes/open.py:
+/* -D flags set by rbtrace/probes/open.py for the filters:
  *   FILTER_PATH     string literal: the path must start with these bytes
  *   FILTER_FLAGS    these flag bits must all be set
  *   FILTER_ACCMODE  (flags & O_ACCMODE) must equal this */

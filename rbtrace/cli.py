@@ -92,35 +92,6 @@ class CommType(click.ParamType):
         return value
 
 
-class OpenFlagsType(click.ParamType):
-    """open(2) flag names that must all be set: "O_WRONLY", "wronly,creat"."""
-
-    name = "FLAGS"
-
-    def convert(self, value, param, ctx):
-        from rbtrace.probes.open import parse_flags_filter
-        if not isinstance(value, str):
-            return value
-        try:
-            return parse_flags_filter(value)
-        except ValueError as e:
-            self.fail(str(e), param, ctx)
-
-
-class PathPrefixType(click.ParamType):
-    """A path prefix matched byte by byte in the kernel."""
-
-    name = "PREFIX"
-
-    def convert(self, value, param, ctx):
-        from rbtrace.probes.open import parse_path_prefix
-        try:
-            parse_path_prefix(value)
-        except ValueError as e:
-            self.fail(str(e), param, ctx)
-        return value
-
-
 def c_string_literal(text) -> str:
     """A C string literal holding exactly these bytes (octal escapes)."""
     raw = text.encode() if isinstance(text, str) else text
@@ -458,20 +429,6 @@ def _print_summary(s):
     sys.stderr.write(line + "\n")
 
 
-@cli.command("open", cls=TraceCommand)
-@trace_options("open")
-@click.option("-t", "--tid", type=click.IntRange(1, 2**22), metavar="TID",
-              help="Only this thread.")
-@click.option("--path", type=PathPrefixType(), metavar="PREFIX",
-              help="Only paths starting with PREFIX, as passed to the call (bytes, not resolved).")
-@click.option("--flags", type=OpenFlagsType(), metavar="FLAGS",
-              help="Only opens with all these flags set, e.g. O_WRONLY or wronly,creat.")
-@click.option("--full-path", is_flag=True,
-              help="Also report full_path: relative paths joined to the caller's cwd or dirfd, "
-                   "read in the kernel at the call.")
-def open_cmd(**opts):
-    """Every file open on the host (open, openat, openat2, creat), with its result."""
-    sys.exit(_run_probe("open", opts))
 
 
 @cli.command("cache")

@@ -229,10 +229,14 @@ class Codec:
         if len(templates) > 4096:
             templates.clear()
         keys = [bytes(data[a:b]) for a, b in zip(lo, hi)]
+        # Which keys have no template yet: one set operation in C, and a walk
+        # over the keys only when a segment brings new ones.
         missing = {}
-        for i, k in enumerate(keys):
-            if k not in templates and k not in missing:
-                missing[k] = i
+        absent = set(keys).difference(templates)
+        if absent:
+            for i, k in enumerate(keys):
+                if k in absent and k not in missing:
+                    missing[k] = i
         new = {}
         if missing:
             new = self._templates_for(event_type, records, offsets, data, lo, hi,

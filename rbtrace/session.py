@@ -39,6 +39,29 @@ def stop_signals():
 BATCH_WAIT = 0.002        # seconds a small batch may wait to grow
 
 
+def keep_freed_memory(mmap_max=8 << 20, trim_max=16 << 20):
+    """Keep the blocks a batch frees for the next batch, with fixed glibc
+    thresholds.  A storm's batch allocates blocks of hundreds of KiB to a
+    few MiB (numpy columns, the JSON lines), frees them, and the next batch
+    allocates them again.  glibc gives a freed block over its mmap threshold
+    (128 KiB at first) back to the kernel, and the next batch page-faults it
+    in again, unless an earlier free happened to raise that threshold: which
+    one depends on everything the process allocated before, so the same
+    decoding cost 0.2 s of system time and 200,000 page faults per million
+    open events in one build and nothing in another (measured on
+    `rbtrace open --json` under benchmarks/storm.c).  At most `trim_max`
+    bytes freed stay in the heap.  Not glibc (no mallopt): nothing done."""
+    try:
+        import ctypes
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    mallopt(M_MMAP_THRESHOLD, mmap_max)
+    mallopt(M_TRIM_THRESHOLD, trim_max)
+
+
 class Tally:
     """Top commands, files and errors over every delivered event, counted
     per batch with numpy so the table need not decode what it doesn't show.
@@ -138,7 +161,7 @@ class Session:
         self.stop_reason = None
         self._reported = {}         # losses already reported, by kind
         # What only the live table's summary view shows costs more per
-        # event than the other modes can spend (see OpenProbe.table_tally).
+        # event than the other modes can spend (see open's SPEC.table_tally).
         self.tally = Tally(probe.tally + (getattr(probe, "table_tally", ())
                                           if getattr(renderer, "shows_tally", False) else ()))
 
@@ -154,6 +177,7 @@ class Session:
                 self.stop_reason = self.stop_reason or signum
 
     def run(self) -> int:
+        keep_freed_memory()
         loaded, ring = self.loaded, self.ring
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signals = stop_signals()

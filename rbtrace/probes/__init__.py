@@ -141,7 +141,7 @@ class _Registry(Mapping):
     a run imports only its own probe (the others' imports cost a warm
     start tens of milliseconds)."""
 
-    _where = {"exec": ("exec", "ExecCodec"), "open": ("open", "OpenProbe"),
+    _where = {"exec": ("exec", "ExecCodec"), "open": ("open", "OpenCodec"),
               "tp": ("tp", "TpCodec"), "run": ("run", "RunCodec"),
               "exit": ("exit", "ExitCodec"), "tcp": ("tcp", "TcpCodec")}
 

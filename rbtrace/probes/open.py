@@ -3,34 +3,51 @@
 A record's `path` area holds the path and its NUL; with --full-path, for a
 relative path, the components of the directory it is relative to follow
 (`dir_len` bytes, innermost first, each with its NUL), read in the kernel
-at the call.
+at the call.  SPEC below declares the event's members, options and
+columns; the numbers the probe shares with this file (the syscalls' and
+the status bits') are defined here and reach the C as -D flags.
 """
 import os
-
-import numpy as np
 from typing import NamedTuple, Optional
 
-from rbtrace import fields
-from rbtrace.kernel import btf_offsets
-from rbtrace.probes import Column, Probe, cstr, pid_column, put_text, shown, time_column
+import click
+import numpy as np
 
+from rbtrace import fields
+from rbtrace.codec import Codec, put_text, shown
+from rbtrace.spec import Column, Field, Option, Spec, pid_column, time_column
+
+# The calls traced, by the number the probe gives each (-D SYSCALL_OPEN=0...).
 SYSCALLS = ("open", "openat", "openat2", "creat")
-SYSCALL_OPENAT2 = 2
+SYSCALL_OPENAT2 = SYSCALLS.index("openat2")
 
 AT_FDCWD = -100
 O_ACCMODE = 0o3
 O_CREAT = 0o100
 O_TMPFILE_BIT = 0o20000000       # __O_TMPFILE: with O_CREAT, the flags that take a mode
 
-# Mirrors the ST_* bits in probes/open.bpf.c.
-PATH_TRUNCATED = 1
-PATH_FAULT = 2
-HOW_FAULT = 4
-HOW_SHORT = 8
-PATH_AT_EXIT = 16
+# A record's status bits, set by the probe (-D ST_PATH_TRUNCATED=1...).
+PATH_TRUNCATED = 1               # longer than 4095 bytes: the first 4095 are there
+PATH_FAULT = 2                   # unreadable, at entry and at exit
+HOW_FAULT = 4                    # openat2's open_how unreadable
+HOW_SHORT = 8                    # openat2's usize too small: no open_how
+PATH_AT_EXIT = 16                # path read at exit (the read at entry faulted)
 DIR = 32                         # the directory's components follow, complete
 DIR_TRUNCATED = 64               # ... only the innermost ones (too deep or long)
 DIR_DELETED = 128                # the directory had been removed
+
+STATUS_BITS = {"PATH_TRUNCATED": PATH_TRUNCATED, "PATH_FAULT": PATH_FAULT,
+               "HOW_FAULT": HOW_FAULT, "HOW_SHORT": HOW_SHORT, "PATH_AT_EXIT": PATH_AT_EXIT,
+               "DIR": DIR, "DIR_TRUNCATED": DIR_TRUNCATED, "DIR_DELETED": DIR_DELETED}
+
+
+def constants() -> dict:
+    """The -D flags every open probe is compiled with: the numbers shared
+    with probes/open.bpf.c, which defines none of its own."""
+    flags = {f"SYSCALL_{name.upper()}": number for number, name in enumerate(SYSCALLS)}
+    flags.update({f"ST_{name}": bit for name, bit in STATUS_BITS.items()})
+    return flags
+
 
 MAX_PREFIX = 255                 # --path: bytes compared in the kernel (unrolled)
 
@@ -80,6 +97,50 @@ def parse_path_prefix(text: str) -> bytes:
 def c_bytes_literal(raw: bytes) -> str:
     """A C string literal holding exactly these bytes (octal escapes)."""
     return '"' + "".join(f"\\{b:03o}" for b in raw) + '"'
+
+
+class OpenFlagsType(click.ParamType):
+    """open(2) flag names that must all be set: "O_WRONLY", "wronly,creat"."""
+
+    name = "FLAGS"
+
+    def convert(self, value, param, ctx):
+        if not isinstance(value, str):
+            return value
+        try:
+            return parse_flags_filter(value)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
+class PathPrefixType(click.ParamType):
+    """A path prefix matched byte by byte in the kernel."""
+
+    name = "PREFIX"
+
+    def convert(self, value, param, ctx):
+        try:
+            parse_path_prefix(value)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+        return value
+
+
+def path_cflags(prefix) -> dict:
+    """--path: FILTER_PATH, the prefix's bytes as a C string literal."""
+    return {"FILTER_PATH": c_bytes_literal(parse_path_prefix(prefix))}
+
+
+def flags_cflags(f) -> dict:
+    """--flags: FILTER_FLAGS (bits that must all be set), FILTER_ACCMODE."""
+    if isinstance(f, str):
+        f = parse_flags_filter(f)
+    flags = {}
+    if f.mask:
+        flags["FILTER_FLAGS"] = hex(f.mask)
+    if f.accmode is not None:
+        flags["FILTER_ACCMODE"] = f.accmode
+    return flags
 
 
 # Kernel struct members the probe reads for --full-path, by -D name (see
@@ -159,198 +220,59 @@ def _path_cell(e):
     return text
 
 
-# Every member an open event can have, in order (`*_b64` only when the
-# text is not UTF-8, `full_path*` only with --full-path); the man page's
-# FIELDS section is tested against it.
-JSON_FIELDS = ("type", "seq", "time", "ts_ns", "pid", "tid", "ppid", "uid", "user",
-               "comm", "comm_b64", "syscall", "path", "path_b64", "path_truncated", "dirfd",
-               "flags", "flags_text", "mode", "resolve", "ret", "fd", "errno",
-               "full_path", "full_path_b64", "full_path_truncated", "full_path_deleted")
+class OpenCodec(Codec):
+    """Storms repeat themselves: an event is a function of the record's
+    bytes from `pid` to the end of the used path area (the path, its NUL,
+    the directory's components), so the shared codec's template cache and
+    JSON fast path serve it (Codec.cached)."""
 
-
-def _used(event_type, records):
-    """Bytes used in each record's path area: the path, its NUL, then the
-    directory's components (--full-path), as int64; never past the area."""
-    used = records["path_len"].astype(np.int64) + 1 + records["dir_len"].astype(np.int64)
-    return np.minimum(used, event_type.dtype.fields["path"][0].itemsize)
-
-
-class OpenProbe(Probe):
-    name = "open"
-    source = "open.bpf.c"
     event_structs = ("open_event_short", "open_event_long")
-    tally = (("commands", "comm"), ("errors", "ret"))
-    # Top files for the table's summary view only: counting the path column
-    # costs about a microsecond per event, more than decoding it, and in
-    # JSON or plain mode storms are the point.
-    table_tally = (("files", "path"),)
-    columns = (
-        # priority: which columns a narrow terminal drops first (highest)
-        time_column(priority=5),
-        pid_column(priority=1),
-        Column("COMM", lambda e: shown(e, "comm"), width=15, min_width=6, priority=4),
-        Column("FD/ERR", _fd_or_error, width=6, justify="right", priority=3, whole=True),
-        Column("FLAGS", _flags_cell, width=24, min_width=8, priority=6),
-        Column("PATH", _path_cell, min_width=16, keep="end", priority=2),
-    )
-
-    def __init__(self, options):
-        super().__init__(options)
-        self._templates = {}
-        self._json_templates = {}
+    cached = True
+    variable = "path"
+    template_max = 512          # long paths are rare: not worth the memory
 
     def cflags(self):
         flags = super().cflags()
-        o = self.options
-        if o.get("path"):
-            flags["FILTER_PATH"] = c_bytes_literal(parse_path_prefix(o["path"]))
-        f = o.get("flags")
-        if f is not None:
-            if isinstance(f, str):
-                f = parse_flags_filter(f)
-            if f.mask:
-                flags["FILTER_FLAGS"] = hex(f.mask)
-            if f.accmode is not None:
-                flags["FILTER_ACCMODE"] = f.accmode
-        if o.get("full_path"):
-            flags["FULL_PATH"] = 1
-            flags.update(btf_offsets(STRUCT_OFFSETS))
+        flags.update(constants())
         return flags
 
-    def decode(self, event_type, records, offsets, data):
-        """Events for a segment of records.
+    def wants_offsets(self):
+        """The kernel structs are read only for --full-path."""
+        return bool(self.options.get("full_path"))
 
-        Storms repeat themselves: everything but seq and the time is a
-        function of the record's bytes from `pid` to the end of the used
-        path area (the path, its NUL, the directory's components), so those
-        bytes key a cache of finished events ("templates") and most events
-        cost one slice, one lookup and one dict copy."""
-        if not len(records):
-            return []
-        layout = event_type.dtype.fields
-        key_off, path_off = layout["pid"][1], layout["path"][1]
-        lo = (offsets + key_off).tolist()
-        hi = (offsets + path_off + _used(event_type, records)).tolist()
-        seqs = records["seq"].tolist()
-        stamps = records["ts_ns"].tolist()
-        clock = self.clock
-        wall = records["ts_ns"].astype("i8") + clock.offset_ns
-        secs = (wall // 1_000_000_000).tolist()
-        nsecs = (wall % 1_000_000_000).tolist()
-        templates = self._templates
-        if len(templates) > 4096:
-            templates.clear()
-        last_sec = prefix = None
+    def used(self, event_type, records):
+        """Bytes used in each record's path area: the path, its NUL, then the
+        directory's components (--full-path); never past the area."""
+        used = records["path_len"].astype(np.int64) + 1 + records["dir_len"].astype(np.int64)
+        return np.minimum(used, event_type.dtype.fields["path"][0].itemsize)
+
+    def bodies(self, event_type, records, offsets, data):
+        starts = (offsets + event_type.dtype.fields["path"][1]).tolist()
+        ends = (offsets + event_type.dtype.fields["path"][1]
+                + self.used(event_type, records)).tolist()
+        full = bool(self.options.get("full_path"))
         out = []
-        append = out.append
-        for i, (a, b, seq, ts, sec, ns) in enumerate(zip(lo, hi, seqs, stamps, secs, nsecs)):
-            key = bytes(data[a:b])
-            tpl = templates.get(key)
-            if tpl is None:
-                tpl = self._event(records[i], key[path_off - key_off:])
-                if b - a <= 512:            # long paths are rare: not worth the memory
-                    templates[key] = tpl
-            if sec != last_sec:
-                # "2026-11-24T07:01:02." from Clock, which caches the second
-                prefix = clock.iso(sec * 1_000_000_000 - clock.offset_ns)[:-10]
-                last_sec = sec
-            e = tpl.copy()
-            e["seq"] = seq
-            e["time"] = f"{prefix}{ns:09d}Z"
-            e["ts_ns"] = ts
-            append(e)
+        for rec, a, b in zip(records, starts, ends):
+            out.append(self._body(rec, bytes(data[a:b]), full))
         return out
 
-    _JSON_HEAD = b'{"type":"open","seq":null,"time":null,"ts_ns":null,'
-
-    def json_lines(self, event_type, records, offsets, data) -> bytes:
-        """The JSON lines for a segment, without building a dict per event.
-
-        Same templates as decode(), kept serialized: an event is its
-        template's bytes after the seq/time/ts_ns members, behind a
-        per-event head.  Exactly what JsonRenderer would write for decode()'s
-        dicts (a unit test holds the two equal)."""
-        import orjson
-        if not len(records):
-            return b""
-        layout = event_type.dtype.fields
-        key_off, path_off = layout["pid"][1], layout["path"][1]
-        used = _used(event_type, records)
-        lo = (offsets + key_off).tolist()
-        hi = (offsets + path_off + used).tolist()
-        clock = self.clock
-        wall = records["ts_ns"].astype("i8") + clock.offset_ns
-        secs = (wall // 1_000_000_000).tolist()
-        cache = self._json_templates
-        if len(cache) > 4096:
-            cache.clear()
-        head_len = len(self._JSON_HEAD)
-        n = len(lo)
-        # A storm repeats one event.  Records whose bytes after ts/seq equal
-        # their predecessor's (one numpy compare for the segment) within the
-        # same second form a run, and a run is formatted with one `%` over a
-        # repeated line template: no per-event Python work but the numbers.
-        newrun = np.ones(n, dtype=bool)
-        stride = int(offsets[1] - offsets[0]) if n > 1 else 0
-        if n > 1 and bool((np.diff(offsets) == stride).all()):
-            base = int(offsets[0])
-            # Fixed members (path_len and dir_len among them) compared as
-            # one value...
-            fixed = np.ndarray((n,), dtype=np.dtype((np.void, path_off - key_off)), buffer=data,
-                               offset=base + key_off, strides=(stride,))
-            same = fixed[1:] == fixed[:-1]
-            # ...then the used bytes of the path area (path, NUL, directory):
-            # the rest is whatever an earlier record left there.
-            width = min(int(used.max()), event_type.size - path_off)
-            paths = np.ndarray((n, width), dtype=np.uint8, buffer=data,
-                               offset=base + path_off, strides=(stride, 1))
-            valid = np.arange(width)[None, :] < used[1:, None]
-            same &= ~((paths[1:] != paths[:-1]) & valid).any(axis=1)
-            newrun[1:] = ~same
-        sec_arr = wall // 1_000_000_000
-        newrun[1:] |= sec_arr[1:] != sec_arr[:-1]
-        starts = np.flatnonzero(newrun).tolist()
-        ends = starts[1:] + [n]
-        # All int64: with a uint64 column numpy would promote to float64,
-        # exact only below 2**53 (ts_ns passes that after 104 days up).
-        numbers = np.column_stack((records["seq"].astype(np.int64),
-                                   (wall % 1_000_000_000).astype(np.int64),
-                                   records["ts_ns"].astype(np.int64))).ravel().tolist()
-        out = []
-        for s0, e0 in zip(starts, ends):
-            key = bytes(data[lo[s0]:hi[s0]])
-            rest = cache.get(key)
-            if rest is None:
-                tpl = self._event(records[s0], key[path_off - key_off:])
-                # '%' in a path must survive the formatting below
-                rest = orjson.dumps(tpl)[head_len:].replace(b"%", b"%%") + b"\n"
-                if hi[s0] - lo[s0] <= 512:
-                    cache[key] = rest
-            prefix = clock.iso(secs[s0] * 1_000_000_000 - clock.offset_ns)[:-10].encode()
-            unit = b'{"type":"open","seq":%d,"time":"' + prefix + b'%09dZ","ts_ns":%d,' + rest
-            out.append(unit * (e0 - s0) % tuple(numbers[3 * s0:3 * e0]))
-        return b"".join(out)
-
-    def _event(self, rec, area):
-        """The event for one record, with seq, time and ts_ns left None.
-        `area`: the used bytes of its path area."""
+    @staticmethod
+    def _body(rec, area, full):
+        """The members after the header of one record.  `area`: the used
+        bytes of its path area."""
         st = int(rec["status"])
         plen = int(rec["path_len"])
         raw, components = area[:plen], area[plen + 1:]
         sc = int(rec["syscall"])
         r = int(rec["ret"])
-        pid, tid, uid, dirfd = int(rec["pid"]), int(rec["tid"]), int(rec["uid"]), int(rec["dirfd"])
-        e = {"type": "open", "seq": None, "time": None, "ts_ns": None, "pid": pid, "tid": tid,
-             "ppid": int(rec["ppid"]), "uid": uid, "user": fields.user_name(uid)}
-        put_text(e, "comm", cstr(bytes(rec["comm"])))
-        e["syscall"] = SYSCALLS[sc] if sc < len(SYSCALLS) else str(sc)
+        e = {"syscall": SYSCALLS[sc] if sc < len(SYSCALLS) else str(sc)}
         if st & PATH_FAULT:
             raw = None
             e["path"] = None
         else:
             put_text(e, "path", raw)
         e["path_truncated"] = bool(st & PATH_TRUNCATED)
-        e["dirfd"] = dirfd
+        e["dirfd"] = int(rec["dirfd"])
         if st & (HOW_FAULT | HOW_SHORT):
             # openat2 without a readable struct open_how: nothing known.
             e["flags"] = e["flags_text"] = e["mode"] = e["resolve"] = None
@@ -363,7 +285,7 @@ class OpenProbe(Probe):
         e["ret"] = r
         e["fd"] = r if r >= 0 else None
         e["errno"] = fields.errno_name(r) or None
-        if self.options.get("full_path"):
+        if full:
             fp, cut = full_path(raw, st, components) if not st & PATH_TRUNCATED else (None, False)
             if fp is None:
                 e["full_path"] = None
@@ -372,3 +294,98 @@ class OpenProbe(Probe):
             e["full_path_truncated"] = cut
             e["full_path_deleted"] = fp is not None and bool(st & DIR_DELETED)
         return e
+
+
+FULL = "--full-path"
+
+SPEC = Spec(
+    name="open",
+    summary="trace every file open on the host, with its result",
+    help="Every file open on the host (open, openat, openat2, creat), with its result.",
+    codec="probes.open:OpenCodec",
+    source="open.bpf.c",
+    # A storm of a million failing opens (benchmarks/storm.c) dropped none
+    # into 8M and 0.3% into 4M.
+    ring="8M",
+    failed="Only failed calls.",
+    tally=(("commands", "comm"), ("errors", "ret")),
+    # Top files for the table's summary view only: counting the path column
+    # costs about a microsecond per event, more than decoding it, and in
+    # JSON or plain mode storms are the point.
+    table_tally=(("files", "path"),),
+    offsets=STRUCT_OFFSETS,
+    options=(
+        # A run-time value (the probe's config map): no -D flag, so the
+        # compile cache serves every thread.
+        Option(("-t", "--tid"), "tid", "Only this thread.", type=click.IntRange(1, 2**22),
+               metavar="TID", filter=True, rank=2),
+        Option(("--path",), "path",
+               "Only paths starting with PREFIX, as passed to the call (bytes, not resolved).",
+               type=PathPrefixType(), metavar="PREFIX", cflags=path_cflags, filter=True),
+        Option(("--flags",), "flags",
+               "Only opens with all these flags set, e.g. O_WRONLY or wronly,creat.",
+               type=OpenFlagsType(), metavar="FLAGS", cflags=flags_cflags, filter=True),
+        Option(("--full-path",), "full_path",
+               "Also report full_path: relative paths joined to the caller's cwd or dirfd, "
+               "read in the kernel at the call.", is_flag=True, cflags="FULL_PATH"),
+    ),
+    fields=(
+        Field("syscall", "enum", 'which call: "open", "openat", "openat2" or "creat"',
+              values=SYSCALLS),
+        Field("path", "text", "the path the caller passed, exactly (at most 4095 bytes); "
+              "null when it could not be read at entry nor at exit (a bad pointer: the "
+              "call then fails with EFAULT)", null=True),
+        Field("path_truncated", "bool", "true when the path was longer than 4095 bytes and "
+              "path holds its first 4095 (such a call fails with ENAMETOOLONG)"),
+        Field("dirfd", "int", "the directory file descriptor a relative path is resolved "
+              "against: -100 is AT_FDCWD (the working directory); always -100 for open "
+              "and creat"),
+        Field("flags", "int", "the open flags as the caller passed them (577 is "
+              "O_WRONLY|O_CREAT|O_TRUNC); for creat the flags it implies; null when unknown "
+              "(an openat2 whose struct open_how was unreadable or too small)",
+              null=True, minimum=0),
+        Field("flags_text", "flags", "flags, decoded: the access mode first, then the flag "
+              'names, then any bits without a name as one hexadecimal number, '
+              '"O_WRONLY|O_CREAT|O_TRUNC"; null when flags is', null=True),
+        Field("mode", "int", "the file mode bits for a file created (438 is 0666, before "
+              "the umask); only when flags has O_CREAT or O_TMPFILE, null otherwise",
+              null=True, minimum=0),
+        Field("resolve", "int", "the RESOLVE_* bits of openat2; null for the other calls "
+              "and when unknown", null=True, minimum=0),
+        Field("ret", "int", "the return value: the file descriptor (0 or more), or a "
+              "negative error number"),
+        Field("fd", "int", "the file descriptor returned, or null when the call failed",
+              null=True, minimum=0),
+        Field("errno", "errno", 'ret, decoded: the error\'s name ("ENOENT"), "E<n>" for a '
+              "number without a name, or null when the call succeeded", null=True),
+        Field("full_path", "text", "the path made absolute: for a relative path, the "
+              "directory it is relative to (the caller's working directory for AT_FDCWD, "
+              "else the directory dirfd names), as it was at the call, joined to path with "
+              'a "/"; joined, never normalized; an absolute path as it is.  null when there '
+              "is no directory to tell (dirfd not open or not a directory) or the path is "
+              "null, empty or truncated.  When the directory was cut (full_path_truncated), "
+              'the end of the full path, without the leading "/"',
+              null=True, when=FULL),
+        Field("full_path_truncated", "bool", "true when the directory had more than 128 "
+              "levels or a path longer than 4096 bytes, and full_path holds only its end",
+              when=FULL),
+        Field("full_path_deleted", "bool", "true when the directory had been removed "
+              "(rmdir) at the call, while the caller still had it as working directory or "
+              "open as dirfd; full_path then says where it was", when=FULL),
+    ),
+    columns=(
+        # priority: which columns a narrow terminal drops first (highest)
+        time_column(priority=5),
+        pid_column(priority=1),
+        Column("COMM", lambda e: shown(e, "comm"), width=15, min_width=6, priority=4,
+               doc="the calling thread's command name"),
+        Column("FD/ERR", _fd_or_error, width=6, justify="right", priority=3, whole=True,
+               doc="the file descriptor returned, or the error name (ENOENT)"),
+        Column("FLAGS", _flags_cell, width=24, min_width=8, priority=6,
+               doc="the open flags without their O_ prefixes (WRONLY|CREAT|TRUNC), "
+                   "? when unknown"),
+        Column("PATH", _path_cell, min_width=16, keep="end", priority=2,
+               doc="the path as passed, a relative one prefixed by AT_FDCWD: or fdN:; "
+                   "with --full-path the full path when known"),
+    ),
+)

@@ -304,6 +304,12 @@ def test_followed_running_counts_one_left_behind_after_an_early_stop(kernel_ok, 
     try:
         err = p.stderr.decode()
         assert p.returncode == 0, err
+        # The inner sh's exec was traced, but it may still be on its way
+        # to writing its pid when rbtrace is done.
+        for _ in range(500):
+            if pidfile.exists() and pidfile.read_text().endswith("\n"):
+                break
+            time.sleep(0.01)
         pid = int(pidfile.read_text())
         with open(f"/proc/{pid}/stat") as f:         # alive, not a zombie
             assert f.read().rsplit(")", 1)[1].split()[0] in "RSD"

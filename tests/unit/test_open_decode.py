@@ -1,8 +1,10 @@
-"""rbtrace open without the kernel: the decoder on hand-built ring records,
-the columns, the --flags / --path parsers, full_path, and bad CLI values."""
+"""rbtrace open without the kernel: the codec on hand-built ring records,
+the columns, the --flags / --path parsers, full_path, the -D flags, and
+bad CLI values."""
 import base64
 import ctypes
 import os
+import re
 import subprocess
 import sys
 
@@ -79,7 +81,7 @@ def records(et, rows):
 
 
 def decode(rows, et=SHORT, **options):
-    probe = op.OpenProbe(options)
+    probe = op.OpenCodec(options)
     probe.clock = fields.Clock(offset_ns=1_700_000_000 * 10**9)
     recs, offsets, data = records(et, rows)
     return probe, probe.decode(et, recs, offsets, data)
@@ -247,28 +249,55 @@ def test_parse_flags_filter_refuses(text):
 
 
 def test_cflags():
-    probe = op.OpenProbe({"path": "/tmp/a\"b", "flags": op.parse_flags_filter("wronly,creat"),
+    probe = op.OpenCodec({"path": "/tmp/a\"b", "flags": op.parse_flags_filter("wronly,creat"),
                           "tid": 7, "failed": True})
     flags = probe.cflags()
     assert flags["FILTER_PATH"] == '"\\057\\164\\155\\160\\057\\141\\042\\142"'
     assert flags["FILTER_FLAGS"] == "0x40" and flags["FILTER_ACCMODE"] == 1
     assert flags["FILTER_FAILED"] == 1 and probe.run_config()["tid"] == 7
-    assert "FILTER_ACCMODE" not in op.OpenProbe({"flags": "creat"}).cflags()
-    assert "FILTER_FLAGS" not in op.OpenProbe({"flags": "rdonly"}).cflags()
+    assert "FILTER_ACCMODE" not in op.OpenCodec({"flags": "creat"}).cflags()
+    assert "FILTER_FLAGS" not in op.OpenCodec({"flags": "rdonly"}).cflags()
+
+
+def test_shared_numbers_come_from_python_only():
+    """The syscall numbers and status bits the probe writes are -D flags from
+    open.py: every SYSCALL_* and ST_* name the C uses is one of them, and
+    the C defines none itself (it stops with #error when one is missing)."""
+    from rbtrace.paths import probes_dir
+    src = (probes_dir() / op.SPEC.source).read_text()
+    used = set(re.findall(r"\b(?:SYSCALL|ST)_[A-Z0-9_]+\b", src))
+    flags = op.OpenCodec({}).cflags()
+    assert used and used <= set(flags), sorted(used - set(flags))
+    assert not re.search(r"#\s*define\s+(?:SYSCALL|ST)_", src)
+    assert [flags[f"SYSCALL_{n.upper()}"] for n in op.SYSCALLS] == list(range(len(op.SYSCALLS)))
+    bits = [v for k, v in flags.items() if k.startswith("ST_")]
+    assert len(bits) == len(set(bits)) == 8 and all(b & (b - 1) == 0 for b in bits)
+    # The decoder reads them back as it wrote them.
+    _, ev = decode([{"syscall": flags["SYSCALL_OPENAT2"], "status": flags["ST_PATH_FAULT"]},
+                    {"syscall": flags["SYSCALL_CREAT"], "path": b"/x" * 2000,
+                     "status": flags["ST_PATH_TRUNCATED"]}], et=LONG)
+    assert [e["syscall"] for e in ev] == ["openat2", "creat"]
+    assert ev[0]["path"] is None and ev[1]["path_truncated"] is True
+
+
+def test_offsets_only_with_full_path():
+    """The BTF offsets are read only when --full-path compiles the walk."""
+    assert op.OpenCodec({"full_path": True}).wants_offsets()
+    assert not op.OpenCodec({}).wants_offsets()
 
 
 def test_cflags_of_full_path():
     """--full-path builds the directory walk, with the running kernel's
     offsets (the 6.1 headers' layouts are wrong on this kernel); without
     it, none of that is compiled."""
-    flags = op.OpenProbe({"full_path": True}).cflags()
+    flags = op.OpenCodec({"full_path": True}).cflags()
     assert flags["FULL_PATH"] == 1
     assert set(op.STRUCT_OFFSETS) <= set(flags)
     from rbtrace.btf import BTF
     btf = BTF.from_file()
     for macro, (struct, member) in op.STRUCT_OFFSETS.items():
         assert flags[macro] == btf.member_offset(struct, member), macro
-    plain = op.OpenProbe({}).cflags()
+    plain = op.OpenCodec({}).cflags()
     assert "FULL_PATH" not in plain and not set(op.STRUCT_OFFSETS) & set(plain)
 
 
@@ -308,7 +337,7 @@ def test_json_lines_equal_the_dicts_serialized():
             + [{"path": b"bad-\xff", "ts_ns": 999_999_999 + k} for k in range(3)]
             + [{"path": b"/same/%d%s/file", "ret": -13, "flags": 0o101, "mode": 0o644}] * 4)
     for et in (SHORT, LONG):
-        probe = op.OpenProbe({})
+        probe = op.OpenCodec({})
         probe.clock = fields.Clock(offset_ns=1_700_000_000 * 10**9)
         recs, offsets, data = records(et, rows)
         # Different junk after each path's NUL, as an earlier lap of the
@@ -334,7 +363,7 @@ def test_json_lines_with_full_path_equal_the_dicts_serialized():
                {"path": b"f", "status": op.DIR_TRUNCATED, "dir": [b"bb"]},
                {"path": b"/abs"}, {"path": b"f\xff", "status": ok, "dir": [b"%s"]}])
     for et in (SHORT, LONG_FULL):
-        probe = op.OpenProbe({"full_path": True})
+        probe = op.OpenCodec({"full_path": True})
         probe.clock = fields.Clock(offset_ns=1_700_000_000 * 10**9)
         recs, offsets, data = records(et, rows)
         path_off = et.dtype.fields["path"][1]
@@ -354,7 +383,7 @@ def test_json_fields_lists_every_member_decode_makes():
     _, plain = decode(rows)
     _, full = decode(rows, full_path=True)
     seen = {k for e in plain + full for k in e}
-    assert seen <= set(op.JSON_FIELDS)
+    assert seen <= set(op.SPEC.json_fields)
     assert {"path_b64", "comm_b64", "full_path", "full_path_b64", "full_path_truncated",
             "full_path_deleted"} <= seen
 
@@ -365,7 +394,7 @@ def test_json_lines_keep_big_numbers_exact():
     import orjson
     big = 2**53 + 1
     rows = [{"path": b"/a", "ts_ns": big + k, "seq": big + 7 * k} for k in range(3)]
-    probe = op.OpenProbe({})
+    probe = op.OpenCodec({})
     probe.clock = fields.Clock(offset_ns=0)
     recs, offsets, data = records(SHORT, rows)
     want = b"".join(orjson.dumps(e) + b"\n" for e in probe.decode(SHORT, recs, offsets, data))

@@ -15,7 +15,7 @@ from rich.console import Console
 from rbtrace import fields, render
 from rbtrace.probes import Column
 from rbtrace.probes.exec import ExecCodec
-from rbtrace.probes.open import OpenProbe
+from rbtrace.probes.open import OpenCodec
 from rbtrace.render import PlainRenderer, TableRenderer, _cut, layout
 from rbtrace.session import Tally
 
@@ -61,7 +61,7 @@ def test_cut_fuzz_never_overflows_and_keeps_the_right_end():
 # --- layout -------------------------------------------------------------------
 
 def _open_columns():
-    return OpenProbe({}).columns
+    return OpenCodec({}).columns
 
 
 def _exec_columns():
@@ -140,7 +140,7 @@ PATHS = ["/bin/true", "/etc/ld.so.cache", "/home/用户/数据/报告-2026.txt",
 
 @pytest.mark.parametrize("width, height", [(80, 24), (60, 15), (40, 10), (30, 8)])
 def test_open_frame_shows_numbers_whole_and_paths_with_their_end(width, height):
-    probe = OpenProbe({"utc": True})
+    probe = OpenCodec({"utc": True})
     table, console, out = _table(probe, width, height)
     events = [_open_event(30118 + i, PATHS[i % len(PATHS)], ret=-2 if i % 2 else 3 + i)
               for i in range(30)]
@@ -179,7 +179,7 @@ def test_exec_frame_at_80_columns_keeps_argv_and_quotes_it():
 
 
 def test_a_frame_after_a_resize_fits_the_new_size():
-    probe = OpenProbe({})
+    probe = OpenCodec({})
     table, console, out = _table(probe, 160, 30)
     table.events([_open_event(30118 + i, "/very/long/" + "x" * 100 + f"/{i}.end") for i in range(40)])
     wide = _frame(table, console, out)
@@ -207,7 +207,7 @@ class Keys:
 
 @pytest.fixture
 def keyed():
-    probe = OpenProbe({})
+    probe = OpenCodec({})
     keys = Keys()
     table, console, out = _table(probe, 100, 14)
     table.events([_open_event(1000 + i, f"/f/{i}") for i in range(50)])
@@ -231,7 +231,7 @@ def test_filter_keys_backspace_enter_and_esc(keyed):
 
 
 def test_filter_covers_the_whole_history_not_the_last_200():
-    table, console, out = _table(OpenProbe({}), 100, 14)
+    table, console, out = _table(OpenCodec({}), 100, 14)
     table.events([_open_event(2000 + i, f"/g/{i}") for i in range(5000)])
     assert len(table.rows) == 5000 <= table.history
     keys = Keys()
@@ -279,7 +279,7 @@ def test_paused_view_scrolls_with_arrows_pages_and_jk(keyed):
 
 
 def test_q_quits_and_s_shows_top_files():
-    probe = OpenProbe({})
+    probe = OpenCodec({})
     table, console, out = _table(probe, 100, 12)
     tally = Tally(probe.tally + probe.table_tally)
     dt = np.dtype([("comm", "S16"), ("ret", "i8"), ("path_len", "u4"), ("path", "S32")])
@@ -306,7 +306,7 @@ def test_q_quits_and_s_shows_top_files():
 
 def test_the_session_counts_files_only_for_the_table():
     from rbtrace.session import Session
-    probe = OpenProbe({})
+    probe = OpenCodec({})
     table, _, _ = _table(probe, 80, 10)
     assert [n for n, _ in Session(probe, table, None, None).tally.spec] == ["commands", "errors", "files"]
     plain = PlainRenderer(io.BytesIO(), probe)
@@ -321,7 +321,7 @@ def test_the_session_counts_files_only_for_the_table():
 def test_frames_at_most_ten_a_second_and_put_off_while_the_ring_fills(monkeypatch):
     now = [100.0]
     monkeypatch.setattr(render.time, "monotonic", lambda: now[0])
-    table, console, out = _table(OpenProbe({}), 80, 10)
+    table, console, out = _table(OpenCodec({}), 80, 10)
     drawn = []
     monkeypatch.setattr(table.live, "update", lambda r, refresh: drawn.append(now[0]))
     table._draw(force=True)
@@ -345,7 +345,7 @@ def test_frames_at_most_ten_a_second_and_put_off_while_the_ring_fills(monkeypatc
 
 def test_plain_lost_goes_to_stderr_with_its_causes(capsys):
     out = io.BytesIO()
-    plain = PlainRenderer(out, OpenProbe({}))
+    plain = PlainRenderer(out, OpenCodec({}))
     plain.lost({"dropped": 7, "ringbuf_full": 5, "map_full": 2, "missed_by_kernel": 0})
     plain.lost({"dropped": 0, "ringbuf_full": 0, "map_full": 0, "missed_by_kernel": 3})
     err = capsys.readouterr().err.splitlines()
@@ -425,7 +425,7 @@ def tz(monkeypatch):
     time.tzset()
 
 
-@pytest.mark.parametrize("probe_class", [OpenProbe, ExecCodec])
+@pytest.mark.parametrize("probe_class", [OpenCodec, ExecCodec])
 def test_time_column_is_local_and_utc_with_the_option(tz, probe_class):
     epoch = 1_795_000_000                          # 2026-11-18 11:06:40 UTC
     tz("XST-5:30")                                 # UTC+5:30, POSIX form
