@@ -489,10 +489,7 @@ def schema_cmd(kind):
         raise UsageError(f"no kind '{fields.for_message(kind)}': one of "
                          f"{', '.join(spec.KINDS)}")
     else:
-        try:
-            specs = [spec.load(kind)]
-        except AttributeError:      # transitional: a kind not yet declared by a spec
-            raise RbtraceError(f"{kind}'s events are not declared by a spec yet: no schema")
+        specs = [spec.load(kind)]
     Output(1, "standard output").write_all(spec.schema_json(specs, kind is not None).encode())
 
 

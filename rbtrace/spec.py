@@ -548,15 +548,8 @@ def load(name: str) -> Spec:
 
 
 def declared() -> list:
-    """The specs of every kind declared by one, in KINDS order.
-    Transitional: while some kinds are still hand-written (rbtrace.probes'
-    registry), they have none."""
-    out = []
-    for name in KINDS:
-        module = importlib.import_module(f"rbtrace.probes.{name}")
-        if hasattr(module, "SPEC"):
-            out.append(module.SPEC)
-    return out
+    """The spec of every kind, in KINDS order."""
+    return [load(name) for name in KINDS]
 
 
 def codec_class(spec: Spec):

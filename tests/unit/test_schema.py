@@ -17,7 +17,6 @@ import test_docs as docs
 from rbtrace import mandoc, spec
 
 DECLARED = [s.name for s in spec.declared()]
-UNDECLARED = [k for k in spec.KINDS if k not in DECLARED]
 
 
 def _rbtrace(*args):
@@ -67,13 +66,6 @@ def test_a_bad_kind_is_one_line_and_exit_2():
     assert p.stderr.count("\n") == 1 and "no kind 'nosuch'" in p.stderr, p.stderr
 
 
-@pytest.mark.parametrize("kind", UNDECLARED or [pytest.param(None, marks=pytest.mark.skip(
-    reason="every kind is declared by a spec"))])
-def test_a_kind_without_a_spec_yet_is_one_line_and_exit_1(kind):
-    p = _rbtrace("schema", kind)
-    assert p.returncode == 1 and p.stdout == ""
-    assert p.stderr.count("\n") == 1 and "not declared" in p.stderr, p.stderr
-
 
 def _engine_lines():
     """start, lost and summary lines as the engine writes them (JsonRenderer),
@@ -81,8 +73,7 @@ def _engine_lines():
     from rbtrace import render
     from rbtrace.follow import Command, RunningProcess
     from rbtrace.session import Session
-    from rbtrace.probes import registry
-    probe = registry()[docs.probe_commands()[0]]({})
+    probe = docs.codec_for(docs.probe_commands()[0])
     buf = io.BytesIO()
     out = render.JsonRenderer(buf, None)
     out.start({"probe": DECLARED[0], "ring_bytes": 1 << 20, "filters": "comm=make failed"})
