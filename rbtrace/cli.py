@@ -5,7 +5,6 @@ core raises RbtraceError (with a hint); here it becomes one line on stderr
 and Exit.ERROR or Exit.USAGE.  `--debug` (or RBTRACE_DEBUG=1) shows the
 traceback instead.
 """
-import functools
 import math
 import mmap
 import os
@@ -16,12 +15,6 @@ import click
 from rbtrace import __version__, fields
 from rbtrace.errors import Exit, RbtraceError, UsageError
 
-# The ring's default size per kind, from the rates measured here: its
-# pages count in full in rbtrace's memory (twice: the kernel maps the data
-# area twice), so a ring no larger than a kind needs.  An open() storm of
-# a million failing calls (benchmarks/storm.c) dropped none into 8M and
-# 0.3% into 4M; exec, exit and tcp events come thousands of times slower.
-DEFAULT_RING = {"open": "8M"}      # transitional: the others are in their specs
 TASK_COMM_LEN = 16
 
 
@@ -183,19 +176,6 @@ def common_options(spec):
     )
 
 
-def trace_options(kind):
-    """Transitional: the common options of a kind not yet declared by a spec."""
-    from rbtrace.spec import Spec
-    pseudo = Spec(kind, "", "", codec="", ring=DEFAULT_RING[kind])
-
-    def decorate(f):
-        params = getattr(f, "__click_params__", [])
-        params.extend(_click_option(o) for o in reversed(common_options(pseudo)))
-        f.__click_params__ = params
-        return f
-    return decorate
-
-
 def _click_option(o) -> click.Option:
     kw = {"help": o.help, "hidden": o.hidden}
     if o.is_flag:
@@ -320,25 +300,6 @@ def _run_kind(spec, opts):
     opts["follow"] = target is not None
     opts["filters_text"] = filters_text(spec, opts, target)
     return _run(codec.make(spec, opts), opts, target)
-
-
-def _run_probe(probe_name, opts):
-    """Transitional: a kind not yet declared by a spec."""
-    from rbtrace.probes import registry
-    target = _follow_target(opts)
-    opts["follow"] = target is not None
-    filters = []
-    for key in ("pid", "tid", "uid", "comm", "path", "flags"):
-        if opts.get(key) not in (None, "", False):
-            filters.append(f"{key}={opts[key]}")
-    if opts.get("failed"):
-        filters.append("failed")
-    if opts.get("children"):
-        filters.append("children")
-    if target is not None and not opts.get("pid"):
-        filters.append(f"command={os.path.basename(target.argv[0])}")
-    opts["filters_text"] = os.fsencode(" ".join(filters)).decode("utf-8", "replace")
-    return _run(registry()[probe_name](opts), opts, target)
 
 
 def _run(probe, opts, target):

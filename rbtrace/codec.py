@@ -19,7 +19,8 @@ Two ways to decode a segment of records:
   for the segment) are formatted with one `%` over a line template.
 
 json_lines() is byte for byte what render.JsonRenderer writes for
-decode()'s dicts (tests/unit/test_codec.py holds the two equal).
+decode()'s dicts (tests/unit/test_open_decode.py and test_tp_format.py
+hold the two equal, on open's and tp's storms).
 """
 import base64
 import os

@@ -131,10 +131,10 @@ def load(probe, ring_bytes, use_cache=True, debug=False):
     from rbtrace.bpf import LoadedProbe
     from rbtrace.ringbuf import RingConsumer
     loaded = LoadedProbe(probe.source_path(), dict(probe.cflags()), probe.event_structs,
-                         debug=debug, tracepoints=getattr(probe, "tracepoints", ()),
-                         cost_hint=getattr(probe, "cost_hint", None),
+                         debug=debug, tracepoints=probe.tracepoints,
+                         cost_hint=probe.cost_hint,
                          ring_bytes=ring_bytes, use_cache=use_cache,
-                         kernel_types=getattr(probe, "kernel_types", False),
+                         kernel_types=probe.kernel_types,
                          config=probe.run_config())
     return loaded, RingConsumer(loaded.ring_fd, ring_bytes, loaded.event_types)
 
@@ -162,7 +162,7 @@ class Session:
         self._reported = {}         # losses already reported, by kind
         # What only the live table's summary view shows costs more per
         # event than the other modes can spend (see open's SPEC.table_tally).
-        self.tally = Tally(probe.tally + (getattr(probe, "table_tally", ())
+        self.tally = Tally(probe.tally + (probe.table_tally
                                           if getattr(renderer, "shows_tally", False) else ()))
 
     def _on_signal(self, signum, frame):
