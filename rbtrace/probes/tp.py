@@ -655,6 +655,71 @@ def list_only(opts):
 
 SPEC = Spec(
     name="tp",
+    # The man page's words (rbtrace/mandoc.py): this kind's own, in place
+    # of the common ones.
+    man={
+        "list_only": "Print the tracepoints that exist on this kernel, sorted, one "
+                     "*CATEGORY*:*EVENT* per line, and exit 0. With arguments, only those "
+                     "matching one of them: a *PATTERN* with a colon matches as a "
+                     "*CATEGORY*:*EVENT* wildcard, one without matches anywhere in the name "
+                     "(**--list fork** lists **sched:sched_process_fork** and the fork system "
+                     "calls). A pattern that matches nothing is a usage error.",
+        "max_tracepoints": "Attach at most *N* tracepoints (1 to 2000, default **400**); more "
+                           "matching the arguments is a usage error that says how many "
+                           "matched. Each tracepoint is one BPF program, compiled (or taken "
+                           "from the compile cache) and verified at start, and detached at the"
+                           " end, and detaching one takes the kernel tens of milliseconds (see"
+                           " **OVERHEAD**): the default takes **syscalls:sys_enter_\\*** (360 "
+                           "tracepoints on 6.18) or **syscalls:sys_exit_\\*** and refuses all of"
+                           " **syscalls:\\*** (720).",
+        "string_bytes": "Bytes kept of each **__data_loc** string, NUL included, and of each "
+                        "**__data_loc** array (16 to 4096, default **256**). Every record of "
+                        "such a tracepoint has room for that many bytes per string, used or "
+                        "not.",
+        "pid": "Only this process (thread group id, 1 to 4194304), all its threads, as the "
+               "task that hits the tracepoint. Checked in the kernel.",
+        "uid": "Only this user, a name or a number: the real user id of the task that hits the"
+               " tracepoint. Checked in the kernel.",
+        "comm": "Only tasks whose command name is exactly *COMM* (1 to 15 bytes). Checked in "
+                "the kernel.",
+        "column.PID": "The process (thread group id) of the task that hit the tracepoint.",
+        "column.COMM": "That task's command name.",
+        "column.EVENT": "The tracepoint, *CATEGORY*:*EVENT*.",
+        "column.ARGS": "The tracepoint's fields as *name***=***value* pairs in the format's "
+                       "order: text in double quotes, followed by **…** when it was truncated,"
+                       " lists in brackets. Fields whose name starts with **__** (the system "
+                       "calls' **__syscall_nr**) are left to the JSON output.",
+        "event.seq": "The event's sequence number: from 0 for each run, one per event the "
+                     "probe tried to write, shared by all CPUs and tracepoints. A gap in the "
+                     "numbers is an event dropped because the ring was full (see "
+                     "**rbtrace**(8), LOSS ACCOUNTING).",
+        "event.time": "Wall-clock time of the event, decoded from **ts_ns**: ISO 8601 in UTC "
+                      "with nanoseconds, as in “**2026-11-24T07:23:04.247907736Z**”.",
+        "event.pid": "The process (thread group id) of the task that hit the tracepoint, which"
+                     " is not always the one the event is about: the parent for "
+                     "**sched:sched_process_fork**, the task switched out for "
+                     "**sched:sched_switch**.",
+        "event.tid": "That task's thread id.",
+        "event.ppid": "That process's parent (its thread group id), at the time of the event.",
+        "event.uid": "Raw real user id of that task (in the initial user namespace).",
+        "event.comm": "That task's command name (at most 15 bytes).",
+        "event.event": "The tracepoint, “**sched:sched_process_fork**”.",
+        "event.args": "An object with the tracepoint's own fields, named as in its format "
+                      "file, in the format's order (see **args members**). They are kept apart"
+                      " from the members above because many tracepoints have a **pid** or a "
+                      "**comm** of their own, which need not be the task's.",
+        "start.filters": "The filters in effect, as text (**pid=1234 uid=0**), or an empty "
+                         "string.",
+        "lost.map_full": "Always 0 here: the programs of **rbtrace tp** keep no state between "
+                         "events.",
+        "summary.seen": "Events the probes saw and tried to write: **submitted** + "
+                        "**dropped**.",
+        "summary.map_full": "Always 0 here (see the **lost** lines).",
+        "summary.duration_s": "Seconds from the start line to the end, to the millisecond, the"
+                              " time taken to detach the tracepoints included.",
+        "summary.top_errors": "Always empty here: tracepoint fields are not interpreted as "
+                              "errors.",
+    },
     summary="trace any kernel tracepoint, every field decoded",
     help="""Any tracepoint, every field decoded from its format.
 
