@@ -68,9 +68,13 @@ unit: setup-test
 kernel: setup-test
 	$(PY) -m pytest tests/kernel
 
+# BENCH_BASE=REV: also run rbtrace's rows with the code of git revision
+# REV, pair by pair (e.g. make bench BENCH_BASE=ffaf5a4).
+BENCH_BASE ?=
+
 bench: setup-test
 	@$(PY) -m compileall -q rbtrace
-	$(PY) benchmarks/run.py
+	$(PY) benchmarks/run.py $(if $(BENCH_BASE),--against $(BENCH_BASE))
 
 # The man pages' generated regions (OPTIONS, COLUMNS, the FIELDS entries)
 # and schema/rbtrace-events.schema.json, from the kinds' specs
