@@ -37,7 +37,7 @@ from rbtrace.bpf import STAT_FLAGS, captured_fds, compile_flags, config_bytes, p
 from rbtrace.csource import inline_local_includes  # noqa: E402
 from rbtrace.loader import recursion_misses  # noqa: E402
 from rbtrace.paths import probes_dir  # noqa: E402
-from rbtrace.probes.open import SPEC, SYSCALLS, OpenCodec  # noqa: E402
+from rbtrace.kinds.open import SPEC, SYSCALLS, OpenCodec  # noqa: E402
 
 
 class BccProbe:

@@ -4,7 +4,7 @@ Words used across rbtrace, one idea each:
 
 kind     a kind of event and its command: exec, open, exit, tcp, tp, run.
          Declared by a spec (this module's `Spec`), in the module
-         rbtrace/probes/<kind>.py as `SPEC`.
+         rbtrace/kinds/<kind>.py as `SPEC`.
 probe    the BPF program in C that a kind compiles (probes/<kind>.bpf.c)
          and, once in the kernel, bpf.LoadedProbe.
 codec    what turns a kind's ring records into events, for one run with
@@ -24,6 +24,7 @@ it at start-up.
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Optional
 
@@ -541,15 +542,23 @@ def schema_json(specs, single=False) -> str:
 
 # --- the kinds -----------------------------------------------------------------
 
-# Kinds by name: each spec module is imported only when its kind is used
-# (`rbtrace exec` needs exec's alone).
-KINDS = ("exec", "open", "exit", "tcp", "tp", "run")
+def _kinds() -> tuple:
+    """Every module of rbtrace/kinds/ is a kind: adding one is adding its
+    module (and its probe, page and tests), with nothing to register."""
+    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kinds")
+    return tuple(sorted(n[:-3] for n in os.listdir(here)
+                        if n.endswith(".py") and not n.startswith("_")))
+
+
+# Kinds by name, found without importing them: each spec module is
+# imported only when its kind is used (`rbtrace exec` needs exec's alone).
+KINDS = _kinds()
 
 
 def load(name: str) -> Spec:
     if name not in KINDS:
         raise KeyError(name)
-    return importlib.import_module(f"rbtrace.probes.{name}").SPEC
+    return importlib.import_module(f"rbtrace.kinds.{name}").SPEC
 
 
 def declared() -> list:

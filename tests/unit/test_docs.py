@@ -650,7 +650,7 @@ def _exec_events():
     from hand-built records by the real decoder (tests/unit/test_exec_decode)."""
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import test_exec_decode as ted
-    from rbtrace.probes import exec as ex
+    from rbtrace.kinds import exec as ex
     recs = [ted.record(args=[b"true", b"x"]),
             ted.record(args=[b"\xff", b"x"], filename=b"/tmp/\xfe", comm=b"\xfd", syscall=1,
                        dirfd=3, at_flags=0x1000, exe=b"/tmp/\xfc", flags=ex.ARGV_FAULT, ret=-2),

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from rbtrace.codec import make
-from rbtrace.probes import exit as exit_probe
+from rbtrace.kinds import exit as exit_probe
 
 DTYPE = np.dtype([("ts_ns", "<u8"), ("seq", "<u8"), ("pid", "<u4"), ("tid", "<u4"),
                   ("ppid", "<u4"), ("uid", "<u4"), ("comm", "S16"), ("start_ns", "<u8"),

@@ -15,8 +15,8 @@ from rbtrace import bpf
 from rbtrace.bpf import check_event_types, dtype_from_ctypes
 from rbtrace.csource import code_only
 from rbtrace.errors import Exit, ProbeError, UsageError
-from rbtrace.probes import run
-from rbtrace.probes.run import RunCodec, counts_errors, read_probe, ring_warnings
+from rbtrace.kinds import run
+from rbtrace.kinds.run import RunCodec, counts_errors, read_probe, ring_warnings
 from rbtrace.ringbuf import EventType
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -15,7 +15,8 @@ import pytest
 
 from rbtrace.bpf import dtype_from_ctypes
 from rbtrace.errors import UsageError
-from rbtrace.probes import generic, tp
+from rbtrace import generic
+from rbtrace.kinds import tp
 from rbtrace.render import JsonRenderer
 from rbtrace.ringbuf import EventType
 

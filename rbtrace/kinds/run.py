@@ -26,7 +26,7 @@ from rbtrace.bpf import USER_PROBE_COST_HINT
 from rbtrace.csource import code_only
 from rbtrace.errors import ProbeError, UsageError
 from rbtrace.fields import for_message
-from rbtrace.probes.generic import (COLUMNS, FIELDS, HEADER_FIELDS, EventSpec, FieldSpec,
+from rbtrace.generic import (COLUMNS, FIELDS, HEADER_FIELDS, EventSpec, FieldSpec,
                                     GenericCodec)
 from rbtrace.spec import Argument, Spec
 
@@ -406,7 +406,7 @@ SPEC = Spec(
     -- CMD and count drops.  TRACEPOINT_PROBE and RAW_TRACEPOINT_PROBE
     hooks are attached.  See rbtrace-run(8) for the API and examples.
     """,
-    codec="probes.run:RunCodec",
+    codec="kinds.run:RunCodec",
     source=None,                # the user's (RunCodec.source_path)
     ring="8M",
     # errors are counted when the file's `ret` members are signed (RunCodec)

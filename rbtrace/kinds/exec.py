@@ -438,7 +438,7 @@ SPEC = Spec(
     caller's command name for failures.  --pid and --uid select the
     calling process; --pid, --uid and --comm are checked in the kernel.
     """,
-    codec="probes.exec:ExecCodec",
+    codec="kinds.exec:ExecCodec",
     source="exec.bpf.c",
     ring="4M",
     failed="Only failed calls.",
