@@ -13,6 +13,7 @@ import click
 
 from rbtrace import fields
 from rbtrace.codec import Codec, cstr, put_text, put_text_list, shown, shown_list
+from rbtrace.kernel import PATH_WALK_OFFSETS
 from rbtrace.spec import Column, Field, Option, Spec, pid_column, time_column
 
 # Everything below that the C file uses reaches it as -D flags
@@ -109,17 +110,7 @@ def possible_cpus(path="/sys/devices/system/cpu/possible") -> int:
 STRUCT_OFFSETS = {
     "TASK_MM_OFF": ("task_struct", "mm"),
     "MM_EXE_FILE_OFF": ("mm_struct", "exe_file"),
-    "FILE_F_PATH_OFF": ("file", "f_path"),
-    "PATH_MNT_OFF": ("path", "mnt"),
-    "PATH_DENTRY_OFF": ("path", "dentry"),
-    "DENTRY_D_PARENT_OFF": ("dentry", "d_parent"),
-    "DENTRY_D_NAME_OFF": ("dentry", "d_name"),
-    "DENTRY_D_HASH_OFF": ("dentry", "d_hash"),
-    "QSTR_NAME_OFF": ("qstr", "name"),
-    "VFSMOUNT_MNT_ROOT_OFF": ("vfsmount", "mnt_root"),
-    "MOUNT_MNT_OFF": ("mount", "mnt"),
-    "MOUNT_MNT_PARENT_OFF": ("mount", "mnt_parent"),
-    "MOUNT_MNT_MOUNTPOINT_OFF": ("mount", "mnt_mountpoint"),
+    **PATH_WALK_OFFSETS,
     "MM_ARG_START_OFF": ("mm_struct", "arg_start"),
     "MM_ARG_END_OFF": ("mm_struct", "arg_end"),
     "MM_START_STACK_OFF": ("mm_struct", "start_stack"),

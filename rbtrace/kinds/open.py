@@ -15,6 +15,7 @@ import numpy as np
 
 from rbtrace import fields
 from rbtrace.codec import Codec, put_text, shown
+from rbtrace.kernel import FD_FILE_OFFSETS, PATH_WALK_OFFSETS
 from rbtrace.spec import Column, Field, Option, Spec, pid_column, time_column
 
 # The calls traced, by the number the probe gives each (-D SYSCALL_OPEN=0...).
@@ -150,23 +151,8 @@ def flags_cflags(f) -> dict:
 STRUCT_OFFSETS = {
     "TASK_FS_OFF": ("task_struct", "fs"),
     "FS_PWD_OFF": ("fs_struct", "pwd"),
-    "TASK_FILES_OFF": ("task_struct", "files"),
-    "FILES_FDT_OFF": ("files_struct", "fdt"),
-    "FDTABLE_MAX_FDS_OFF": ("fdtable", "max_fds"),
-    "FDTABLE_FD_OFF": ("fdtable", "fd"),
-    "FILE_F_PATH_OFF": ("file", "f_path"),
-    "FILE_F_INODE_OFF": ("file", "f_inode"),
-    "INODE_I_MODE_OFF": ("inode", "i_mode"),
-    "PATH_MNT_OFF": ("path", "mnt"),
-    "PATH_DENTRY_OFF": ("path", "dentry"),
-    "DENTRY_D_PARENT_OFF": ("dentry", "d_parent"),
-    "DENTRY_D_NAME_OFF": ("dentry", "d_name"),
-    "DENTRY_D_HASH_OFF": ("dentry", "d_hash"),
-    "QSTR_NAME_OFF": ("qstr", "name"),
-    "VFSMOUNT_MNT_ROOT_OFF": ("vfsmount", "mnt_root"),
-    "MOUNT_MNT_OFF": ("mount", "mnt"),
-    "MOUNT_MNT_PARENT_OFF": ("mount", "mnt_parent"),
-    "MOUNT_MNT_MOUNTPOINT_OFF": ("mount", "mnt_mountpoint"),
+    **FD_FILE_OFFSETS,
+    **PATH_WALK_OFFSETS,
 }
 
 

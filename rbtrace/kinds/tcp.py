@@ -14,6 +14,7 @@ import click
 
 from rbtrace import fields
 from rbtrace.codec import Codec, shown
+from rbtrace.kernel import FD_FILE_OFFSETS
 from rbtrace.spec import Column, Field, Option, Spec, pid_column, time_column
 
 # The event kinds and connect sources, by their number in the record: the
@@ -26,13 +27,8 @@ FAMILIES = {socket.AF_INET: 4, socket.AF_INET6: 6}
 # fd's file (task->files->fdt->fd[fd]), its struct socket and struct sock,
 # the sock's addresses, ports, state and error, and tcp_sock's counters.
 STRUCT_OFFSETS = {
-    "TASK_FILES_OFF": ("task_struct", "files"),
-    "FILES_FDT_OFF": ("files_struct", "fdt"),
-    "FDTABLE_MAX_FDS_OFF": ("fdtable", "max_fds"),
-    "FDTABLE_FD_OFF": ("fdtable", "fd"),
-    "FILE_F_INODE_OFF": ("file", "f_inode"),
+    **FD_FILE_OFFSETS,
     "FILE_PRIVATE_DATA_OFF": ("file", "private_data"),
-    "INODE_I_MODE_OFF": ("inode", "i_mode"),
     "SOCKET_SK_OFF": ("socket", "sk"),
     "SOCK_SK_PROTOCOL_OFF": ("sock", "sk_protocol"),
     "SOCK_SK_TYPE_OFF": ("sock", "sk_type"),
