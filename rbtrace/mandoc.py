@@ -220,6 +220,27 @@ def regions(spec) -> dict:
                                                                  "probe": kind})}
 
 
+def kinds() -> list:
+    """rbtrace(8)'s COMMANDS entries of the kinds: each one's
+    man["command"] text (else its summary), then its page."""
+    lines = []
+    for spec in specs.declared():
+        text = spec.man.get("command") or _capital(spec.summary)
+        lines += _entry(f".B {spec.name}", text)
+        lines += ["See", f".BR rbtrace\\-{spec.name} (8)."]
+    return lines
+
+
+MAIN_PAGE = os.path.join(MAN_DIR, "rbtrace.8")
+
+
+def main_page_now() -> tuple:
+    """(path, text on disk, text as made now) of rbtrace(8)."""
+    with open(MAIN_PAGE, encoding="utf-8") as f:
+        text = f.read()
+    return MAIN_PAGE, text, rewrite(text, {"KINDS": kinds()}, "rbtrace.8")
+
+
 # Every region a spec'd kind's page has (COLUMNS when it has columns).
 REQUIRED = ("OPTIONS", "EVENT", "START", "LOST", "SUMMARY")
 
@@ -311,6 +332,13 @@ def main():
                 f.write(add_markers(text, kind))
         return 0
     changed = []
+    path, text, made = main_page_now()
+    if "KINDS" not in region_names(text):
+        return f"{path}: no region KINDS in its COMMANDS"
+    if made != text:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(made)
+        changed.append(path)
     for spec in specs.declared():
         path, text, made = page_now(spec)
         missing = [r for r in REQUIRED + (("COLUMNS",) if spec.columns else ())

@@ -300,6 +300,9 @@ SPEC = Spec(
     # The man page's words (rbtrace/mandoc.py): this kind's own, in place
     # of the common ones.
     man={
+        # rbtrace(8), COMMANDS
+        "command": ("Every program execution on the host (execve, execveat, and executions started by "
+                    "the kernel), with its result."),
         "pid": "Only execs called by this process (thread group id, 1 to 4194304). Checked in "
                "the kernel when the exec starts.",
         "uid": "Only execs called by this user, a name or a number: the real user id of the "

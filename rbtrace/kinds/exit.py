@@ -107,6 +107,9 @@ SPEC = Spec(
     offsets=STRUCT_OFFSETS,
     # The man page's words for what every kind has (rbtrace/mandoc.py).
     man={
+        # rbtrace(8), COMMANDS
+        "command": ("Every process exit on the host, once per process: its exit code or the signal "
+                    "that ended it, a core dump, and how long it lived."),
         "uid": "Only this user, a name or a number: the real user id of the thread that ended "
                "the process. Checked in the kernel.",
         "comm": "Only processes whose command name is exactly *COMM* (1 to 15 bytes): the "

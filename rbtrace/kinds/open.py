@@ -289,6 +289,8 @@ SPEC = Spec(
     # The man page's words (rbtrace/mandoc.py): this kind's own, in place
     # of the common ones.
     man={
+        # rbtrace(8), COMMANDS
+        "command": ("Every file open on the host (open, openat, openat2, creat), with its result."),
         "pid": "Only this process (thread group id, 1 to 4194304), all its threads. Checked in"
                " the kernel at entry.",
         "tid": "Only this thread (1 to 4194304). Checked in the kernel at entry. A thread that"

@@ -339,6 +339,10 @@ SPEC = Spec(
     # The man page's words (rbtrace/mandoc.py): this kind's own, in place
     # of the common ones.
     man={
+        # rbtrace(8), COMMANDS
+        "command": ("A probe of your own: a BCC C file that includes *rbtrace.h*, its records decoded "
+                    "from its C structs, with the filters, outputs and loss accounting of every "
+                    "command."),
         "argument.file": "The probe to compile, load and read (see **DESCRIPTION**).",
         "pid": "Only this process (thread group id, 1 to 4194304), all its threads. Checked in"
                " the kernel by **rbtrace_reserve()** and **rbtrace_task_wanted()**.",

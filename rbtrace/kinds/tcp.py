@@ -157,6 +157,9 @@ SPEC = Spec(
     # The man page's words (rbtrace/mandoc.py): this kind's own, in place
     # of the common ones.
     man={
+        # rbtrace(8), COMMANDS
+        "command": ("TCP connections, from connect or accept to close: the result of each connect, "
+                    "the peer of each accept, the duration and bytes of each connection."),
         "pid": "Only connections connected or accepted by this process (thread group id, 1 to "
                "4194304), all its threads. Checked in the kernel at the call.",
         "uid": "Only connections connected or accepted by this user, a name or a number: the "

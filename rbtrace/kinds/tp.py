@@ -658,6 +658,9 @@ SPEC = Spec(
     # The man page's words (rbtrace/mandoc.py): this kind's own, in place
     # of the common ones.
     man={
+        # rbtrace(8), COMMANDS
+        "command": ("Any kernel tracepoint, or many at once with wildcards, every field of its format "
+                    "decoded (integers, strings, pointers as hexadecimal)."),
         "list_only": "Print the tracepoints that exist on this kernel, sorted, one "
                      "*CATEGORY*:*EVENT* per line, and exit 0. With arguments, only those "
                      "matching one of them: a *PATTERN* with a colon matches as a "

@@ -887,6 +887,17 @@ def test_generated_regions_are_current(kind):
 
 
 
+def test_the_main_pages_list_of_kinds_is_current():
+    """rbtrace(8)'s COMMANDS lists every kind from its spec: adding a kind
+    does not mean editing the main page (else: `make man`)."""
+    from rbtrace import mandoc, spec
+    path, text, made = mandoc.main_page_now()
+    assert "KINDS" in mandoc.region_names(text), path
+    assert made == text, f"{path} is stale: run `make man`"
+    for kind in spec.KINDS:
+        assert f".BR rbtrace\\-{kind} (8)." in made
+
+
 def test_a_stale_region_is_rewritten_and_a_bad_one_refused():
     from rbtrace import mandoc
     text = ".SH OPTIONS\n" + mandoc.BEGIN.format("OPTIONS") + "\n.TP\nold\n" + mandoc.END + \
