@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 # --- fields: the members of an event line ------------------------------------
@@ -439,7 +439,6 @@ class Spec:
     failed: Optional[str] = "Only failed calls."
     source: Optional[str] = None
     offsets: dict = field(default_factory=dict)
-    fields_doc: str = ""
     man: dict = field(default_factory=dict)
     notes: dict = field(default_factory=dict)
     before: Optional[Callable] = None
@@ -449,14 +448,6 @@ class Spec:
         """Every member an event line can have, in order."""
         return tuple(n for f in HEADER + self.fields for n in f.names)
 
-    def option(self, name) -> Option:
-        for o in self.options:
-            if o.name == name:
-                return o
-        raise KeyError(name)
-
-    def with_options(self, *options) -> "Spec":
-        return replace(self, options=self.options + tuple(options))
 
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
