@@ -24,7 +24,7 @@ APT_RUN   := python3-bpfcc python3-venv python3-pip
 APT_TEST  := linux-headers-$(ARCH) strace tmux jq gcc libc6-dev make bpftool bpftrace procps util-linux groff-base man-db
 STAMP     := $(VENV)/.installed
 
-.PHONY: setup setup-test run test unit kernel bench clean
+.PHONY: setup setup-test run test unit kernel bench man clean
 
 setup: apt-run $(STAMP)
 
@@ -68,9 +68,19 @@ unit: setup-test
 kernel: setup-test
 	$(PY) -m pytest tests/kernel
 
+# BENCH_BASE=REV: also run rbtrace's rows with the code of git revision
+# REV, pair by pair (e.g. make bench BENCH_BASE=ffaf5a4).
+BENCH_BASE ?=
+
 bench: setup-test
 	@$(PY) -m compileall -q rbtrace
-	$(PY) benchmarks/run.py
+	$(PY) benchmarks/run.py $(if $(BENCH_BASE),--against $(BENCH_BASE))
+
+# The man pages' generated regions (OPTIONS, COLUMNS, the FIELDS entries)
+# and schema/rbtrace-events.schema.json, from the kinds' specs
+# (rbtrace/mandoc.py); tests/unit/test_docs.py fails when they are stale.
+man: setup
+	$(PY) -m rbtrace.mandoc
 
 clean:
 	rm -rf $(VENV) build *.egg-info

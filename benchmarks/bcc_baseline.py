@@ -33,11 +33,11 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from rbtrace.bpf import captured_fds, compile_flags, config_bytes, prepare  # noqa: E402
+from rbtrace.bpf import STAT_FLAGS, captured_fds, compile_flags, config_bytes, prepare  # noqa: E402
 from rbtrace.csource import inline_local_includes  # noqa: E402
 from rbtrace.loader import recursion_misses  # noqa: E402
 from rbtrace.paths import probes_dir  # noqa: E402
-from rbtrace.probes.open import SPEC, SYSCALLS, OpenCodec  # noqa: E402
+from rbtrace.kinds.open import SPEC, SYSCALLS, OpenCodec  # noqa: E402
 
 
 class BccProbe:
@@ -73,7 +73,8 @@ class BccProbe:
 
 def probe_flags(comm):
     probe = OpenCodec({"comm": comm} if comm else {}, SPEC)
-    return probe, dict(probe.cflags())
+    # The counters' indexes, as rbtrace's loader adds them to every probe.
+    return probe, {**probe.cflags(), **STAT_FLAGS}
 
 
 # --- the perf-buffer variant of a ring-buffer probe, by text substitution --
@@ -182,7 +183,7 @@ def main():
     args = ap.parse_args()
 
     probe, cflags = probe_flags(args.comm)
-    src = probes_dir() / probe.source
+    src = probe.source_path()
     if args.transport == "perf" or args.emit_source:
         import tempfile
         variant = perf_variant_source(src)

@@ -15,6 +15,11 @@ compiled here with gcc -O2, pinned to the last CPU; tracers unpinned):
   bpftrace        bpftrace -f json, enter/exit openat one-liner, read through a pipe
   strace          strace -f -qq -e trace=open,openat -o /dev/null
 
+and with --against REV (`make bench BENCH_BASE=REV`), right after each of
+rbtrace-json and rbtrace-table, the same row run by rbtrace as it was at
+git revision REV (a detached worktree of it, same venv): the report gives
+the consumer CPU per event of each against its REV twin, pair by pair.
+
 then a latency pass (paced storm, every tracer's output through a pipe or
 pty) and the extras for the man pages: start-up time, the sustained rate
 of `open --json -o /dev/null`.  Prints markdown tables; writes
@@ -359,10 +364,25 @@ class Bench:
         subprocess.run(["gcc", "-O2", "-o", self.storm, os.path.join(HERE, "storm.c")], check=True)
         self.cpu = max(os.sched_getaffinity(0))
         self.rbtrace = rbtrace_cmd()
+        self.against = None
+        if args.against:
+            # rbtrace as it was at REV, run from a worktree of its own by
+            # this venv's python: the same dependencies, only the code differs.
+            self.against = os.path.join(self.tmp, "against")
+            subprocess.run(["git", "-C", ROOT, "worktree", "add", "-q", "--detach",
+                            self.against, args.against], check=True)
+            subprocess.run([sys.executable, "-m", "compileall", "-q",
+                            os.path.join(self.against, "rbtrace")], check=True)
+            self.rbtrace_against = ["env", f"PYTHONPATH={self.against}", sys.executable,
+                                    "-m", "rbtrace"]
         self.baseline = [sys.executable, os.path.join(HERE, "bcc_baseline.py")]
         self.loader_opens = self._loader_opens()
 
     def close(self):
+        if self.against is not None:
+            subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force", self.against],
+                           check=False)
+            self.against = None
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def _pin(self):
@@ -582,9 +602,14 @@ def baseline_counts(facts):
 
 # --- the variants ----------------------------------------------------------
 
+AGAINST = "@base"          # suffix of a row run by rbtrace at --against REV
+
+
 def variant_spec(bench, name, latency):
     """(argv, traced_run keyword arguments, counting function)."""
     rb = bench.rbtrace
+    if name.endswith(AGAINST):
+        rb, name = bench.rbtrace_against, name[:-len(AGAINST)]
     if name == "rbtrace-json":
         if latency:
             return (rb + ["open", "--json", "--comm", COMM],
@@ -864,7 +889,7 @@ def main_table(rows, latency_rows):
             name += f" (others used {r['others_cpu_pct']:.0f}% of a CPU meanwhile)"
         out.append(
             f"| {name} | {fmt_int(r.get('seen'))} | {fmt_int(r.get('delivered'))} "
-            f"| {drop_txt} | {HOW_SHORT.get(r['variant'], '')} "
+            f"| {drop_txt} | {HOW_SHORT.get(r['variant'].removesuffix(AGAINST), '')} "
             f"| {fmt_num(r['consumer_cpu_ns'] / 1e6 if r.get('consumer_cpu_ns') is not None else None)} "
             f"| {fmt_num(r.get('cpu_ns_per_event'))} | {fmt_num(r['ns_per_open'])} | {slow} "
             f"| {_lat(pl)} | {_lat(own)} "
@@ -935,6 +960,23 @@ def median_rows(rounds):
     return out
 
 
+def against_lines(rounds, rev):
+    """Each rbtrace row against its twin at REV: consumer CPU per event,
+    pair by pair (the two ran one after the other), and the median ratio."""
+    lines = []
+    for v in ("rbtrace-json", "rbtrace-table"):
+        pairs = [(rd[v].get("cpu_ns_per_event"), rd[v + AGAINST].get("cpu_ns_per_event"))
+                 for rd in rounds if v in rd and v + AGAINST in rd]
+        pairs = [(a, b) for a, b in pairs if a and b]
+        if not pairs:
+            continue
+        ratios = sorted(a / b for a, b in pairs)
+        each = ", ".join(f"{a:.0f}/{b:.0f}" for a, b in pairs)
+        lines.append(f"{v} against {rev}: consumer CPU ns/event this/REV {each}; "
+                     f"median ratio {ratios[len(ratios) // 2]:.2f} over {len(pairs)} pair(s)")
+    return lines
+
+
 def targets(rows):
     by = {r["variant"]: r for r in rows if not r.get("error")}
     lines = []
@@ -984,6 +1026,9 @@ def main():
                     help="... for at most this many seconds, then run anyway and flag it")
     ap.add_argument("--sustain-rates", default="10000,100000,300000,500000,700000,900000")
     ap.add_argument("--sustain-seconds", type=float, default=4.0)
+    ap.add_argument("--against", metavar="REV",
+                    help="also run rbtrace-json and rbtrace-table with rbtrace as it was at "
+                         "git revision REV, each right after its row, and compare them")
     ap.add_argument("--smoke", action="store_true",
                     help="a few seconds per row, to check that every row runs (not a "
                          "measurement): tiny storms, one start-up, one sustained rate, "
@@ -1007,6 +1052,9 @@ def main():
         sys.exit("run.py: needs root (BPF)")
     only = VARIANTS if not args.only else tuple(v.strip() for v in args.only.split(","))
     bad = [v for v in only if v not in VARIANTS]
+    if args.against:
+        only = tuple(x for v in only
+                     for x in ((v, v + AGAINST) if v in ("rbtrace-json", "rbtrace-table") else (v,)))
     if bad:
         sys.exit(f"run.py: unknown variant(s) {bad}; known: {', '.join(VARIANTS)}")
     missing = [t for t, v in (("bpftrace", "bpftrace"), ("strace", "strace")) if v in only and not shutil.which(t)]
@@ -1055,7 +1103,7 @@ def main():
             result["rounds"].append(rnd)
         if not args.no_latency:
             for name in only:
-                if name in ("untraced", "rbtrace-nomatch"):
+                if name in ("untraced", "rbtrace-nomatch") or name.endswith(AGAINST):
                     continue
                 log(f"latency: {name} at {args.latency_rate:.0f}/s ...")
                 row = {"variant": name, "opens": args.latency_opens,
@@ -1113,6 +1161,8 @@ def main():
     if ex:
         text += [ex, ""]
     text += targets(rows)
+    if args.against:
+        text += against_lines(result["rounds"], args.against)
     shas = {r.get("code_sha256") for rd in result["rounds"] for r in rd.values()}
     shas |= {r.get("code_sha256") for r in result["latency"]}
     shas |= {r.get("code_sha256") for r in result["extras"].get("sustain", [])}

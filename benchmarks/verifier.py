@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 
 from rbtrace import kernel, loader  # noqa: E402
 from rbtrace.bpf import LoadedProbe  # noqa: E402
-from rbtrace.probes.exec import ExecCodec  # noqa: E402
+from rbtrace.kinds.exec import ExecCodec  # noqa: E402
 
 
 def load_times(options, repeat):

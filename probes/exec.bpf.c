@@ -16,7 +16,7 @@
  * maximum.  Each class is its own event struct; user space tells them apart
  * by record size (rbtrace/ringbuf.py).
  *
- * rbtrace/probes/exec.py (ExecCodec.cflags) defines, as -D flags, every
+ * rbtrace/kinds/exec.py (ExecCodec.cflags) defines, as -D flags, every
  * constant the decoder shares with this file: the limits (MAX_ARGS,
  * ARGS_BYTES, ARGV_PAGES, SCRATCH_SLOTS), the sizes FILENAME_BYTES and
  * EXE_BYTES, the size classes (EXEC_CLASSES), the SYSCALL_* numbers and
@@ -26,10 +26,10 @@
 
 #if !defined(MAX_ARGS) || !defined(ARGS_BYTES) || !defined(ARGV_PAGES) || \
     !defined(SCRATCH_SLOTS) || !defined(FILENAME_BYTES) || !defined(EXE_BYTES)
-#error "the limits and sizes come from rbtrace/probes/exec.py as -D flags"
+#error "the limits and sizes come from rbtrace/kinds/exec.py as -D flags"
 #endif
 #if !defined(EXEC_CLASSES) || !defined(SYSCALL_EXECVEAT) || !defined(FLAG_EXE)
-#error "the size classes, syscall numbers and flag bits come from rbtrace/probes/exec.py"
+#error "the size classes, syscall numbers and flag bits come from rbtrace/kinds/exec.py"
 #endif
 /* MAX_ARGS        arguments captured
  * ARGS_BYTES      bytes of argv captured, NULs included
@@ -120,7 +120,7 @@ struct exec_head {
     RBTRACE_EVENT(exec_event_##n);
 
 /* Size classes, by data bytes, below the maximum: EXEC_CLASSES(X) is
- * X(256) X(1024) ..., those smaller than DATA_BYTES (rbtrace/probes/exec.py
+ * X(256) X(1024) ..., those smaller than DATA_BYTES (rbtrace/kinds/exec.py
  * CLASSES); then the maximum itself. */
 EXEC_CLASSES(EXEC_CLASS)
 struct exec_event_max { struct exec_head x; char data[DATA_BYTES]; };

@@ -17,9 +17,9 @@
  *   by its signal_struct and its start time) writes the event.
  *
  * The record carries the wait status the parent will get, and the
- * process's start time; user space decodes them (rbtrace/probes/exit.py).
+ * process's start time; user space decodes them (rbtrace/kinds/exit.py).
  * Every kernel struct is read with offsets from the running kernel's BTF
- * (-D flags from rbtrace/probes/exit.py).  Filters first, then the ring.
+ * (-D flags from rbtrace/kinds/exit.py).  Filters first, then the ring.
  */
 #include "common.h"
 

@@ -53,7 +53,7 @@ _Static_assert((DATA_BYTES & (DATA_BYTES - 1)) == 0, "DATA_BYTES masks a length:
 #define O_CREAT 0100
 #define O_TRUNC 01000
 
-/* -D flags from rbtrace/probes/open.py (constants()), defined there only:
+/* -D flags from rbtrace/kinds/open.py (constants()), defined there only:
  *   SYSCALL_OPEN, _OPENAT, _OPENAT2, _CREAT   a record's `syscall` numbers
  * and a record's `status` bits:
  *   ST_PATH_TRUNCATED   longer than LONG_PATH - 1 bytes
@@ -68,15 +68,15 @@ _Static_assert((DATA_BYTES & (DATA_BYTES - 1)) == 0, "DATA_BYTES masks a length:
  *   ST_DIR_DELETED      the directory had been removed */
 #if !defined(SYSCALL_OPEN) || !defined(SYSCALL_OPENAT) || !defined(SYSCALL_OPENAT2) || \
     !defined(SYSCALL_CREAT)
-#error "SYSCALL_* come from rbtrace/probes/open.py"
+#error "SYSCALL_* come from rbtrace/kinds/open.py"
 #endif
 #if !defined(ST_PATH_TRUNCATED) || !defined(ST_PATH_FAULT) || !defined(ST_HOW_FAULT) || \
     !defined(ST_HOW_SHORT) || !defined(ST_PATH_AT_EXIT) || !defined(ST_DIR) || \
     !defined(ST_DIR_TRUNCATED) || !defined(ST_DIR_DELETED)
-#error "the ST_* status bits come from rbtrace/probes/open.py"
+#error "the ST_* status bits come from rbtrace/kinds/open.py"
 #endif
 
-/* -D flags set by rbtrace/probes/open.py for the filters:
+/* -D flags set by rbtrace/kinds/open.py for the filters:
  *   FILTER_PATH     string literal: the path must start with these bytes
  *   FILTER_FLAGS    these flag bits must all be set
  *   FILTER_ACCMODE  (flags & O_ACCMODE) must equal this */

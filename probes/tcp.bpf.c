@@ -20,7 +20,7 @@
  *
  * Kernel structs (the fd table, struct socket, struct sock, tcp_sock) are
  * read with offsets from the running kernel's BTF, passed as -D flags by
- * rbtrace/probes/tcp.py.
+ * rbtrace/kinds/tcp.py.
  *
  * A connection's filters (--port, --addr, -x) are decided once, when the
  * connect or accept returns (the local port of a connect is chosen inside
@@ -60,9 +60,9 @@
 #define TCP_CLOSE 7
 
 /* Event kinds and connect sources, EV_* and SRC_*: -D flags from
-   rbtrace/probes/tcp.py (EVENTS, SOURCES), the one copy. */
+   rbtrace/kinds/tcp.py (EVENTS, SOURCES), the one copy. */
 #ifndef EV_CONNECT
-#error "EV_* and SRC_* come from rbtrace/probes/tcp.py as -D flags"
+#error "EV_* and SRC_* come from rbtrace/kinds/tcp.py as -D flags"
 #endif
 
 /* conn flags */

@@ -116,40 +116,63 @@ class TraceCommand(click.Command):
 
 
 def common_options(spec):
-    """The options every kind's command has, before its own (spec.options)."""
+    """The options every kind's command has, before its own (spec.options).
+    `man` is their text in every kind's man page (rbtrace/mandoc.py); a kind
+    words its own with spec.man / adds to it with spec.notes."""
     from rbtrace.spec import Option
     return (
         Option(("--json",), "json_out", is_flag=True,
-               help="One JSON object per line (for jq) instead of the table."),
+               help="One JSON object per line (for jq) instead of the table.",
+               man="One JSON object per line (see **FIELDS**) instead of the table or plain "
+                   "lines."),
         Option(("-c", "--count"), "count", type=click.IntRange(min=1), metavar="N",
-               help="Stop after N events."),
+               help="Stop after N events.", man="Stop after *N* events (at least 1)."),
         Option(("-d", "--duration"), "duration", type=DurationType(), metavar="SECONDS",
-               help="Stop after SECONDS."),
+               help="Stop after SECONDS.",
+               man="Stop after *SECONDS* (greater than 0), counted from the moment the probes "
+                   "are attached."),
         Option(("-p", "--pid"), "pid", type=click.IntRange(1, 2**22), metavar="PID",
-               help="Only this process (thread group id).", filter=True, rank=1),
+               help="Only this process (thread group id).", filter=True, rank=1,
+               man="Only this process (thread group id, 1 to 4194304). Checked in the kernel."),
         Option(("--children",), "children", is_flag=True, filter=True, rank=9,
                help="With --pid: also every process it has started or starts, "
-                    "followed in the kernel; ends when PID exits."),
+                    "followed in the kernel; ends when PID exits.",
+               man="With **--pid**: also the processes *PID* has started and still runs, and "
+                   "every one started from now on by any of them, followed in the kernel; the "
+                   "run ends when *PID* exits. See **rbtrace**(8), FOLLOWING A COMMAND."),
         Option(("-u", "--uid"), "uid", type=UserType(), metavar="USER",
-               help="Only this user (name or number).", filter=True, rank=3),
+               help="Only this user (name or number).", filter=True, rank=3,
+               man="Only this user, a name or a number: the real user id of the calling "
+                   "thread. Checked in the kernel."),
         Option(("-n", "--comm"), "comm", type=CommType(), metavar="COMM",
-               help="Only processes whose command name is COMM.", filter=True, rank=4),
+               help="Only processes whose command name is COMM.", filter=True, rank=4,
+               man="Only threads whose command name is exactly *COMM* (1 to 15 bytes). "
+                   "Checked in the kernel."),
         # A kind without failed events (tp) keeps -x only to refuse it with
         # the reason, and does not offer it in --help or completion.
         Option(("-x", "--failed"), "failed", is_flag=True, filter=True, rank=8,
                help=spec.failed or "", hidden=spec.failed is None),
         Option(("--ring-size",), "ring_size", type=SizeType(), default=spec.ring,
                show_default=True,
-               help="Ring buffer size: a power of two, whole pages (4M, 16M, 64M)."),
+               help="Ring buffer size: a power of two, whole pages (4M, 16M, 64M).",
+               man="Ring buffer size: a power of two and a whole number of pages, with an "
+                   "optional binary suffix (4M, 16M, 64M)."),
         Option(("--utc",), "utc", is_flag=True,
-               help="TIME in UTC instead of local time (JSON time is always UTC)."),
+               help="TIME in UTC instead of local time (JSON time is always UTC).",
+               man="Show TIME in UTC instead of local time. JSON always has UTC."),
         Option(("-o", "--output"), "output",
                type=click.Path(dir_okay=False, writable=True), metavar="FILE",
-               help="Write events to FILE instead of stdout."),
+               help="Write events to FILE instead of stdout.",
+               man="Write events to *FILE* instead of standard output: JSON with **--json**, "
+                   "plain lines otherwise."),
         Option(("--no-cache",), "no_cache", is_flag=True,
-               help="Compile the probe even if the compile cache holds it, and store nothing."),
+               help="Compile the probe even if the compile cache holds it, and store nothing.",
+               man="Compile the probe with BCC even when the compile cache holds it, and store "
+                   "nothing in the cache (see **rbtrace-cache**(8))."),
         Option(("--debug",), "debug", is_flag=True,
-               help="Show tracebacks and compiler output."),
+               help="Show tracebacks and compiler output.",
+               man="Show tracebacks and the compiler's output, or, for a probe taken from the "
+                   "compile cache, a line saying so."),
     )
 
 
@@ -208,7 +231,7 @@ def trace_command() -> click.Command:
             given = ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT,
                                                            ParameterSource.DEFAULT_MAP)
             if given and not set(of) & set(names):
-                flag = spec.option(name).flags[-1]
+                flag = next(o for o in spec.options if o.name == name).flags[-1]
                 raise UsageError(f"{flag} is an option of {' and '.join(of)}, which is not "
                                  f"among the kinds traced ({','.join(names)})")
         sys.exit(_run_trace(spec, names, opts))
@@ -456,6 +479,23 @@ def cache_cmd(action, debug):
     from rbtrace.render import Output
     Output(1, "standard output").write_all(("\n".join(out) + "\n").encode())
     cache.say(f"{len(rows)} compiled probe{'s' if len(rows) != 1 else ''} in {d}")
+
+
+@cli.command("schema")
+@click.argument("kind", required=False, metavar="[KIND]")
+def schema_cmd(kind):
+    """The JSON schema of the lines --json writes: start, event, lost and
+    summary lines, of every kind, or of KIND alone."""
+    from rbtrace import spec
+    from rbtrace.render import Output
+    if kind is None:
+        specs = spec.declared()
+    elif kind not in spec.KINDS:
+        raise UsageError(f"no kind '{fields.for_message(kind)}': one of "
+                         f"{', '.join(spec.KINDS)}")
+    else:
+        specs = [spec.load(kind)]
+    Output(1, "standard output").write_all(spec.schema_json(specs, kind is not None).encode())
 
 
 @cli.command("doctor")

@@ -90,7 +90,7 @@ class Codec:
     template_max = None     # keys longer than this are not cached
 
     def __init__(self, options: Mapping, spec=None):
-        # A kind's codec lives in its spec's module (rbtrace/probes/<kind>.py).
+        # A kind's codec lives in its spec's module (rbtrace/kinds/<kind>.py).
         self.spec = spec = spec or sys.modules[type(self).__module__].SPEC
         self.name = spec.name
         self.options = MappingProxyType(dict(options))

@@ -367,6 +367,33 @@ TASK_OFFSETS = {
     "SIGNAL_LIVE_OFF": ("signal_struct", "live"),
 }
 
+# What common.h's current_fd_file() reads: task->files->fdt->fd[fd] and
+# the file's inode mode.  For probes that look up a caller's fd.
+FD_FILE_OFFSETS = {
+    "TASK_FILES_OFF": ("task_struct", "files"),
+    "FILES_FDT_OFF": ("files_struct", "fdt"),
+    "FDTABLE_MAX_FDS_OFF": ("fdtable", "max_fds"),
+    "FDTABLE_FD_OFF": ("fdtable", "fd"),
+    "FILE_F_INODE_OFF": ("file", "f_inode"),
+    "INODE_I_MODE_OFF": ("inode", "i_mode"),
+}
+
+# A path's walk up to the root, as d_path does it: a file's path, its
+# dentries' parents and names, and the mounts crossed on the way.
+PATH_WALK_OFFSETS = {
+    "FILE_F_PATH_OFF": ("file", "f_path"),
+    "PATH_MNT_OFF": ("path", "mnt"),
+    "PATH_DENTRY_OFF": ("path", "dentry"),
+    "DENTRY_D_PARENT_OFF": ("dentry", "d_parent"),
+    "DENTRY_D_NAME_OFF": ("dentry", "d_name"),
+    "DENTRY_D_HASH_OFF": ("dentry", "d_hash"),
+    "QSTR_NAME_OFF": ("qstr", "name"),
+    "VFSMOUNT_MNT_ROOT_OFF": ("vfsmount", "mnt_root"),
+    "MOUNT_MNT_OFF": ("mount", "mnt"),
+    "MOUNT_MNT_PARENT_OFF": ("mount", "mnt_parent"),
+    "MOUNT_MNT_MOUNTPOINT_OFF": ("mount", "mnt_mountpoint"),
+}
+
 
 def btf_offsets(table: dict) -> dict:
     """{-D name: byte offset} of the kernel struct members a probe reads,

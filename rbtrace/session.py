@@ -74,7 +74,7 @@ class Tally:
 
     def add(self, records):
         from rbtrace import fields
-        from rbtrace.probes import cstr
+        from rbtrace.codec import cstr
         names = records.dtype.names
         for name, column in self.spec:
             if column not in names:

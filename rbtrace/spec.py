@@ -4,7 +4,7 @@ Words used across rbtrace, one idea each:
 
 kind     a kind of event and its command: exec, open, exit, tcp, tp, run.
          Declared by a spec (this module's `Spec`), in the module
-         rbtrace/probes/<kind>.py as `SPEC`.
+         rbtrace/kinds/<kind>.py as `SPEC`.
 probe    the BPF program in C that a kind compiles (probes/<kind>.bpf.c)
          and, once in the kernel, bpf.LoadedProbe.
 codec    what turns a kind's ring records into events, for one run with
@@ -24,7 +24,8 @@ it at start-up.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field, replace
+import os
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 # --- fields: the members of an event line ------------------------------------
@@ -47,6 +48,9 @@ FIELD_KINDS = {
     "texts": "a list of texts; <name>_b64 beside it when one is not UTF-8",
     "bool": "true or false",
     "object": "an object of named values",
+    "number": "a number, perhaps with a fraction",
+    "counts": "an object from names to counts",
+    "command": "the command run after --: argv, pid, status, signal",
     "process": 'a process\'s key, "<boot id>-<start ns>-<pid>": the same in every event of '
                'one process, from its fork (or exec) to its exit, and in no other process\'s',
 }
@@ -63,11 +67,21 @@ _SCHEMA = {
     "ip": {"type": "string", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]},
     "port": {"type": "integer", "minimum": 0, "maximum": 65535},
     "duration": {"type": "integer", "minimum": 0},
-    "time": {"type": "string", "format": "date-time"},
+    "time": {"type": "string", "format": "date-time",
+             "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}[.][0-9]{9}Z$"},
     "text": {"type": "string"},
     "texts": {"type": "array", "items": {"type": "string"}},
     "bool": {"type": "boolean"},
     "object": {"type": "object"},
+    "number": {"type": "number"},
+    "counts": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}},
+    "command": {"type": "object", "additionalProperties": False,
+                "required": ["argv", "pid", "status", "signal"],
+                "properties": {
+                    "argv": {"type": "array", "items": {"type": "string"}},
+                    "pid": {"type": ["integer", "null"]},
+                    "status": {"type": ["integer", "null"], "minimum": 0, "maximum": 255},
+                    "signal": {"type": ["string", "null"]}}},
     "process": {"type": "string", "pattern": "^[0-9a-f-]+-[0-9]+-[0-9]+$"},
 }
 
@@ -81,6 +95,8 @@ class Field:
              ("execveat", "--full-path"): the schema leaves it optional.
     values   an enum's values.
     minimum, maximum   an integer's range, when narrower than its type.
+    man      the man page's text for it (rbtrace/mandoc.py's markup:
+             **bold**, *italic*), when longer than `doc`.
     """
     name: str
     kind: str
@@ -90,6 +106,7 @@ class Field:
     values: tuple = ()
     minimum: Optional[int] = None
     maximum: Optional[int] = None
+    man: str = ""
 
     def __post_init__(self):
         if self.kind not in FIELD_KINDS:
@@ -120,24 +137,162 @@ class Field:
 
 
 # The header every record starts with (struct rb_header, probes/common.h),
-# as every event line begins.
+# as every event line begins.  `man` is the text of every kind's page; a
+# kind words one for itself with Spec.man["event.<name>"].
 HEADER = (
     Field("type", "const", "the kind of event"),
     Field("seq", "int", "the event's number in this run, across CPUs: a gap is an event "
-                        "dropped", minimum=0),
-    Field("time", "time", "when it happened (UTC)"),
-    Field("ts_ns", "int", "when it happened: CLOCK_MONOTONIC nanoseconds", minimum=0),
-    Field("pid", "int", "the process (thread group id)", minimum=0),
-    Field("tid", "int", "the thread", minimum=0),
-    Field("ppid", "int", "the parent process", minimum=0),
-    Field("uid", "int", "the real user id", minimum=0),
-    Field("user", "user", "the user's name"),
-    Field("comm", "text", "the command name (at most 15 bytes)"),
+                        "dropped", minimum=0,
+          man="The event's sequence number: from 0 for each run, one per event the probe "
+              "tried to write, shared by all CPUs. A gap in the numbers is an event dropped "
+              "because the ring was full (see **rbtrace**(8), LOSS ACCOUNTING)."),
+    Field("time", "time", "when it happened (UTC)",
+          man="Wall-clock time of the event, decoded from **ts_ns**: ISO 8601 in UTC with "
+              "nanoseconds, as in “**2026-11-24T07:23:04.247907736Z**”. The offset between "
+              "the monotonic clock and the wall clock is measured once at start, so a clock "
+              "step during the run does not make times jump."),
+    Field("ts_ns", "int", "when it happened: CLOCK_MONOTONIC nanoseconds", minimum=0,
+          man="Raw time of the event: the kernel's **CLOCK_MONOTONIC** in nanoseconds (time "
+              "since boot, not counting suspend), as **clock_gettime**(2) gives it."),
+    Field("pid", "int", "the process (thread group id)", minimum=0,
+          man="The process (thread group id)."),
+    Field("tid", "int", "the thread", minimum=0, man="The thread."),
+    Field("ppid", "int", "the parent process", minimum=0,
+          man="The parent process (its thread group id)."),
+    Field("uid", "int", "the real user id", minimum=0,
+          man="Raw real user id (in the initial user namespace)."),
+    Field("user", "user", "the user's name",
+          man="**uid**, decoded: the login name from the password database when the event "
+              "is decoded, or the number as a string."),
+    Field("comm", "text", "the command name (at most 15 bytes)",
+          man="The command name (at most 15 bytes)."),
     Field("process", "process", "the process's key: the boot's id "
           "(/proc/sys/kernel/random/boot_id), the process's start (CLOCK_MONOTONIC "
           "nanoseconds, kept through exec) and its pid, joined by \"-\"; unlike pid, never "
-          "reused: it joins a process's exec, its other events and its exit"),
+          "reused: it joins a process's exec, its other events and its exit",
+          man="The process's key, unique across pid reuse: *boot_id*-*start*-*pid*, the "
+              "boot's id (*/proc/sys/kernel/random/boot_id*), the process's start time (its "
+              "leader's, CLOCK_MONOTONIC nanoseconds, kept through **execve**(2)) and its "
+              "pid. Every event of one process has the same key, from its fork to its exit, "
+              "so an exit or an open joins its exec by it without guessing."),
 )
+
+# The man text of <name>_b64 beside a text member.
+B64_MAN = ("Only when the bytes of **{name}** are not valid UTF-8: the exact bytes in base64 "
+           "(RFC 4648, with padding). The string member then holds the bytes decoded with "
+           "U+FFFD for each invalid sequence, so the output stays valid UTF-8.")
+B64_LIST_MAN = ("Only when one of **{name}** is not valid UTF-8: the exact bytes of every "
+                "one, as a list of base64 strings (RFC 4648, with padding). The strings of "
+                "**{name}** then hold the bytes decoded with U+FFFD for each invalid "
+                "sequence, so the output stays valid UTF-8.")
+
+
+# --- the run's own lines: start, lost, summary ---------------------------------
+# Written by rbtrace.session for every kind, in this order.  A kind words
+# one for itself with Spec.man["start.<name>"], ["lost.<name>"]...
+
+# What ended a run (summary's stopped_by).
+STOPPED_BY = ("count", "duration", "quit", "output closed", "output error", "command exited",
+              "process exited", "end", "SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGALRM")
+
+START = (
+    Field("type", "const", "a start line"),
+    Field("version", "int", "the JSON format version", minimum=1,
+          man="The JSON format version, currently {version}. It changes when a member "
+              "changes meaning or disappears; new members and new line types may appear "
+              "without a change, and should be ignored."),
+    Field("probe", "const", "the kind traced"),
+    Field("ring_bytes", "int", "the ring buffer's size in bytes", minimum=1,
+          man="The ring buffer's size in bytes."),
+    Field("filters", "name", "the filters in effect, as text, or an empty string",
+          man="The filters in effect, as text (**{filters}**), or an empty string."),
+)
+
+LOST = (
+    Field("type", "const", "a lost line"),
+    Field("dropped", "int", "events dropped since the previous lost line", minimum=0,
+          man="Events dropped since the previous **lost** line: **ringbuf_full** + "
+              "**map_full**."),
+    Field("ringbuf_full", "int", "of those, events that found the ring buffer full", minimum=0,
+          man="Of those, events that found the ring buffer full."),
+    Field("map_full", "int", "of those, events lost because a map of the probe was full",
+          minimum=0,
+          man="Of those, calls whose entry could not be stored in the probe's map of calls "
+              "in flight (more than the map holds at once)."),
+    Field("missed_by_kernel", "int", "probe runs the kernel skipped since the previous "
+          "lost line", minimum=0,
+          man="Probe runs the kernel skipped since the previous **lost** line: the kernel "
+              "does not run a tracing program on a CPU where a BPF program (of any tool) is "
+              "already running, and only counts it (**recursion_misses** in **bpftool "
+              "prog**). Each skipped run may be a lost event."),
+    Field("not_followed", "int", "child processes not followed since the previous lost line",
+          minimum=0,
+          man="Child processes not followed since the previous **lost** line because the map "
+              "of followed processes was full (with **-- CMD** or **--pid --children**)."),
+    Field("total_dropped", "int", "all events dropped since the start", minimum=0,
+          man="All events dropped since the start."),
+    Field("total_missed_by_kernel", "int", "all probe runs the kernel skipped since the start",
+          minimum=0, man="All probe runs the kernel skipped since the start."),
+)
+
+SUMMARY = (
+    Field("type", "const", "a summary line"),
+    Field("probe", "const", "the kind traced"),
+    Field("seen", "int", "events the probe saw and tried to write", minimum=0,
+          man="Events the probe saw and tried to write: **submitted** + **dropped**."),
+    Field("submitted", "int", "events written to the ring", minimum=0,
+          man="Events written to the ring."),
+    Field("delivered", "int", "events written to the output", minimum=0,
+          man="Events written to the output."),
+    Field("not_delivered_count_reached", "int", "events not shown because --count was reached",
+          minimum=0,
+          man="Events written to the ring but not shown because **--count** was reached."),
+    Field("not_delivered_output_closed", "int", "events not shown because the output went away",
+          minimum=0, man="Events not shown because the reader of the output went away."),
+    Field("dropped", "int", "all events dropped", minimum=0,
+          man="All events dropped: **ringbuf_full** + **map_full**."),
+    Field("ringbuf_full", "int", "events dropped because the ring buffer was full", minimum=0,
+          man="Events dropped because the ring buffer was full."),
+    Field("map_full", "int", "events dropped because a map of the probe was full", minimum=0,
+          man="Events dropped because the map of calls in flight was full."),
+    Field("missed_by_kernel", "int", "probe runs the kernel skipped", minimum=0,
+          man="Probe runs the kernel skipped (see the **lost** lines)."),
+    Field("not_followed", "int", "child processes not followed: their events are lost",
+          minimum=0,
+          man="Child processes of followed processes that were not followed because the map "
+              "of followed processes was full: their events are lost. 0 unless following a "
+              "command or **--pid --children**."),
+    Field("discarded", "int", "records the probe reserved and then discarded", minimum=0,
+          man="Records the probe reserved and then discarded instead of sending: always 0 "
+              "here, as this probe never discards one (see **rbtrace-run**(8))."),
+    Field("duration_s", "number", "seconds from the start line to the end", minimum=0,
+          man="Seconds from the start line to the end, to the millisecond."),
+    Field("stopped_by", "enum", "what ended the run", values=STOPPED_BY,
+          man="What ended the run: **\"count\"**, **\"duration\"**, **\"quit\"** (the **q** "
+              "key), **\"output closed\"**, **\"command exited\"** (with **-- CMD**), "
+              "**\"process exited\"** (with **--pid --children**), **\"SIGINT\"**, "
+              "**\"SIGTERM\"**, **\"SIGHUP\"**, **\"SIGQUIT\"** or **\"SIGALRM\"**."),
+    Field("top_errors", "counts", "the five most frequent errors among the events delivered",
+          man="The five most frequent errors among the events delivered, as an object from "
+              "error name to count, {**\"ENOENT\": 940**, **\"EACCES\": 3**}."),
+    Field("command", "command", "with -- CMD: the command run", when="-- CMD",
+          man="With **-- CMD**: an object with **argv** (the command as given), **pid** (its "
+              "process id), **status** (its exit status as a shell reports it: the exit "
+              "code, or 128 + the signal number; also **rbtrace**'s exit status) and "
+              "**signal** (the name of the signal that killed it, such as **\"SIGTERM\"**, "
+              "or null)."),
+    Field("followed_root", "int", "with --pid --children: the process followed",
+          when="--pid --children", minimum=1,
+          man="With **--pid --children**: the process followed."),
+    Field("followed_running", "int", "followed processes still running at the end",
+          when="-- CMD or --pid --children", minimum=0,
+          man="With **-- CMD** or **--pid --children**: followed processes still running "
+              "when **rbtrace** ended (daemons, orphans still busy), which are no longer "
+              "traced. Those that exited after the tracing stopped early (**--count**, "
+              "**--duration**) are not counted."),
+)
+
+LINES = {"start": START, "lost": LOST, "summary": SUMMARY}
 
 
 # --- options -----------------------------------------------------------------
@@ -189,11 +344,13 @@ class Option:
 
 @dataclass(frozen=True)
 class Argument:
-    """A positional argument of a kind's command (tp's tracepoints, run's file)."""
+    """A positional argument of a kind's command (tp's tracepoints, run's file).
+    man: its entry in the man page's OPTIONS, if it has one."""
     name: str
     metavar: str
     nargs: int = 1
     path: bool = False
+    man: str = ""
 
 
 # --- the table ----------------------------------------------------------------
@@ -216,19 +373,24 @@ class Column:
     priority: int = 5               # 1 is dropped last
     whole: bool = False             # never cut: shown whole or not at all
     doc: str = ""
+    man: str = ""                   # the man page's text, when longer than doc
 
 
 def time_column(priority=5):
     """TIME: local time of day to the millisecond (UTC with --utc).  Its
     value is bound to the run's clock by the codec."""
     return Column("TIME", None, width=12, priority=priority, whole=True,
-                  doc="local time of day, to the millisecond (UTC with --utc)")
+                  doc="local time of day, to the millisecond (UTC with --utc)",
+                  man="Time of day of the event, local (UTC with **--utc**), to the "
+                      "millisecond: *HH*:*MM*:*SS*.*mmm*.")
 
 
 def pid_column(header="PID", key="pid", priority=1):
     return Column(header, lambda e: str(e[key]), width=7, justify="right",
                   priority=priority, whole=True,
-                  doc="the parent process" if key == "ppid" else "the process")
+                  doc="the parent process" if key == "ppid" else "the process",
+                  man=("The parent process." if key == "ppid"
+                       else "The process (thread group id)."))
 
 
 # --- the spec ------------------------------------------------------------------
@@ -262,6 +424,15 @@ class Spec:
                kind's decoding (rbtrace/codec.py).
     offsets    kernel struct members the probe reads: {-D name: (struct,
                member)}, from the running kernel's BTF.
+    man        this kind's own man text for something every kind has, in
+               place of the common one (or for one of its own, in place of
+               its Field/Option/Column.man): an option by name ("uid"),
+               a column by header ("column.TIME"), a header member
+               ("event.tid") or a member of the run's lines
+               ("lost.map_full", "summary.top_errors").  The markup is
+               rbtrace/mandoc.py's.
+    notes      text added after a common option's man text for this kind
+               ("failed": "Checked in the kernel.").
     before     None, or a function of the command's options called before
                anything else (tp --list): an exit status ends the command
                there, None goes on to trace.
@@ -280,7 +451,8 @@ class Spec:
     failed: Optional[str] = "Only failed calls."
     source: Optional[str] = None
     offsets: dict = field(default_factory=dict)
-    fields_doc: str = ""
+    man: dict = field(default_factory=dict)
+    notes: dict = field(default_factory=dict)
     before: Optional[Callable] = None
 
     @property
@@ -288,41 +460,102 @@ class Spec:
         """Every member an event line can have, in order."""
         return tuple(n for f in HEADER + self.fields for n in f.names)
 
-    def option(self, name) -> Option:
-        for o in self.options:
-            if o.name == name:
-                return o
-        raise KeyError(name)
-
-    def with_options(self, *options) -> "Spec":
-        return replace(self, options=self.options + tuple(options))
 
 
-def json_schema(spec: Spec) -> dict:
-    """The JSON schema (draft 2020-12) of one kind's event lines."""
+SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+
+def _object_schema(fields, title, consts) -> dict:
+    """The schema of a line made of `fields`; `consts` pins members
+    ("type", "probe") to a value or to one of a list."""
     props, required = {}, []
-    for f in HEADER + spec.fields:
-        props[f.name] = f.schema()
-        if f.name == "type":
-            props[f.name] = {"const": spec.name, "description": f.doc}
+    for f in fields:
+        if f.name in consts:
+            value = consts[f.name]
+            props[f.name] = ({"enum": list(value)} if isinstance(value, (list, tuple))
+                             else {"const": value})
+            props[f.name]["description"] = f.doc
+        else:
+            props[f.name] = f.schema()
         if not f.when:
             required.append(f.name)
         if f.kind in ("text", "texts"):
             b64 = ({"type": "string", "contentEncoding": "base64"} if f.kind == "text" else
                    {"type": "array", "items": {"type": "string", "contentEncoding": "base64"}})
-            b64["description"] = f"the exact bytes of {f.name}, present only when they are not UTF-8"
+            b64["description"] = (f"the exact bytes of {f.name}, present only when they are "
+                                  "not UTF-8")
             props[f.name + "_b64"] = b64
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
-            "title": f"rbtrace {spec.name} event",
-            "type": "object", "properties": props, "required": required,
+    return {"title": title, "type": "object", "properties": props, "required": required,
             "additionalProperties": False}
+
+
+def json_schema(spec: Spec) -> dict:
+    """The JSON schema (draft 2020-12) of one kind's event lines."""
+    return {"$schema": SCHEMA_DIALECT,
+            **_object_schema(HEADER + spec.fields, f"rbtrace {spec.name} event",
+                             {"type": spec.name})}
+
+
+def line_schema(line: str, kinds=None) -> dict:
+    """The schema of a start, lost or summary line (rbtrace.session), of
+    a run of one of `kinds` (names, or one name; None: any kind)."""
+    consts = {"type": line}
+    if isinstance(kinds, str):
+        consts["probe"] = kinds
+    elif kinds is not None:
+        consts["probe"] = tuple(kinds)
+    return {"$schema": SCHEMA_DIALECT,
+            **_object_schema(LINES[line], f"rbtrace {line} line", consts)}
+
+
+def schema_document(specs, single=False) -> dict:
+    """One schema for every line `rbtrace KIND --json` writes, for each
+    kind of `specs`: the start, lost and summary lines and each kind's
+    events, under $defs, and a oneOf over them (the line's "type" tells
+    which one applies).  `single`: of one kind's run alone."""
+    from rbtrace import __version__
+    from rbtrace.render import JSON_FORMAT_VERSION
+    names = [s.name for s in specs]
+    defs = {}
+    for line in LINES:
+        d = line_schema(line, names[0] if single else names)
+        del d["$schema"]
+        defs[line] = d
+    defs["start"]["properties"]["version"] = {
+        "const": JSON_FORMAT_VERSION, "description": "the JSON format version"}
+    for s in specs:
+        d = json_schema(s)
+        del d["$schema"]
+        d["description"] = s.summary
+        defs[s.name] = d
+    which = f"rbtrace {names[0]}" if single else "every kind"
+    return {"$schema": SCHEMA_DIALECT,
+            "title": f"rbtrace {__version__}: the JSON lines of {which}",
+            "description": "Each line rbtrace writes with --json is one JSON object: one of "
+                           "these, told apart by its \"type\".",
+            "oneOf": [{"$ref": f"#/$defs/{n}"} for n in defs],
+            "$defs": defs}
+
+
+def schema_json(specs, single=False) -> str:
+    """schema_document as `rbtrace schema` prints it and make man ships it."""
+    import json
+    return json.dumps(schema_document(specs, single), indent=2, ensure_ascii=False) + "\n"
 
 
 # --- the kinds -----------------------------------------------------------------
 
-# Kinds by name: each spec module is imported only when its kind is used
-# (`rbtrace exec` needs exec's alone).
-KINDS = ("exec", "open", "exit", "tcp", "tp", "run")
+def _kinds() -> tuple:
+    """Every module of rbtrace/kinds/ is a kind: adding one is adding its
+    module (and its probe, page and tests), with nothing to register."""
+    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kinds")
+    return tuple(sorted(n[:-3] for n in os.listdir(here)
+                        if n.endswith(".py") and not n.startswith("_")))
+
+
+# Kinds by name, found without importing them: each spec module is
+# imported only when its kind is used (`rbtrace exec` needs exec's alone).
+KINDS = _kinds()
 
 
 def kind_tag(name: str) -> int:
@@ -335,7 +568,12 @@ def kind_tag(name: str) -> int:
 def load(name: str) -> Spec:
     if name not in KINDS:
         raise KeyError(name)
-    return importlib.import_module(f"rbtrace.probes.{name}").SPEC
+    return importlib.import_module(f"rbtrace.kinds.{name}").SPEC
+
+
+def declared() -> list:
+    """The spec of every kind, in KINDS order."""
+    return [load(name) for name in KINDS]
 
 
 def codec_class(spec: Spec):

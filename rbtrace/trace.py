@@ -19,11 +19,22 @@ from types import MappingProxyType
 from rbtrace import fields
 from rbtrace.spec import Column, Spec, kind_tag, pid_column
 
-# The kinds `rbtrace trace` takes by name.
-TRACE_KINDS = ("exec", "open", "exit", "tcp")
 
 # Columns of a kind that the plain line shows once, before TYPE.
 _SHOWN_BEFORE = {"TIME", "PID", "COMM"}
+
+
+def kind_specs() -> dict:
+    """The kinds `rbtrace trace` takes by name, {name: spec}: every kind
+    with a probe of rbtrace's own and no arguments (tp's tracepoints and
+    run's file are arguments: not yet)."""
+    from rbtrace import spec
+    out = {}
+    for name in spec.KINDS:
+        s = spec.load(name)
+        if s.source and not s.arguments:
+            out[name] = s
+    return out
 
 
 def parse_kinds(text: str) -> list:
@@ -35,18 +46,14 @@ def parse_kinds(text: str) -> list:
         if not word:
             raise ValueError(f"'{fields.for_message(text)}': an empty kind (give "
                              f"KIND[,KIND...], e.g. exec,open,exit)")
-        if word not in TRACE_KINDS:
+        known = kind_specs()
+        if word not in known:
             raise ValueError(f"unknown kind '{fields.for_message(word)}': the kinds are "
-                             f"{', '.join(TRACE_KINDS)}")
+                             f"{', '.join(known)}")
         if word in kinds:
             raise ValueError(f"kind '{word}' is given twice")
         kinds.append(word)
     return kinds
-
-
-def kind_specs() -> dict:
-    from rbtrace import spec
-    return {k: spec.load(k) for k in TRACE_KINDS}
 
 
 def options_by_owner(specs: dict) -> tuple:

@@ -57,9 +57,11 @@ def _check_row(row, loader_opens, where):
 
 def test_make_bench_runs_every_row(tmp_path, kernel_ok):
     results = tmp_path / "results"
+    # --against HEAD: the rbtrace rows run again by the code of a git
+    # revision (`make bench BENCH_BASE=REV`), here the checkout's own.
     p = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "run.py"), "--smoke",
-                        "--results", str(results)], cwd=REPO, capture_output=True, text=True,
-                       timeout=1800)
+                        "--against", "HEAD", "--results", str(results)], cwd=REPO,
+                       capture_output=True, text=True, timeout=1800)
     said = [ln for ln in p.stderr.splitlines() if "waiting:" not in ln and "warning:" not in ln]
     assert p.returncode == 0, "\n".join(said[-40:])
     assert "Traceback" not in p.stderr, "\n".join(said[-40:])
@@ -72,9 +74,15 @@ def test_make_bench_runs_every_row(tmp_path, kernel_ok):
 
     assert len(result["rounds"]) == 1
     rnd = result["rounds"][0]
-    assert list(rnd) == list(bench.VARIANTS)
+    twins = [v + bench.AGAINST for v in ("rbtrace-json", "rbtrace-table")]
+    assert [v for v in rnd if v not in twins] == list(bench.VARIANTS)
+    assert [v for v in rnd if v in twins] == twins
+    assert list(rnd).index(twins[0]) == list(rnd).index("rbtrace-json") + 1
     for row in rnd.values():
         _check_row(row, loader_opens, "main")
+    for v in ("rbtrace-json", "rbtrace-table"):
+        assert re.search(rf"^{v} against HEAD: consumer CPU ns/event this/REV \d+/\d+; "
+                         rf"median ratio [0-9.]+ over 1 pair", p.stdout, re.M), p.stdout
     assert rnd["strace"]["opens"] == result["options"]["strace_opens"]
     assert rnd["rbtrace-json"]["opens"] == result["options"]["opens"]
 

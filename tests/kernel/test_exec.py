@@ -609,7 +609,7 @@ def test_exec_probe_uses_bpf_loop_on_this_kernel(kernel_ok, monkeypatch, tmp_pat
     from rbtrace import kernel
     from rbtrace.bpf import LoadedProbe
     from rbtrace.loader import verified_insns
-    from rbtrace.probes.exec import ExecCodec
+    from rbtrace.kinds.exec import ExecCodec
     release = tuple(int(x) for x in re.match(r"(\d+)\.(\d+)", os.uname().release).groups())
     assert release >= (5, 17)
     monkeypatch.setenv("RBTRACE_CACHE_DIR", str(tmp_path))

@@ -132,7 +132,7 @@ def test_first_event_reaches_a_pipe_while_rbtrace_runs(kernel_ok, tmp_path):
 
 def test_exception_in_event_handling_stops_with_an_error(kernel_ok):
     code = ("import sys\n"
-            "from rbtrace.probes import exec as e\n"
+            "from rbtrace.kinds import exec as e\n"
             "def boom(*a, **k):\n"
             "    raise ValueError('decoder exploded')\n"
             "e.ExecCodec.decode = boom\n"

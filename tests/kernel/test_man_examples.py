@@ -1087,7 +1087,7 @@ def _fuzz_records(dtype, n, rng):
 @pytest.mark.parametrize("command", docs.probe_commands())
 def test_members_of_synthetic_records_are_documented(command, kernel_ok):
     from rbtrace.bpf import LoadedProbe
-    from rbtrace.probes import registry
+    from rbtrace import codec, spec
     cmd = docs.cli.commands[command]
     # A command that takes a probe file is given an example; tp, tracepoints
     # with every kind of field (__data_loc strings and arrays, char and
@@ -1103,9 +1103,9 @@ def test_members_of_synthetic_records_are_documented(command, kernel_ok):
         if p.is_flag and p.name not in ("help", "debug", "failed"):
             opts[p.name] = True            # --full-path and the like: every member
     opts["filters_text"] = ""
-    probe = registry()[command](opts)
+    probe = codec.make(spec.load(command), opts)
     loaded = LoadedProbe(probe.source_path(), probe.cflags(), probe.event_structs,
-                         tracepoints=getattr(probe, "tracepoints", ()), ring_bytes=4096,
+                         tracepoints=probe.tracepoints, ring_bytes=4096,
                          attach=False)
     try:
         event_types = list(loaded.event_types)

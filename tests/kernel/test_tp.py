@@ -198,7 +198,7 @@ def test_every_sys_enter_tracepoint_at_once(rbtrace, tmp_path):
     order, with the workload's arguments, and only its own."""
     import shutil
     import time
-    from rbtrace.probes import tp
+    from rbtrace.kinds import tp
     have = {n.split(":")[1] for n in tp.match("syscalls:sys_enter_*", tp.list_tracepoints())}
     w = Workload(SYSCALLS, tmp_path)
     pid = w.info["pid"]
@@ -300,7 +300,7 @@ def test_every_format_on_this_kernel_generates_and_one_per_category_verifies(ker
     with the most fields is compiled and its program loaded (verified, not
     attached: attaching adds nothing but seconds)."""
     from rbtrace.bpf import LoadedProbe
-    from rbtrace.probes import tp
+    from rbtrace.kinds import tp
     names = tp.list_tracepoints()
     formats = [tp.read_format(n) for n in names]
     tp.generate(formats)                               # every one of them: no exception
@@ -347,7 +347,7 @@ def test_usage_errors_are_one_line_exit_2_and_load_nothing(kernel_ok, args, mess
 
 
 def test_the_cap_names_the_count(kernel_ok):
-    from rbtrace.probes import tp
+    from rbtrace.kinds import tp
     n = len(tp.match("syscalls:*", tp.list_tracepoints()))
     p = run_cli("tp", "syscalls:*")
     assert p.returncode == 2 and p.stdout == b"", p.stderr

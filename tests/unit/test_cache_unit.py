@@ -228,7 +228,7 @@ def test_process_filters_are_config_values_not_compile_flags():
     rbtrace_config): two runs with other values share one compiled probe."""
     import struct
     from rbtrace.bpf import config_bytes
-    from rbtrace.probes.exec import ExecCodec
+    from rbtrace.kinds.exec import ExecCodec
     a = ExecCodec({"pid": 7, "uid": 0, "comm": "make"})
     b = ExecCodec({"pid": 8, "tid": 9, "comm": "ninja"})
     keep = {"SCRATCH_SLOTS", "ARGV_PAGES", "MAX_ARGS", "ARGS_BYTES"}

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from rbtrace.bpf import dtype_from_ctypes
-from rbtrace.probes import exec as ex
+from rbtrace.kinds import exec as ex
 from rbtrace.ringbuf import EventType
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

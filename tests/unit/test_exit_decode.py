@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from rbtrace.codec import make
-from rbtrace.probes import exit as exit_probe
+from rbtrace.kinds import exit as exit_probe
 
 DTYPE = np.dtype([("ts_ns", "<u8"), ("seq", "<u8"), ("pid", "<u4"), ("tid", "<u4"),
                   ("ppid", "<u4"), ("uid", "<u4"), ("comm", "S16"), ("proc_start_ns", "<u8"),
@@ -66,3 +66,26 @@ def test_decode_makes_every_declared_member_in_order():
 ])
 def test_age_text(ns, text):
     assert exit_probe.age_text(ns) == text
+
+
+def test_decoded_events_are_valid_against_the_shipped_schema():
+    """Every status kind, a non-UTF-8 comm: the events as decoded are valid
+    lines of the schema `rbtrace schema` prints (schemacheck); a member
+    the codec adds without declaring it in the spec fails here."""
+    import schemacheck
+    rec = np.zeros(len(STATUSES), dtype=DTYPE)
+    rec["ts_ns"] = 9_000_000_000
+    rec["start_ns"] = 1_000_000_000
+    rec["seq"] = np.arange(len(STATUSES))
+    rec["pid"] = rec["tid"] = rec["ppid"] = 42
+    rec["uid"] = 65534
+    rec["comm"] = [b"sh", b"\xffbad"] * (len(STATUSES) // 2) + [b"x"] * (len(STATUSES) % 2)
+    rec["status"] = STATUSES
+    data = rec.tobytes()
+    offsets = np.arange(len(STATUSES), dtype="i8") * DTYPE.itemsize
+    events = make(exit_probe.SPEC, {}).decode(None, np.frombuffer(data, dtype=DTYPE), offsets,
+                                              memoryview(data))
+    assert len(events) == len(STATUSES) and any("comm_b64" in e for e in events)
+    schemacheck.check(events, "decoded exit events")
+    broken = dict(events[0], undeclared=1)
+    assert schemacheck.problems(broken), "a member the spec lacks must be refused"

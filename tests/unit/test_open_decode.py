@@ -13,7 +13,7 @@ import pytest
 
 from rbtrace import fields
 from rbtrace.bpf import dtype_from_ctypes
-from rbtrace.probes import open as op
+from rbtrace.kinds import open as op
 from rbtrace.ringbuf import EventType
 
 # --- records laid out as probes/open.bpf.c declares them ---------------------

@@ -19,7 +19,7 @@ def test_wheel_installs_probes_examples_and_man_pages(tmp_path):
     for page in os.listdir(os.path.join(REPO, "man")):
         assert f"share/man/man8/{page}" in data
     for src in os.listdir(os.path.join(REPO, "probes")):
-        assert f"share/rbtrace/probes/{src}" in data
+        assert f"share/rbtrace/kinds/{src}" in data
     for example in os.listdir(os.path.join(REPO, "examples")):
         assert f"share/rbtrace/examples/{example}" in data     # rbtrace-run(8) points there
 

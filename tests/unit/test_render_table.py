@@ -13,9 +13,9 @@ from rich.cells import cell_len
 from rich.console import Console
 
 from rbtrace import fields, render
-from rbtrace.probes import Column
-from rbtrace.probes.exec import ExecCodec
-from rbtrace.probes.open import OpenCodec
+from rbtrace.spec import Column
+from rbtrace.kinds.exec import ExecCodec
+from rbtrace.kinds.open import OpenCodec
 from rbtrace.render import PlainRenderer, TableRenderer, _cut, layout
 from rbtrace.session import Tally
 
@@ -444,7 +444,7 @@ def test_time_column_is_local_and_utc_with_the_option(tz, probe_class):
 
 def test_the_man_page_states_the_history_and_the_drop_order():
     import pathlib
-    from rbtrace.probes.generic import GenericCodec
+    from rbtrace.generic import GenericCodec
     page = (pathlib.Path(__file__).parents[2] / "man" / "rbtrace.8").read_text()
     text = re.sub(r"\n\.B[IR]? ?", " ", page).replace("\n", " ")
     assert f"newest {TableRenderer.history} rows" in text

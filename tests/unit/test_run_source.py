@@ -15,8 +15,8 @@ from rbtrace import bpf
 from rbtrace.bpf import check_event_types, dtype_from_ctypes
 from rbtrace.csource import code_only
 from rbtrace.errors import Exit, ProbeError, UsageError
-from rbtrace.probes import run
-from rbtrace.probes.run import RunCodec, counts_errors, read_probe, ring_warnings
+from rbtrace.kinds import run
+from rbtrace.kinds.run import RunCodec, counts_errors, read_probe, ring_warnings
 from rbtrace.ringbuf import EventType
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -363,6 +363,8 @@ def test_members_are_decoded_under_args_by_c_path(tmp_path):
         "slots[1].name": "000100000000", "x": 1, "y": -2, "words": [1, 2, 3], "a": -9}
     cell = probe.columns[-1].value(e)
     assert cell.startswith('pid=-3 flag=true ptr=0x7ffd12a0 in.a=7 in.name="x\\xffz"')
+    import schemacheck              # valid against the shipped schema
+    schemacheck.check([e], "a decoded run event")
 
 
 def test_the_command_is_one_line_and_exit_2_for_a_missing_file(tmp_path):

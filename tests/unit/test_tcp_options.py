@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from rbtrace.probes import tcp
+from rbtrace.kinds import tcp
 
 
 @pytest.mark.parametrize("family, raw, text", [

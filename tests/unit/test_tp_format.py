@@ -15,7 +15,8 @@ import pytest
 
 from rbtrace.bpf import dtype_from_ctypes
 from rbtrace.errors import UsageError
-from rbtrace.probes import generic, tp
+from rbtrace import generic
+from rbtrace.kinds import tp
 from rbtrace.render import JsonRenderer
 from rbtrace.ringbuf import EventType
 
@@ -378,6 +379,8 @@ def test_json_lines_are_what_the_json_renderer_writes_for_decode():
     lines = [json.loads(ln) for ln in expected.splitlines()]
     assert [ln["seq"] for ln in lines] == list(range(7))
     assert lines[0]["args"]["parent_comm"] == "a%d%s"
+    import schemacheck              # the lines are valid against the shipped schema
+    schemacheck.check(lines, "tp JSON lines (fast path and renderer)")
     et = by_label["syscalls:sys_enter_openat"]
     view, offs, data = records(et, [{"f_dfd": 3}, {"f_dfd": 4}])
     out = io.BytesIO()

@@ -39,7 +39,7 @@ def test_each_kind_option_has_its_owner():
      "rbtrace: --path is an option of open, which is not among the kinds traced (exec,exit)"),
     (("open", "--max-args", "3"),
      "rbtrace: --max-args is an option of exec, which is not among the kinds traced (open)"),
-    (("exec,bogus",), "rbtrace: unknown kind 'bogus': the kinds are exec, open, exit, tcp"),
+    (("exec,bogus",), "rbtrace: unknown kind 'bogus': the kinds are exec, exit, open, tcp"),
 ])
 def test_usage_errors_are_one_line(args, message):
     p = run("trace", *args)

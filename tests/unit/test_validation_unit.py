@@ -200,7 +200,7 @@ def test_other_refusals_are_not_taken_for_limits():
 
 def test_the_cost_hints_name_real_options():
     from rbtrace.cli import cli
-    from rbtrace.probes.exec import ExecCodec
+    from rbtrace.kinds.exec import ExecCodec
     options = {o for p in cli.commands["exec"].params for o in p.opts}
     named = set(re.findall(r"--[a-z-]+", ExecCodec.cost_hint))
     assert named == {"--max-args", "--max-arg-bytes"} and named <= options

@@ -26,7 +26,7 @@ from rbtrace.bpf import USER_PROBE_COST_HINT
 from rbtrace.csource import code_only
 from rbtrace.errors import ProbeError, UsageError
 from rbtrace.fields import for_message
-from rbtrace.probes.generic import (COLUMNS, FIELDS, HEADER_FIELDS, EventSpec, FieldSpec,
+from rbtrace.generic import (COLUMNS, FIELDS, HEADER_FIELDS, EventSpec, FieldSpec,
                                     GenericCodec)
 from rbtrace.spec import Argument, Spec
 
@@ -336,6 +336,71 @@ class RunCodec(GenericCodec):
 
 SPEC = Spec(
     name="run",
+    # The man page's words (rbtrace/mandoc.py): this kind's own, in place
+    # of the common ones.
+    man={
+        # rbtrace(8), COMMANDS
+        "command": ("A probe of your own: a BCC C file that includes *rbtrace.h*, its records decoded "
+                    "from its C structs, with the filters, outputs and loss accounting of every "
+                    "command."),
+        "argument.file": "The probe to compile, load and read (see **DESCRIPTION**).",
+        "pid": "Only this process (thread group id, 1 to 4194304), all its threads. Checked in"
+               " the kernel by **rbtrace_reserve()** and **rbtrace_task_wanted()**.",
+        "uid": "Only this user, a name or a number: the real user id of the current thread. "
+               "Checked in the kernel, as **-p**.",
+        "comm": "Only threads whose command name is exactly *COMM* (1 to 15 bytes). Checked in"
+                " the kernel, as **-p**.",
+        "failed": "Only failed calls: where the probe calls **rbtrace_ret_wanted()**, only "
+                  "negative return values. Refused for a probe that does not call it.",
+        "debug": "Show tracebacks, and the compiler's and the verifier's whole output, or, for"
+                 " a probe taken from the compile cache, a line saying so.",
+        "column.TIME": "Time of day of the event (when the record was reserved), local (UTC "
+                       "with --utc), to the millisecond: *HH*:*MM*:*SS*.*mmm*.",
+        "column.PID": "The process the probe ran in (thread group id).",
+        "column.COMM": "The command name of the thread the probe ran in.",
+        "column.EVENT": "The event struct's name.",
+        "column.ARGS": "The struct's members, *name***=***value* in the order they are "
+                       "declared; texts in double quotes.",
+        "event.seq": "The event's sequence number: from 0 for each run, one per "
+                     "**rbtrace_reserve()** that passed the filters, shared by all CPUs. A gap"
+                     " in the numbers is an event dropped because the ring was full (see "
+                     "**rbtrace**(8), LOSS ACCOUNTING).",
+        "event.time": "Wall-clock time of the event, decoded from **ts_ns**: ISO 8601 in UTC "
+                      "with nanoseconds, as in “**2026-11-24T07:23:04.247907736Z**”.",
+        "event.ts_ns": "Raw time of the event, when the record was reserved: the kernel's "
+                       "**CLOCK_MONOTONIC** in nanoseconds, as **clock_gettime**(2) gives it.",
+        "event.pid": "The process the probe ran in (thread group id).",
+        "event.tid": "The thread the probe ran in.",
+        "event.ppid": "That process's parent (its thread group id).",
+        "event.uid": "Raw real user id of the thread (in the initial user namespace).",
+        "event.user": "**uid**, decoded: the login name from the password database, or the "
+                      "number as a string.",
+        "event.comm": "The thread's command name (at most 15 bytes).",
+        "event.comm_b64": "Only when the bytes of **comm** are not valid UTF-8: the exact "
+                          "bytes in base64 (RFC 4648, with padding); **comm** then holds them "
+                          "decoded with U+FFFD for each invalid sequence.",
+        "event.event": "The name of the event struct, as given to **RBTRACE_EVENT**, such as "
+                       "**\"kill_event\"**.",
+        "event.args": "An object: the struct's members after the header, by their C path, "
+                      "shown as **Event structs** in DESCRIPTION says. A text member that is "
+                      "not UTF-8 has its exact bytes in base64 beside it, as *name***_b64** .",
+        "start.filters": "The filters in effect, as text (**pid=1234 failed**), or an empty "
+                         "string.",
+        "lost.map_full": "Of those, events the probe counted with **rbtrace_count_map_full()**"
+                         " (state it could not store).",
+        "summary.submitted": "Events written to the ring (counted by **rbtrace_submit()**).",
+        "summary.map_full": "Events counted with **rbtrace_count_map_full()**.",
+        "summary.discarded": "Records the probe reserved and then discarded with "
+                             "**events.ringbuf_discard()** instead of sending them. They are "
+                             "not lost events and are not in **seen**, but a record reserved "
+                             "with **rbtrace_reserve()** had taken a sequence number, so each "
+                             "leaves a gap in **seq**.",
+        "summary.top_errors": "For a probe whose event structs have a member **ret** declared "
+                              "as a signed integer (a system call's return value), the five "
+                              "most frequent errors (negative values) among the events "
+                              "delivered, as an object from error name to count, {**\"ESRCH\": "
+                              "2**}; otherwise empty.",
+    },
     summary="trace with a BPF probe of your own, decoded from its C source",
     help="""A probe of your own: a BCC C file that includes "rbtrace.h".
 
@@ -345,7 +410,7 @@ SPEC = Spec(
     -- CMD and count drops.  TRACEPOINT_PROBE and RAW_TRACEPOINT_PROBE
     hooks are attached.  See rbtrace-run(8) for the API and examples.
     """,
-    codec="probes.run:RunCodec",
+    codec="kinds.run:RunCodec",
     source=None,                # the user's (RunCodec.source_path)
     ring="8M",
     # errors are counted when the file's `ret` members are signed (RunCodec)

@@ -13,6 +13,7 @@ import click
 
 from rbtrace import fields
 from rbtrace.codec import Codec, cstr, put_text, put_text_list, shown, shown_list
+from rbtrace.kernel import PATH_WALK_OFFSETS
 from rbtrace.spec import Column, Field, Option, Spec, pid_column, time_column
 
 # Everything below that the C file uses reaches it as -D flags
@@ -109,17 +110,7 @@ def possible_cpus(path="/sys/devices/system/cpu/possible") -> int:
 STRUCT_OFFSETS = {
     "TASK_MM_OFF": ("task_struct", "mm"),
     "MM_EXE_FILE_OFF": ("mm_struct", "exe_file"),
-    "FILE_F_PATH_OFF": ("file", "f_path"),
-    "PATH_MNT_OFF": ("path", "mnt"),
-    "PATH_DENTRY_OFF": ("path", "dentry"),
-    "DENTRY_D_PARENT_OFF": ("dentry", "d_parent"),
-    "DENTRY_D_NAME_OFF": ("dentry", "d_name"),
-    "DENTRY_D_HASH_OFF": ("dentry", "d_hash"),
-    "QSTR_NAME_OFF": ("qstr", "name"),
-    "VFSMOUNT_MNT_ROOT_OFF": ("vfsmount", "mnt_root"),
-    "MOUNT_MNT_OFF": ("mount", "mnt"),
-    "MOUNT_MNT_PARENT_OFF": ("mount", "mnt_parent"),
-    "MOUNT_MNT_MOUNTPOINT_OFF": ("mount", "mnt_mountpoint"),
+    **PATH_WALK_OFFSETS,
     "MM_ARG_START_OFF": ("mm_struct", "arg_start"),
     "MM_ARG_END_OFF": ("mm_struct", "arg_end"),
     "MM_START_STACK_OFF": ("mm_struct", "start_stack"),
@@ -306,6 +297,119 @@ _RARE_WHEN = "only when one of the seven rare flags is true (then all seven are 
 
 SPEC = Spec(
     name="exec",
+    # The man page's words (rbtrace/mandoc.py): this kind's own, in place
+    # of the common ones.
+    man={
+        # rbtrace(8), COMMANDS
+        "command": ("Every program execution on the host (execve, execveat, and executions started by "
+                    "the kernel), with its result."),
+        "pid": "Only execs called by this process (thread group id, 1 to 4194304). Checked in "
+               "the kernel when the exec starts.",
+        "uid": "Only execs called by this user, a name or a number: the real user id of the "
+               "calling thread. Checked in the kernel when the exec starts.",
+        "comm": "Only events whose command name is exactly *COMM* (1 to 15 bytes). Checked in "
+                "the kernel when the event is written, so for a successful exec it is the new "
+                "program's name (**-n ls** selects executions of **ls**), and for a failed one"
+                " the caller's.",
+        "failed": "Only execs that failed.",
+        "max_args": "Arguments captured per exec, from 1 to 4096; default 64. The number of "
+                    "arguments, **argc**, is counted whatever this is, exactly up to 65536 "
+                    "arguments.",
+        "max_arg_bytes": "Bytes of arguments captured per exec, the terminating NUL of each "
+                         "one included: a number of bytes with an optional binary suffix "
+                         "(**K**, **M**), from 64 to 1048576 (1M); default 4096. An argument "
+                         "that does not fit is cut. Larger values make larger records for "
+                         "execs with long command lines, and a larger scratch area in the "
+                         "kernel (see **OVERHEAD**). On kernels without the **bpf_loop** "
+                         "helper (before Linux 5.17) the kernel's verifier walks the argument "
+                         "loops once per argument at every start; if it ever gives up on the "
+                         "probe's complexity, rbtrace says so and suggests lowering "
+                         "**--max-args** or **--max-arg-bytes**.",
+        "column.PPID": "Its parent.",
+        "column.RET": "**0** for success, else the error name (**ENOENT**), or the raw "
+                      "negative return value when it has no name.",
+        "column.FILENAME": "The file name as passed. For **execveat**, a relative name is "
+                           "prefixed by **fd ***N***/** (the directory file descriptor), and "
+                           "when the exec succeeded the executable that was run follows an "
+                           "arrow: “**fd 3 → /usr/bin/true**”. In the table, a long name keeps"
+                           " its end.",
+        "column.ARGV": "The arguments, separated by spaces (argv[0] included), each written as"
+                       " a shell would read it back: as it is when it holds nothing special to"
+                       " a shell, else in single quotes, with an embedded quote as **'\\\\''**; "
+                       "the empty argument is **''**. So **echo \"a b\" c** shows as **echo 'a "
+                       "b' c** and **echo a \"b c\"** as **echo a 'b c'**. The escapes of "
+                       "control bytes (**\\\\n**, **\\\\x***NN* , **\\\\\\\\**) stay as they are "
+                       "inside the quotes: split the line as **sh**(1) would, then undo the "
+                       "escapes, and you have the exact argv. A cut last argument is followed "
+                       "by an unquoted “**…**” (an argument that really contains “…” is always"
+                       " quoted), and when not every argument was captured, **…[***N*** "
+                       "args]** gives their number (**≥** before it when the count is a "
+                       "minimum).",
+        "event.ts_ns": "Raw time of the event: the kernel's **CLOCK_MONOTONIC** in nanoseconds"
+                       " (time since boot, not counting suspend), as **clock_gettime**(2) "
+                       "gives it; for a successful exec, when the new program took over, for a"
+                       " failed one, when the call returned.",
+        "event.pid": "The process (thread group id). When a thread other than the main one "
+                     "execs, the process keeps its id and the thread takes it over.",
+        "event.tid": "The thread that called exec.",
+        "event.ppid": "The parent process (its thread group id), when the event was written.",
+        "event.uid": "Raw real user id (in the initial user namespace), when the event was "
+                     "written.",
+        "event.comm": "The command name, at most 15 bytes: for a successful exec the new "
+                      "program's (the kernel takes it from the file name), for a failed one "
+                      "the caller's.",
+        "event.comm_b64": "Only when the bytes of **comm** are not valid UTF-8: the exact "
+                          "bytes in base64 (RFC 4648, with padding). The string member then "
+                          "holds the bytes decoded with U+FFFD for each invalid sequence, so "
+                          "the output stays valid UTF-8. The original bytes of a member *name*"
+                          " are always the base64 decoding of *name***_b64** when it is "
+                          "present, and *name* encoded as UTF-8 otherwise; each *name***_b64**"
+                          " comes right after *name*.",
+        "event.syscall": "**\"execve\"** or **\"execveat\"**; or **\"kernel\"** when the exec was "
+                         "seen without its system call: one started by the kernel itself, or "
+                         "one already under way when rbtrace attached. Its arguments are then "
+                         "unknown (**argv_unknown**).",
+        "event.filename": "The file name the caller passed, exactly (at most 4095 bytes): not "
+                          "resolved, relative to the working directory or to **dirfd**. For "
+                          "**\"kernel\"**, the name the kernel used.",
+        "event.filename_b64": "Only when the bytes of **filename** are not valid UTF-8: their "
+                              "exact bytes in base64, as for **comm_b64**.",
+        "event.dirfd": "Only for **execveat**: raw directory file descriptor a relative "
+                       "**filename** is resolved against; **-100** is **AT_FDCWD** (the "
+                       "working directory).",
+        "event.at_flags": "Only for **execveat**: raw flags, **AT_EMPTY_PATH** (4096, run the "
+                          "file **dirfd** refers to, as **fexecve**(3) does) and "
+                          "**AT_SYMLINK_NOFOLLOW** (256).",
+        "event.exe": "Only for **execveat**: the path of the executable that was run, as "
+                     "*/proc/PID/exe* shows it, with “** (deleted)**” appended when the file "
+                     "had been removed; **null** when the exec failed or the path was deeper "
+                     "than 64 directories or longer than 4 KiB.",
+        "event.exe_b64": "Only when the bytes of **exe** are not valid UTF-8: their exact "
+                         "bytes in base64, as for **comm_b64**.",
+        "event.argv": "The arguments captured, a list of strings (argv[0] first), at most "
+                      "**--max-args** of them and **--max-arg-bytes** in all; the last one may"
+                      " be cut (**last_arg_cut**). An argument that could not be read is an "
+                      "empty string (**argv_fault**). Empty for **\"kernel\"**.",
+        "event.argv_b64": "Only when the bytes of any argument are not valid UTF-8: a list "
+                          "with the exact bytes of every argument in base64, as for "
+                          "**comm_b64**.",
+        "event.args_truncated": "**true** when **argv** is not all of the arguments, whole: "
+                                "fewer than **argc**, or the last one cut.",
+        "event.errno": "**ret**, decoded: the error's name (**\"ENOENT\"**), **\"E***N***\"** for "
+                       "a number without a name, or **null** for success.",
+        "event.filename_truncated": "This member and the six below are there only when one of "
+                                    "the seven is true, and then all seven are, as booleans. "
+                                    "**true** when the file name was longer than 4095 bytes "
+                                    "(the exec fails with **ENAMETOOLONG**).",
+        "start.filters": "The filters in effect, as text (**uid=33 comm=sh failed**), or an "
+                         "empty string.",
+        "lost.map_full": "Of those, execs whose arguments could not be stored from the system "
+                         "call's entry to its result (more than 4096 execs in flight at once).",
+        "summary.map_full": "Events dropped because the map of execs in flight was full.",
+        "summary.top_errors": "The five most frequent errors among the events delivered, as an"
+                              " object from error name to count, {**\"ENOENT\": 12**, "
+                              "**\"EACCES\": 1**}.",
+    },
     summary="trace every program execution on the host, with its result",
     help="""Every program execution on the host, with its result.
 
@@ -328,7 +432,7 @@ SPEC = Spec(
     caller's command name for failures.  --pid and --uid select the
     calling process; --pid, --uid and --comm are checked in the kernel.
     """,
-    codec="probes.exec:ExecCodec",
+    codec="kinds.exec:ExecCodec",
     source="exec.bpf.c",
     ring="4M",
     failed="Only failed calls.",

@@ -15,6 +15,7 @@ import numpy as np
 
 from rbtrace import fields
 from rbtrace.codec import Codec, put_text, shown
+from rbtrace.kernel import FD_FILE_OFFSETS, PATH_WALK_OFFSETS
 from rbtrace.spec import Column, Field, Option, Spec, pid_column, time_column
 
 # The calls traced, by the number the probe gives each (-D SYSCALL_OPEN=0...).
@@ -150,23 +151,8 @@ def flags_cflags(f) -> dict:
 STRUCT_OFFSETS = {
     "TASK_FS_OFF": ("task_struct", "fs"),
     "FS_PWD_OFF": ("fs_struct", "pwd"),
-    "TASK_FILES_OFF": ("task_struct", "files"),
-    "FILES_FDT_OFF": ("files_struct", "fdt"),
-    "FDTABLE_MAX_FDS_OFF": ("fdtable", "max_fds"),
-    "FDTABLE_FD_OFF": ("fdtable", "fd"),
-    "FILE_F_PATH_OFF": ("file", "f_path"),
-    "FILE_F_INODE_OFF": ("file", "f_inode"),
-    "INODE_I_MODE_OFF": ("inode", "i_mode"),
-    "PATH_MNT_OFF": ("path", "mnt"),
-    "PATH_DENTRY_OFF": ("path", "dentry"),
-    "DENTRY_D_PARENT_OFF": ("dentry", "d_parent"),
-    "DENTRY_D_NAME_OFF": ("dentry", "d_name"),
-    "DENTRY_D_HASH_OFF": ("dentry", "d_hash"),
-    "QSTR_NAME_OFF": ("qstr", "name"),
-    "VFSMOUNT_MNT_ROOT_OFF": ("vfsmount", "mnt_root"),
-    "MOUNT_MNT_OFF": ("mount", "mnt"),
-    "MOUNT_MNT_PARENT_OFF": ("mount", "mnt_parent"),
-    "MOUNT_MNT_MOUNTPOINT_OFF": ("mount", "mnt_mountpoint"),
+    **FD_FILE_OFFSETS,
+    **PATH_WALK_OFFSETS,
 }
 
 
@@ -300,9 +286,131 @@ FULL = "--full-path"
 
 SPEC = Spec(
     name="open",
+    # The man page's words (rbtrace/mandoc.py): this kind's own, in place
+    # of the common ones.
+    man={
+        # rbtrace(8), COMMANDS
+        "command": ("Every file open on the host (open, openat, openat2, creat), with its result."),
+        "pid": "Only this process (thread group id, 1 to 4194304), all its threads. Checked in"
+               " the kernel at entry.",
+        "tid": "Only this thread (1 to 4194304). Checked in the kernel at entry. A thread that"
+               " does not exist, a zombie or a kernel thread is a usage error: the filter "
+               "would match nothing.",
+        "uid": "Only this user, a name or a number: the real user id of the calling thread. "
+               "Checked in the kernel at entry.",
+        "comm": "Only threads whose command name is exactly *COMM* (1 to 15 bytes). Checked in"
+                " the kernel at entry.",
+        "failed": "Only opens that failed. Checked in the kernel at exit.",
+        "path": "Only paths that start with the bytes of *PREFIX* (1 to 255 bytes), compared "
+                "in the kernel with the path as the caller passed it. The path is not resolved"
+                " first: with **--path /etc/**, an open of **hostname** from a process whose "
+                "working directory is */etc* does not match.",
+        "flags": "Only opens with all these flags set, checked in the kernel. *FLAGS* are flag"
+                 " names separated by commas or **|**, in any case, with or without the **O_**"
+                 " prefix (**O_WRONLY**, **wronly,creat**, **O_RDWR|O_CLOEXEC**). An access "
+                 "mode (**O_RDONLY**, **O_WRONLY**, **O_RDWR**) must match exactly, so "
+                 "**--flags rdonly** selects read-only opens; two different access modes are "
+                 "refused. Other flags must all be present; more may be set. **O_SYNC** and "
+                 "**O_TMPFILE** stand for the two bits each of them is made of.",
+        "full_path": "Also report **full_path**: a relative path joined to the directory it is"
+                     " relative to, the caller's working directory or the directory **dirfd** "
+                     "names, read in the kernel at the call (see **FULL PATHS**), so that a "
+                     "process that has exited since still gets it. The table then shows it in "
+                     "the PATH column. It makes every open on the host a little dearer (see "
+                     "**OVERHEAD**).",
+        "column.TIME": "Time of day of the event (when the call returned), local (UTC with "
+                       "--utc), to the millisecond: *HH*:*MM*:*SS*.*mmm*.",
+        "column.PID": "The calling process (thread group id).",
+        "column.FD/ERR": "The file descriptor returned, or the error name (**ENOENT**), or the"
+                         " raw negative return value when it has no name.",
+        "column.FLAGS": "The open flags, decoded, without the **O_** prefixes "
+                        "(**WRONLY|CREAT|TRUNC**), or **?** when they are not known (an "
+                        "**openat2** whose **struct open_how** could not be read).",
+        "column.PATH": "The path as passed; a relative path is prefixed by what it is relative"
+                       " to, **AT_FDCWD:** (the working directory) or **fd***N***:** (a "
+                       "directory file descriptor). With **--full-path**, the full path "
+                       "instead when it is known, beginning with **…/** (an ellipsis) when its"
+                       " directory was cut (see **full_path_truncated**). **(unreadable)** "
+                       "when the path could not be read, and **[truncated]** appended when it "
+                       "was longer than 4095 bytes. In the table, a long path keeps its end.",
+        "event.ts_ns": "Raw time of the event when the call returned: the kernel's "
+                       "**CLOCK_MONOTONIC** in nanoseconds (time since boot, not counting "
+                       "suspend), as **clock_gettime**(2) gives it.",
+        "event.pid": "The calling process (thread group id).",
+        "event.tid": "The calling thread.",
+        "event.ppid": "The calling process's parent (its thread group id), at the time of the "
+                      "call.",
+        "event.uid": "Raw real user id of the calling thread (in the initial user namespace).",
+        "event.comm": "The calling thread's command name (at most 15 bytes).",
+        "event.comm_b64": "Only when the bytes of **comm** are not valid UTF-8: the exact "
+                          "bytes in base64 (RFC 4648, with padding). The string member then "
+                          "holds the bytes decoded with U+FFFD for each invalid sequence, so "
+                          "the output stays valid UTF-8. The original bytes of a member *name*"
+                          " are always the base64 decoding of *name***_b64** when it is "
+                          "present, and *name* encoded as UTF-8 otherwise; each *name***_b64**"
+                          " comes right after *name*.",
+        "event.path": "The path the caller passed, exactly (at most 4095 bytes), or **null** "
+                      "when it could not be read at entry nor at exit (a bad pointer: the call"
+                      " then fails with **EFAULT**).",
+        "event.path_b64": "Only when the bytes of **path** are not valid UTF-8: their exact "
+                          "bytes in base64, as for **comm_b64**.",
+        "event.path_truncated": "**true** when the path was longer than 4095 bytes and "
+                                "**path** holds its first 4095 (such a call fails with "
+                                "**ENAMETOOLONG**).",
+        "event.dirfd": "Raw directory file descriptor a relative path is resolved against: "
+                       "**-100** is **AT_FDCWD** (the working directory). Always -100 for "
+                       "**open** and **creat**.",
+        "event.flags": "Raw open flags as the caller passed them, an integer (**577** is "
+                       "O_WRONLY|O_CREAT|O_TRUNC); for **creat** the flags it implies, "
+                       "O_CREAT|O_WRONLY|O_TRUNC. **null** when unknown (an **openat2** whose "
+                       "**struct open_how** was unreadable or too small).",
+        "event.flags_text": "**flags**, decoded: the access mode first, then the flag names, "
+                            "then any bits without a name as one hexadecimal number, "
+                            "“**O_WRONLY|O_CREAT|O_TRUNC**”. **null** when **flags** is.",
+        "event.mode": "Raw file mode bits for a file created, an integer (JSON has no octal: "
+                      "**438** is 0666, before the umask); only when **flags** has **O_CREAT**"
+                      " or **O_TMPFILE**, **null** otherwise.",
+        "event.resolve": "Raw **RESOLVE_\\*** bits of **openat2**; **null** for the other calls"
+                         " and when unknown.",
+        "event.ret": "Raw return value: the file descriptor (0 or more), or a negative error "
+                     "number.",
+        "event.errno": "**ret**, decoded: the error's name (**\"ENOENT\"**), **\"E***N***\"** for "
+                       "a number without a name, or **null** when the call succeeded.",
+        "event.full_path": "Only with **--full-path**: the path made absolute: for a relative "
+                           "**path**, the directory it is relative to (the caller's working "
+                           "directory for **AT_FDCWD**, else the directory **dirfd** names), "
+                           "as it was at the call, joined to **path** with a **/**. Joined, "
+                           "never normalized: **..** and symbolic links stay as they are, and "
+                           "**./x** gives *dir***/./x.** An absolute **path** is repeated as "
+                           "it is. See **FULL PATHS** for what the directory is under "
+                           "**chroot**(2) and in a mount namespace. **null** when there is no "
+                           "directory to tell: **dirfd** is not open or not a directory (the "
+                           "call failed with **EBADF** or **ENOTDIR**), or the path is "
+                           "**null**, empty or truncated. When the directory's path was cut "
+                           "(see **full_path_truncated**), it holds the end of the full path: "
+                           "the innermost components that were read, then **path**, without "
+                           "the leading **/**.",
+        "event.full_path_b64": "Only when the bytes of **full_path** are not valid UTF-8: "
+                               "their exact bytes in base64, as for **comm_b64**.",
+        "event.full_path_truncated": "Only with **--full-path**: **true** when the directory "
+                                     "had more than 128 levels (dentries and mount crossings) "
+                                     "or a path longer than 4096 bytes (which a process can "
+                                     "reach with relative **chdir**(2) calls), and "
+                                     "**full_path** holds only its end; false otherwise.",
+        "event.full_path_deleted": "Only with **--full-path**: **true** when the directory had"
+                                   " been removed (**rmdir**(2)) at the call, while the caller"
+                                   " still had it as working directory or open as **dirfd**; "
+                                   "**full_path** then says where it was (what */proc* shows "
+                                   "followed by “** (deleted)**”). A removed directory holds "
+                                   "no names, so such an open fails with **ENOENT** (only "
+                                   "**.**, **..** and paths through **..** still lead "
+                                   "somewhere). False otherwise.",
+        "start.filters": "The filters in effect, as text (**pid=1234 flags=wronly failed**), "
+                         "or an empty string.",
+    },
     summary="trace every file open on the host, with its result",
     help="Every file open on the host (open, openat, openat2, creat), with its result.",
-    codec="probes.open:OpenCodec",
+    codec="kinds.open:OpenCodec",
     source="open.bpf.c",
     # A storm of a million failing opens (benchmarks/storm.c) dropped none
     # into 8M and 0.3% into 4M.

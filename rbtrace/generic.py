@@ -1,6 +1,6 @@
 """Decoding of event records whose layout is known only at run time.
 
-`rbtrace tp` (rbtrace/probes/tp.py) generates one C event struct per
+`rbtrace tp` (rbtrace/kinds/tp.py) generates one C event struct per
 tracepoint; `rbtrace run` compiles a struct a user wrote.  Neither has a
 hand-written decoder: GenericCodec decodes any record whose C struct starts
 with `struct rb_header h;` (probes/common.h) from the numpy dtype BCC gave
@@ -183,7 +183,7 @@ COLUMNS = (
 
 # The spec of a GenericCodec made on its own (for inspection and tests).
 GENERIC = Spec(name="generic", summary="records decoded from their C struct", help="",
-               codec="probes.generic:GenericCodec", fields=FIELDS, columns=COLUMNS,
+               codec="generic:GenericCodec", fields=FIELDS, columns=COLUMNS,
                tally=(("commands", "comm"),))
 
 

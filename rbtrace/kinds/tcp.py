@@ -14,6 +14,7 @@ import click
 
 from rbtrace import fields
 from rbtrace.codec import Codec, shown
+from rbtrace.kernel import FD_FILE_OFFSETS
 from rbtrace.spec import Column, Field, Option, Spec, pid_column, time_column
 
 # The event kinds and connect sources, by their number in the record: the
@@ -26,13 +27,8 @@ FAMILIES = {socket.AF_INET: 4, socket.AF_INET6: 6}
 # fd's file (task->files->fdt->fd[fd]), its struct socket and struct sock,
 # the sock's addresses, ports, state and error, and tcp_sock's counters.
 STRUCT_OFFSETS = {
-    "TASK_FILES_OFF": ("task_struct", "files"),
-    "FILES_FDT_OFF": ("files_struct", "fdt"),
-    "FDTABLE_MAX_FDS_OFF": ("fdtable", "max_fds"),
-    "FDTABLE_FD_OFF": ("fdtable", "fd"),
-    "FILE_F_INODE_OFF": ("file", "f_inode"),
+    **FD_FILE_OFFSETS,
     "FILE_PRIVATE_DATA_OFF": ("file", "private_data"),
-    "INODE_I_MODE_OFF": ("inode", "i_mode"),
     "SOCKET_SK_OFF": ("socket", "sk"),
     "SOCK_SK_PROTOCOL_OFF": ("sock", "sk_protocol"),
     "SOCK_SK_TYPE_OFF": ("sock", "sk_type"),
@@ -158,6 +154,94 @@ class TcpCodec(Codec):
 
 SPEC = Spec(
     name="tcp",
+    # The man page's words (rbtrace/mandoc.py): this kind's own, in place
+    # of the common ones.
+    man={
+        # rbtrace(8), COMMANDS
+        "command": ("TCP connections, from connect or accept to close: the result of each connect, "
+                    "the peer of each accept, the duration and bytes of each connection."),
+        "pid": "Only connections connected or accepted by this process (thread group id, 1 to "
+               "4194304), all its threads. Checked in the kernel at the call.",
+        "uid": "Only connections connected or accepted by this user, a name or a number: the "
+               "real user id of the calling thread. Checked in the kernel at the call.",
+        "comm": "Only connections connected or accepted by threads whose command name is "
+                "exactly *COMM* (1 to 15 bytes). Checked in the kernel at the call.",
+        "failed": "Only failed connects: a **connect** event whose **ret** is an error other "
+                  "than **EINPROGRESS**, **EINTR** and **ERESTARTSYS** (the handshake goes "
+                  "on), and the failed outcome of a non-blocking connect. No **accept** or "
+                  "**close** events. Checked in the kernel.",
+        "port": "Only connections whose local or remote port is *PORT* (1 to 65535): both ends"
+                " of a connection to a local server on that port, and connects to that port "
+                "elsewhere. Checked in the kernel when the connect or accept returns (the "
+                "local port of a connect is chosen during the call), once per connection: a "
+                "connection that does not match is forgotten then.",
+        "addr": "Only connections whose local or remote address is *ADDR*, an IPv4 "
+                "(**127.0.0.1**) or IPv6 (**::1**) address, compared in the kernel like "
+                "**--port**. An IPv4 address does not match an IPv6 socket's IPv4-mapped "
+                "address (**::ffff:127.0.0.1**).",
+        "column.PID": "The process that connected or accepted (the owner, see **Whose "
+                      "events**).",
+        "column.COMM": "Its command name.",
+        "column.EVENT": "**connect**, **connect…** (the later outcome of a non-blocking "
+                        "connect), **accept** or **close**.",
+        "column.LOCAL": "The local address and port, *addr:port* or *[addr]:port*.",
+        "column.RESULT": "For a connect, **ok** or the error name (**ECONNREFUSED**, "
+                         "**EINPROGRESS**); for a close, its duration in seconds.",
+        "column.TX/RX": "For a close, **tx_bytes/rx_bytes** (see below).",
+        "event.time": "Wall-clock time of the event, decoded from **ts_ns**: ISO 8601 in UTC "
+                      "with nanoseconds, as in “**2026-12-01T07:23:04.247907736Z**”.",
+        "event.ts_ns": "Raw time of the event: the kernel's **CLOCK_MONOTONIC** in "
+                       "nanoseconds, as **clock_gettime**(2) gives it.",
+        "event.pid": "The process that connected or accepted (thread group id): the caller for"
+                     " the events of a call, the connection's owner for the events of a state "
+                     "change (see **Whose events**).",
+        "event.tid": "Its thread.",
+        "event.ppid": "Its parent (thread group id), at the connect or accept.",
+        "event.uid": "Raw real user id of that thread (in the initial user namespace).",
+        "event.user": "**uid**, decoded: the login name, or the number as a string.",
+        "event.comm": "The thread's command name (at most 15 bytes).",
+        "event.comm_b64": "Only when the bytes of **comm** are not valid UTF-8: the exact "
+                          "bytes in base64 (RFC 4648, with padding). **comm** then holds the "
+                          "bytes decoded with U+FFFD for each invalid sequence.",
+        "event.event": "**\"connect\"**, **\"accept\"** or **\"close\"**.",
+        "event.source": "For a connect: **\"syscall\"** (the call's result, when it returned) or"
+                        " **\"state\"** (the outcome of a connect that returned **EINPROGRESS** "
+                        "or **EINTR**, when the handshake ended).",
+        "event.saddr": "The local address, as text: **\"127.0.0.1\"**, **\"::1\"**. For a connect "
+                       "that failed early (no route), before a local address was chosen: "
+                       "**\"0.0.0.0\"** or **\"::\"**.",
+        "event.sport": "The local port, a number; 0 when none was chosen (a connect that "
+                       "failed before). For a connect that failed after its SYN was sent, the "
+                       "port it had then (the kernel releases it before the call returns).",
+        "event.daddr": "The remote address: for a connect, the one the caller asked for.",
+        "event.ret": "For a connect: 0, or a negative error number (-512, **ERESTARTSYS**, for"
+                     " a call interrupted by a signal: see **DESCRIPTION**).",
+        "event.errno": "For a connect: **ret**, decoded: the error's name (**\"ECONNREFUSED\"**,"
+                       " **\"EINPROGRESS\"**), or **null** when it succeeded.",
+        "event.duration_ns": "For a close: nanoseconds from the connect call (its start) or "
+                             "the accept call (its return) to the close.",
+        "event.tx_bytes": "For a close: the kernel's **bytes_acked** for the connection (RFC "
+                          "4898's **tcpEStatsAppHCThruOctetsAcked**, **bytes_acked** in **ss "
+                          "-ti**), which counts sequence space acknowledged by the peer: the "
+                          "data bytes, plus 1 for a FIN that was acknowledged, plus 1 for the "
+                          "SYN on the side that connected. A connection that sent *N* bytes "
+                          "and closed in order has *N*+2 on the connecting side and *N*+1 on "
+                          "the accepting side.",
+        "event.rx_bytes": "For a close: the kernel's **bytes_received** (RFC 4898's "
+                          "**tcpEStatsAppHCThruOctetsReceived**): the data bytes received, "
+                          "plus 1 for a FIN received.",
+        "event.sock": "The kernel's address of the connection's socket, as a hexadecimal "
+                      "string: the events of one connection share it (a later connection may "
+                      "reuse it).",
+        "start.filters": "The filters in effect, as text (**port=443 failed**), or an empty "
+                         "string.",
+        "lost.map_full": "Of those, connections the probe could not remember (its map of "
+                         "connections, or of connect calls in flight, was full): for each, its"
+                         " later events (the outcome of a non-blocking connect, the close) are"
+                         " lost.",
+        "summary.map_full": "Connections not remembered because a map was full (see the "
+                            "**lost** lines).",
+    },
     summary="trace TCP connections, from connect or accept to close",
     help="""TCP connections: connect (with its result), accept, and close (with
     duration and bytes), on tracepoints.  -x keeps only failed connects.
@@ -167,7 +251,7 @@ SPEC = Spec(
     process that connected or accepted, and -p, -u, -n and -- CMD select
     connections by that process, when it connects or accepts.
     """,
-    codec="probes.tcp:TcpCodec",
+    codec="kinds.tcp:TcpCodec",
     source="tcp.bpf.c",
     ring="2M",                  # connections come thousands of times slower than opens
     failed="Only failed connects (no accept or close events).",
