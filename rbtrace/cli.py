@@ -223,7 +223,7 @@ def trace_command() -> click.Command:
 
     def callback(kinds, **opts):
         try:
-            names = trace.parse_kinds(kinds)
+            names, words = trace.parse_kinds(kinds, specs)
         except ValueError as e:
             raise UsageError(str(e)) from None
         ctx = click.get_current_context()
@@ -234,19 +234,24 @@ def trace_command() -> click.Command:
                 flag = next(o for o in spec.options if o.name == name).flags[-1]
                 raise UsageError(f"{flag} is an option of {' and '.join(of)}, which is not "
                                  f"among the kinds traced ({','.join(names)})")
-        sys.exit(_run_trace(spec, names, opts))
+        for name in names:
+            if specs[name].before is not None:
+                code = specs[name].before(trace.kind_options(specs, name, opts, words))
+                if code is not None:
+                    sys.exit(code)
+        sys.exit(_run_trace(spec, names, words, opts))
     return TraceCommand("trace", params=params, callback=callback, help=spec.help,
                         short_help=spec.summary)
 
 
-def _run_trace(spec, kinds, opts):
+def _run_trace(spec, kinds, words, opts):
     from rbtrace import trace
     from rbtrace.session import load_run
 
     target = _follow_target(opts)
     opts["follow"] = target is not None
     opts["filters_text"] = filters_text(spec, opts, target)
-    return _run(trace.make(kinds, opts), opts, target, loader=load_run)
+    return _run(trace.make(kinds, opts, words), opts, target, loader=load_run)
 
 
 class _Commands(dict):

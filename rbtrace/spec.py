@@ -345,12 +345,15 @@ class Option:
 @dataclass(frozen=True)
 class Argument:
     """A positional argument of a kind's command (tp's tracepoints, run's file).
-    man: its entry in the man page's OPTIONS, if it has one."""
+    man: its entry in the man page's OPTIONS, if it has one.
+    colon_words: in `rbtrace trace`, the words of KINDS with a colon
+    (CATEGORY:EVENT) are this argument's values, and name its kind."""
     name: str
     metavar: str
     nargs: int = 1
     path: bool = False
     man: str = ""
+    colon_words: bool = False
 
 
 # --- the table ----------------------------------------------------------------

@@ -25,35 +25,63 @@ _SHOWN_BEFORE = {"TIME", "PID", "COMM"}
 
 
 def kind_specs() -> dict:
-    """The kinds `rbtrace trace` takes by name, {name: spec}: every kind
-    with a probe of rbtrace's own and no arguments (tp's tracepoints and
-    run's file are arguments: not yet)."""
+    """The kinds `rbtrace trace` takes, {name: spec}: every kind with a
+    probe of rbtrace's own and no arguments, and a kind whose argument
+    takes CATEGORY:EVENT words (spec.Argument.colon_words).  run's file is
+    not taken yet."""
     from rbtrace import spec
     out = {}
     for name in spec.KINDS:
         s = spec.load(name)
-        if s.source and not s.arguments:
+        if (s.source and not s.arguments) or colon_argument(s) is not None:
             out[name] = s
     return out
 
 
-def parse_kinds(text: str) -> list:
-    """The kinds of "exec,open,exit", in the order given.  A ValueError
-    (one line) for an unknown, empty or repeated one."""
-    kinds = []
+def colon_argument(s):
+    """The argument of kind `s` that takes the CATEGORY:EVENT words, or None."""
+    return next((a for a in s.arguments if a.colon_words), None)
+
+
+def parse_kinds(text: str, specs=None) -> tuple:
+    """(the kinds of "exec,open,sched:sched_switch" in the order given, {kind:
+    its CATEGORY:EVENT words}).  A ValueError (one line) for an unknown,
+    empty or repeated one."""
+    specs = kind_specs() if specs is None else specs
+    kinds, words = [], {}
+    colon = [k for k, s in specs.items() if colon_argument(s) is not None]
     for word in text.split(","):
         word = word.strip()
         if not word:
             raise ValueError(f"'{fields.for_message(text)}': an empty kind (give "
                              f"KIND[,KIND...], e.g. exec,open,exit)")
-        known = kind_specs()
-        if word not in known:
+        if ":" in word and colon:
+            kind = colon[0]
+            if word in words.get(kind, ()):
+                raise ValueError(f"tracepoint '{fields.for_message(word)}' is given twice")
+            words.setdefault(kind, []).append(word)
+            if kind not in kinds:
+                kinds.append(kind)
+            continue
+        if word not in specs:
             raise ValueError(f"unknown kind '{fields.for_message(word)}': the kinds are "
-                             f"{', '.join(known)}")
+                             f"{', '.join(k for k in specs if k not in colon)}"
+                             + (", or a tracepoint CATEGORY:EVENT" if colon else ""))
+        if colon_argument(specs[word]) is not None and word not in words:
+            raise ValueError(f"'{word}' takes its tracepoints as CATEGORY:EVENT words of "
+                             f"KINDS (e.g. sched:sched_switch)")
         if word in kinds:
             raise ValueError(f"kind '{word}' is given twice")
         kinds.append(word)
-    return kinds
+    return kinds, words
+
+
+def kind_options(specs, kind, options, words) -> dict:
+    """The options of one kind's codec: the run's, with its CATEGORY:EVENT
+    words as its argument."""
+    if kind not in words:
+        return dict(options)
+    return {**options, colon_argument(specs[kind]).name: tuple(words[kind])}
 
 
 def options_by_owner(specs: dict) -> tuple:
@@ -86,16 +114,19 @@ def details_text(columns, event) -> str:
 
 def trace_spec(specs: dict) -> Spec:
     options, _ = options_by_owner(specs)
+    named = [k for k, s in specs.items() if colon_argument(s) is None]
+    colon = [k for k, s in specs.items() if colon_argument(s) is not None]
+    kinds = ", ".join(named) + "".join(f", and tracepoints CATEGORY:EVENT ({k})" for k in colon)
     return Spec(
         name="trace",
         summary="trace several kinds of event at once, in one stream",
-        help="""Several kinds of event in one stream, in the order they happened.
+        help=f"""Several kinds of event in one stream, in the order they happened.
 
-    KINDS is a comma-separated list of exec, open, exit and tcp.  Every
-    kind's programs write to one ring with one seq numbering, so the
-    stream is in ring order; the filters (-p, -u, -n, -x, -- CMD, --pid
-    --children) apply to every kind, and a kind's own options (--path for
-    open) need that kind among KINDS.  JSON lines are each kind's own.""",
+    KINDS is a comma-separated list of: {kinds}.  Every kind's programs
+    write to one ring with one seq numbering, so the stream is in ring
+    order; the filters (-p, -u, -n, -x, -- CMD, --pid --children) apply to
+    every kind, and a kind's own options (--path for open) need that kind
+    among KINDS.  JSON lines are each kind's own.""",
         codec="trace:TraceCodec",
         options=options,
         ring="8M",
@@ -163,10 +194,11 @@ def _comm(e) -> str:
     return shown(e, "comm")
 
 
-def make(kinds, options) -> TraceCodec:
+def make(kinds, options, words=None) -> TraceCodec:
     """The run's codec for `kinds` (names), every kind's codec made with
-    the same options."""
+    the same options (and its CATEGORY:EVENT words, `words`)."""
     from rbtrace import codec
     specs = kind_specs()
-    return TraceCodec([codec.make(specs[k], options) for k in kinds], options,
-                      trace_spec(specs))
+    words = words or {}
+    return TraceCodec([codec.make(specs[k], kind_options(specs, k, options, words))
+                       for k in kinds], options, trace_spec(specs))

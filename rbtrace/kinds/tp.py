@@ -741,7 +741,7 @@ SPEC = Spec(
     failed=None,
     tally=(("commands", "comm"),),
     before=list_only,
-    arguments=(Argument("tracepoints", "CATEGORY:EVENT...", nargs=-1),),
+    arguments=(Argument("tracepoints", "CATEGORY:EVENT...", nargs=-1, colon_words=True),),
     options=(
         Option(("--list",), "list_only", is_flag=True,
                help="Print the tracepoints that exist (those matching the arguments, "

@@ -19,12 +19,27 @@ def run(*args):
 
 
 def test_kinds_are_parsed_in_order_and_bad_ones_refused():
-    assert trace.parse_kinds("exit,exec") == ["exit", "exec"]
-    assert trace.parse_kinds(" open , tcp") == ["open", "tcp"]
+    assert trace.parse_kinds("exit,exec") == (["exit", "exec"], {})
+    assert trace.parse_kinds(" open , tcp") == (["open", "tcp"], {})
     for text, why in (("exec,nope", "unknown kind 'nope'"), ("exec,", "an empty kind"),
                       ("open,open", "kind 'open' is given twice")):
         with pytest.raises(ValueError, match=why):
             trace.parse_kinds(text)
+
+
+def test_colon_words_are_the_tracepoints_of_the_kind_that_takes_them():
+    specs = trace.kind_specs()
+    [colon] = [k for k, s in specs.items() if trace.colon_argument(s) is not None]
+    kinds, words = trace.parse_kinds("exec,sched:sched_switch,exit,sched:sched_wakeup", specs)
+    assert kinds == ["exec", colon, "exit"]
+    assert words == {colon: ["sched:sched_switch", "sched:sched_wakeup"]}
+    opts = trace.kind_options(specs, colon, {"pid": 1}, words)
+    assert opts == {"pid": 1, trace.colon_argument(specs[colon]).name:
+                    ("sched:sched_switch", "sched:sched_wakeup")}
+    with pytest.raises(ValueError, match="takes its tracepoints as CATEGORY:EVENT words"):
+        trace.parse_kinds(f"exec,{colon}", specs)
+    with pytest.raises(ValueError, match="is given twice"):
+        trace.parse_kinds("sched:sched_switch,sched:sched_switch", specs)
 
 
 def test_each_kind_option_has_its_owner():
@@ -39,7 +54,8 @@ def test_each_kind_option_has_its_owner():
      "rbtrace: --path is an option of open, which is not among the kinds traced (exec,exit)"),
     (("open", "--max-args", "3"),
      "rbtrace: --max-args is an option of exec, which is not among the kinds traced (open)"),
-    (("exec,bogus",), "rbtrace: unknown kind 'bogus': the kinds are exec, exit, open, tcp"),
+    (("exec,bogus",), "rbtrace: unknown kind 'bogus': the kinds are exec, exit, open, tcp, "
+                      "or a tracepoint CATEGORY:EVENT"),
 ])
 def test_usage_errors_are_one_line(args, message):
     p = run("trace", *args)
