@@ -245,3 +245,28 @@ def test_a_kind_option_filters_its_kind_only(kernel_ok):
     narrowed = collections.Counter(e["type"] for e in f.events)
     assert narrowed["exec"] == full["exec"] == 3 and narrowed["exit"] == full["exit"] == 3
     assert [e["path"] for e in f.events if e["type"] == "open"] == ["/etc/passwd"]
+
+
+def test_tracepoints_join_the_stream(kernel_ok):
+    """A CATEGORY:EVENT word traces that tracepoint in the same ring, as
+    rbtrace tp does: each fork the shell makes is one sched_process_fork
+    line, whose child is a process that exits, and which comes before the
+    child's own events."""
+    r = trace("/bin/sh", "-c", "/bin/true; (exit 2); /bin/true",
+              kinds="exec,sched:sched_process_fork,exit")
+    assert r.returncode == 0, r.stderr
+    check_stream(r)
+    forks = [e for e in r.events if e["type"] == "tp"]
+    exits = [e for e in r.events if e["type"] == "exit"]
+    # Every process but the root was forked by a followed one (how many
+    # the shell forks is its own business: 2 or 3).
+    assert len(forks) == len(exits) - 1 >= 2, [e["type"] for e in r.events]
+    children = {e["args"]["child_pid"] for e in forks}
+    root = r.summary["command"]["pid"]
+    assert children == {e["pid"] for e in exits} - {root}
+    for fork in forks:
+        assert fork["pid"] == root and fork["process"] == exits[-1]["process"]
+        child = [i for i, e in enumerate(r.events) if e["pid"] == fork["args"]["child_pid"]]
+        assert r.events.index(fork) < min(child)
+    assert sorted(e["exit_code"] for e in exits)[-1] == 2
+    assert sorted(e["exit_code"] for e in exits).count(2) == 1
