@@ -562,7 +562,7 @@ def test_pid_and_uid_filters_are_applied_in_the_kernel(rbtrace):
 # --- bpf_loop and the bounded-loop fallback -----------------------------------
 
 # The volatile part of an event: which process, and when.
-_RUN_FIELDS = {"time", "ts_ns", "seq", "pid", "tid", "ppid"}
+_RUN_FIELDS = {"time", "ts_ns", "seq", "pid", "tid", "ppid", "process"}
 
 
 def _followed_execs(tmp_path, script, env):
