@@ -93,8 +93,13 @@ class RingConsumer:
         if len(tagged) > 1:
             raise ValueError("event types with and without a kind tag in one ring")
         self._tag_off = None
+        # One kind in the ring (every one-kind command): its tag is known
+        # without reading it, and a record a user's probe reserved without
+        # rbtrace's header filled in (rbtrace-run(8)) still decodes.
+        tags = {et.tag for et in event_types}
+        self._only_tag = next(iter(tags)) if len(tags) == 1 else None
         for et in event_types:
-            if et.tag is not None:
+            if et.tag is not None and self._only_tag is None:
                 if TAG_FIELD not in et.dtype.names:
                     raise ValueError(f"event type {et.name} has no {TAG_FIELD} member")
                 off = et.dtype.fields[TAG_FIELD][1]
@@ -157,7 +162,7 @@ class RingConsumer:
                 cons += _stride(length & ~DISCARD)
                 self._cons[0] = cons
                 continue
-            tag = None
+            tag = self._only_tag
             if self._tag_off is not None:
                 tag = int(u32[((off + HDR + self._tag_off) & self.mask) >> 2])
             entry = self._types.get((tag, length))
@@ -183,7 +188,7 @@ class RingConsumer:
             view = np.ndarray((n,), dtype=rec, buffer=self._data_map,
                               offset=mmap.PAGESIZE + off)
             other = view["_len"] != length
-            if tag is not None:
+            if self._tag_off is not None:
                 # A run ends where another kind's record of the same size starts.
                 other |= view["_payload"][TAG_FIELD] != tag
             bad = np.flatnonzero(other)

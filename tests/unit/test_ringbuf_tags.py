@@ -85,3 +85,14 @@ def test_tagged_and_untagged_types_do_not_mix(ring):
     plain = EventType("plain", np.dtype([("seq", "<u8"), ("z", "S40")]))
     with pytest.raises(ValueError, match="with and without a kind tag"):
         ring.consumer([EXEC, plain])
+
+
+def test_one_kind_in_the_ring_is_told_apart_by_size_alone(ring):
+    """A one-kind run does not read the tag: a record of a user's probe
+    (rbtrace run) reserved without rbtrace's header filled in still
+    decodes, as before there were tags."""
+    c = ring.consumer([OPEN, OPEN_LONG])
+    ring.add(rec(0, 0xDEAD, 3))                  # rb_kind never written
+    ring.add(rec(1, 2, 4, b"/etc"))
+    assert segments(c) == [("open_event", [0]), ("open_long", [1])]
+    c.close()
