@@ -25,7 +25,7 @@ HIT = "loaded from the compile cache"
 
 # What a run's events are compared on: not times, pids or sequence numbers.
 VOLATILE = {"seq", "time", "ts_ns", "pid", "tid", "ppid", "duration_ns", "start_ns",
-            "exe_inode", "sport", "cookie"}
+            "exe_inode", "sport", "cookie", "process"}
 
 # The workload reads its tracer's memory map and ring size (its parent is
 # the rbtrace that follows it) before doing its traced work.
