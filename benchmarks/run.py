@@ -8,6 +8,8 @@ compiled here with gcc -O2, pinned to the last CPU; tracers unpinned):
   rbtrace-json    rbtrace open --json --comm COMM, stdout to /dev/null
   rbtrace-table   rbtrace open --comm COMM, the live table on a pty
   rbtrace-nomatch rbtrace open --json --comm nomatch: traced, rejected in the kernel
+  rbtrace-trace   rbtrace trace exec,open,exit --json --comm COMM: the opens in one
+                  ring with the exec and exit probes' records
   bcc-ringbuf     the same probe, BCC's open_ring_buffer + per-event ctypes
                   callback + json.dumps (benchmarks/bcc_baseline.py)
   bcc-perf        the same probe made to use a perf buffer, perf_buffer_poll,
@@ -70,7 +72,7 @@ SMOKE = {"opens": 20_000, "strace_opens": 2_000, "latency_opens": 2_000,
          "latency_rate": 20_000, "startup_repeat": 1, "sustain_rates": "20000",
          "sustain_seconds": 0.5, "quiet_wait": 0}
 
-VARIANTS = ("untraced", "rbtrace-json", "rbtrace-table", "rbtrace-nomatch",
+VARIANTS = ("untraced", "rbtrace-json", "rbtrace-table", "rbtrace-nomatch", "rbtrace-trace",
             "bcc-ringbuf", "bcc-perf", "bpftrace", "strace")
 
 BPFTRACE_PROG = r'''
@@ -577,7 +579,7 @@ def traced_run(bench, argv, n, rate, *, stdout="devnull", ready="maps", ts=None,
     return facts
 
 
-_RB_SUMMARY = re.compile(r"rbtrace open: (\d+) events delivered, (\d+) dropped")
+_RB_SUMMARY = re.compile(r"rbtrace (?:open|trace): (\d+) events delivered, (\d+) dropped")
 
 
 def rbtrace_counts(facts):
@@ -617,6 +619,11 @@ def variant_spec(bench, name, latency):
                     rbtrace_counts)
         return (rb + ["open", "--json", "--comm", COMM], dict(stdout="devnull", ready="maps"),
                 rbtrace_counts)
+    if name == "rbtrace-trace":
+        # The storm's opens among the exec and exit probes' records, in one
+        # ring (rbtrace trace): its cost per event next to rbtrace-json's.
+        return (rb + ["trace", "exec,open,exit", "--json", "--comm", COMM],
+                dict(stdout="devnull", ready="maps"), rbtrace_counts)
     if name == "rbtrace-nomatch":
         return (rb + ["open", "--json", "--comm", "nomatch"], dict(stdout="devnull", ready="maps"),
                 rbtrace_counts)
@@ -857,7 +864,8 @@ def fmt_num(v, nd=0):
 
 HOW_SHORT = {
     "rbtrace-json": "kernel counters", "rbtrace-table": "kernel counters",
-    "rbtrace-nomatch": "kernel counters", "bcc-ringbuf": "kernel counters",
+    "rbtrace-nomatch": "kernel counters", "rbtrace-trace": "kernel counters",
+    "bcc-ringbuf": "kernel counters",
     "bcc-perf": "kernel + perf lost cb", "bpftrace": "storm count, lines read",
     "strace": "storm count", "untraced": "—",
 }
@@ -1103,7 +1111,8 @@ def main():
             result["rounds"].append(rnd)
         if not args.no_latency:
             for name in only:
-                if name in ("untraced", "rbtrace-nomatch") or name.endswith(AGAINST):
+                if name in ("untraced", "rbtrace-nomatch", "rbtrace-trace") \
+                        or name.endswith(AGAINST):
                     continue
                 log(f"latency: {name} at {args.latency_rate:.0f}/s ...")
                 row = {"variant": name, "opens": args.latency_opens,
