@@ -51,11 +51,14 @@ def age_text(ns) -> str:
     """A lifetime, short: 850us, 12.3ms, 4.07s, 5m02s, 3h05m, 2d04h."""
     if ns < 1_000_000:
         return f"{ns // 1000}us"
-    if ns < 1_000_000_000:
+    # Three significant digits, and a unit up where they would round to
+    # 1000 ("1e+03ms"): 999.5ms is "1s", 59.95s is "1m00s".
+    if ns < 999_500_000:
         return f"{ns / 1e6:.3g}ms"
     s = ns // 1_000_000_000
-    if s < 60:
+    if ns < 59_950_000_000:
         return f"{ns / 1e9:.3g}s"
+    s = max(s, 60)
     if s < 3600:
         return f"{s // 60}m{s % 60:02d}s"
     if s < 86400:
