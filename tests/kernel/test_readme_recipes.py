@@ -343,6 +343,48 @@ def check_open_make(recipe, tmp, running):
         == [True]
 
 
+def check_trace_make(recipe, tmp, running):
+    """`trace exec,open,exit --json -o run.jsonl -- make -j2`: one stream of
+    make's tree in ring order: each program's exec, the file it opened,
+    its exit with its code, joined by the process key; make's status."""
+    mark = _marker()
+    with open(os.path.join(tmp, f"{mark}.txt"), "w") as f:
+        f.write(f"hello {mark}\n")
+    write_makefile(tmp, f"all: a b\na:\n\t/bin/cat {mark}.txt\nb:\n\t/bin/false {mark}-b\n")
+    untraced = subprocess.run(["make", "-j2"], cwd=tmp, capture_output=True, timeout=60)
+    false_code = subprocess.run(["/bin/false"]).returncode
+    r = running(recipe, cwd=tmp)
+    r.finish(interrupt=False)
+    assert untraced.returncode == 2 and r.returncode == 2, r.stderr
+    with open(os.path.join(tmp, "run.jsonl"), "rb") as f:
+        lines = json_lines(f.read())
+    assert lines[0]["type"] == "start" and lines[-1]["type"] == "summary"
+    summary = lines[-1]
+    assert summary["command"]["status"] == 2 and summary["dropped"] == 0
+    events = [e for e in lines if e["type"] in ("exec", "open", "exit")]
+    assert summary["delivered"] == len(events)
+    by_key = {}
+    for e in events:
+        by_key.setdefault(e["process"], []).append(e)
+    cat = [k for k, evs in by_key.items()
+           if any(e["type"] == "exec" and e["argv"] == ["/bin/cat", f"{mark}.txt"] for e in evs)]
+    false = [k for k, evs in by_key.items()
+             if any(e["type"] == "exec" and e["argv"] == ["/bin/false", f"{mark}-b"]
+                    for e in evs)]
+    assert len(cat) == 1 and len(false) == 1, by_key
+    for key, code in ((cat[0], 0), (false[0], false_code)):
+        evs = by_key[key]
+        execs = [i for i, e in enumerate(evs) if e["type"] == "exec" and e["ret"] == 0]
+        # the new program's events after its exec; its exit, last
+        assert evs[-1]["type"] == "exit" and evs[-1]["exit_code"] == code, evs
+        assert execs and all(e["type"] != "exit" for e in evs[:-1]), evs
+    opened = [e for e in by_key[cat[0]] if e["type"] == "open" and e["path"] == f"{mark}.txt"]
+    assert [e["ret"] >= 0 for e in opened] == [True], by_key[cat[0]]
+    [make_exit] = [e for e in events if e["type"] == "exit"
+                   and e["pid"] == summary["command"]["pid"]]
+    assert make_exit["exit_code"] == 2
+
+
 def check_exec_pid_children(recipe, tmp, running):
     """`exec --pid 1234 --children` (1234: the workload's pid): the execs
     of that process and its children, and the end when it exits."""
@@ -472,6 +514,7 @@ CHECKS = {
     "exec -- make -j2": check_exec_make,
     "exit -x -- make -j2": check_exit_make,
     "open --json -o opens.json -- make": check_open_make,
+    "trace exec,open,exit --json -o run.jsonl -- make -j2": check_trace_make,
     "exec --pid 1234 --children": check_exec_pid_children,
     "tp --list 'sched:*'": check_tp_list,
     "tp sched:sched_process_fork 'syscalls:sys_enter_kill'": check_tp_fork_kill,
