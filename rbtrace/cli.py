@@ -394,6 +394,12 @@ def _run(probe, opts, target, loader=None):
             target.close()
     # The summary reaches stderr even when the output failed; then one line
     # says which file and why (main), and the exit status is Exit.OUTPUT.
+    if not opts.get("json_out"):
+        # Per kind and per process, before the one line (which stays last).
+        from rbtrace.procsum import table_lines
+        lines = table_lines(session.summary, tree=target is not None)
+        if lines:
+            sys.stderr.write("\n".join(lines) + "\n")
     _print_summary(session.summary)
     if session.output_error is not None:
         raise session.output_error

@@ -12,6 +12,7 @@ import base64
 import errno
 import functools
 import os
+import signal as signals
 import pwd
 import re
 import time
@@ -470,3 +471,45 @@ def is_pow2_pages(n: int, page: int) -> bool:
         return False
     pages = n // page
     return pages & (pages - 1) == 0
+
+
+# --- wait statuses and lifetimes (exit events, the run summary) ------------------
+
+def exit_code(status):
+    """WEXITSTATUS, or None when a signal ended the process."""
+    return (status >> 8) & 0xFF if status & 0x7F == 0 else None
+
+
+def signal_name(status):
+    """The name of the signal that ended the process (WTERMSIG), or None."""
+    number = status & 0x7F
+    if number == 0:
+        return None
+    try:
+        return signals.Signals(number).name
+    except ValueError:
+        return f"SIG{number}"        # a real-time signal: SIGRTMIN+n has no stdlib name
+
+
+def core_dumped(status):
+    """WCOREDUMP."""
+    return bool(status & 0x80)
+
+
+def age_text(ns) -> str:
+    """A lifetime, short: 850us, 12.3ms, 4.07s, 5m02s, 3h05m, 2d04h."""
+    if ns < 1_000_000:
+        return f"{ns // 1000}us"
+    # Three significant digits, and a unit up where they would round to
+    # 1000 ("1e+03ms"): 999.5ms is "1s", 59.95s is "1m00s".
+    if ns < 999_500_000:
+        return f"{ns / 1e6:.3g}ms"
+    s = ns // 1_000_000_000
+    if ns < 59_950_000_000:
+        return f"{ns / 1e9:.3g}s"
+    s = max(s, 60)
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"

@@ -124,6 +124,13 @@ class Tally:
         return self.counts[name].most_common(n)
 
 
+def kind_specs(probe) -> tuple:
+    """The specs of the kinds a run traces: a trace.TraceCodec's codecs',
+    or the one codec's (none for a codec without one)."""
+    codecs = getattr(probe, "codecs", None) or [probe]
+    return tuple(c.spec for c in codecs if getattr(c, "spec", None) is not None)
+
+
 def load(probe, ring_bytes, use_cache=True, debug=False):
     """(LoadedProbe, RingConsumer): `probe` compiled, or taken from the
     compile cache unless `use_cache` is False, loaded and attached, and
@@ -178,6 +185,8 @@ class Session:
         # event than the other modes can spend (see open's SPEC.table_tally).
         self.tally = Tally(probe.tally + (probe.table_tally
                                           if getattr(renderer, "shows_tally", False) else ()))
+        from rbtrace.procsum import ProcessSummary
+        self.procs = ProcessSummary(ends_traced=any(s.process_end for s in kind_specs(probe)))
 
     def _on_signal(self, signum, frame):
         self.stop_reason = self.stop_reason or signum
@@ -476,12 +485,26 @@ class Session:
                 # One line per event, and only whole lines are kept: the
                 # first lines_kept events are out, the others are not.
                 self.tally.add(records[:e.lines_kept])
+                self._count_processes(et, records[:e.lines_kept], offsets[:e.lines_kept], data)
                 self.delivered += e.lines_kept
                 raise
             self.tally.add(records)
+            self._count_processes(et, records, offsets, data)
             self.delivered += n
             if self.stop_reason == "count":
                 break
+
+    def _count_processes(self, et, records, offsets, data):
+        """The per-process and per-kind counts of the summary (procsum)."""
+        codec = self.probe.codec_for(et) if hasattr(self.probe, "codec_for") else self.probe
+        spec = getattr(codec, "spec", None)
+        if spec is None:
+            return
+
+        def decode(mask):
+            return codec.decode(et, records[mask], offsets[mask], data)
+
+        self.procs.add(spec, records, decode)
 
     LOSS_KINDS = ("ringbuf_full", "map_full", "missed_by_kernel", "not_followed")
 
@@ -547,4 +570,5 @@ class Session:
             if not self.follow.released:    # abandoned before it could exec
                 summary["command"].update(status=None, signal=None)
             summary["followed_running"] = self._followed_running
+        summary.update(self.procs.result())
         return summary

@@ -51,6 +51,9 @@ FIELD_KINDS = {
     "number": "a number, perhaps with a fraction",
     "counts": "an object from names to counts",
     "command": "the command run after --: argv, pid, status, signal",
+    "kinds": "an object from kind names to {events, errors}",
+    "processes": "a list of processes, each an object (see the summary's processes member)",
+    "other": "an object with processes and events: those counted together",
     "process": 'a process\'s key, "<boot id>-<start ns>-<pid>": the same in every event of '
                'one process, from its fork (or exec) to its exit, and in no other process\'s',
 }
@@ -83,6 +86,38 @@ _SCHEMA = {
                     "status": {"type": ["integer", "null"], "minimum": 0, "maximum": 255},
                     "signal": {"type": ["string", "null"]}}},
     "process": {"type": "string", "pattern": "^[0-9a-f-]+-[0-9]+-[0-9]+$"},
+    "kinds": {"type": "object", "additionalProperties": {
+        "type": "object", "additionalProperties": False, "required": ["events", "errors"],
+        "properties": {
+            "events": {"type": "integer", "minimum": 0},
+            "errors": {"type": "object",
+                       "additionalProperties": {"type": "integer", "minimum": 0}}}}},
+    "processes": {"type": "array", "items": {
+        "type": "object", "additionalProperties": False,
+        "required": ["process", "pid", "ppid", "parent", "comm", "argv", "events", "kinds",
+                     "errors", "state", "exit_code", "signal", "duration_ns"],
+        "properties": {
+            "process": {"type": "string", "pattern": "^[0-9a-f-]+-[0-9]+-[0-9]+$"},
+            "pid": {"type": "integer", "minimum": 0},
+            "ppid": {"type": "integer", "minimum": 0},
+            "parent": {"anyOf": [{"type": "string", "pattern": "^[0-9a-f-]+-[0-9]+-[0-9]+$"},
+                                 {"type": "null"}]},
+            "comm": {"type": "string"},
+            "argv": {"anyOf": [{"type": "array", "items": {"type": "string"}},
+                               {"type": "null"}]},
+            "events": {"type": "integer", "minimum": 0},
+            "kinds": {"type": "object",
+                      "additionalProperties": {"type": "integer", "minimum": 0}},
+            "errors": {"type": "object",
+                       "additionalProperties": {"type": "integer", "minimum": 0}},
+            "state": {"enum": ["exited", "running", "unknown"]},
+            "exit_code": {"type": ["integer", "null"], "minimum": 0, "maximum": 255},
+            "signal": {"type": ["string", "null"]},
+            "duration_ns": {"type": ["integer", "null"], "minimum": 0}}}},
+    "other": {"type": "object", "additionalProperties": False,
+              "required": ["processes", "events"],
+              "properties": {"processes": {"type": "integer", "minimum": 0},
+                             "events": {"type": "integer", "minimum": 0}}},
 }
 
 
@@ -290,6 +325,26 @@ SUMMARY = (
               "when **rbtrace** ended (daemons, orphans still busy), which are no longer "
               "traced. Those that exited after the tracing stopped early (**--count**, "
               "**--duration**) are not counted."),
+    Field("kinds", "kinds", "per kind traced: events delivered, and errors by name",
+          man="Per kind traced, an object from the kind's name to {**events**, **errors**}: "
+              "the events delivered, and their errors counted by name: the errno of a "
+              "negative **ret** (**\"ENOENT\"**), and for **exit** a non-zero status, "
+              "as **\"exit 3\"** or the signal's name (**\"SIGKILL\"**)."),
+    Field("processes", "processes", "per process with events delivered: counts, parent, "
+          "argv, how it ended",
+          man="Per process with events delivered (at most 10000, in the order they were "
+              "first seen), an object: **process** (its key, as in its events), **pid**, "
+              "**ppid** (the parent in its first event), **parent** (the parent's key, "
+              "when the parent has events too, else **null**), **comm**, **argv** (of its "
+              "last successful exec, or **null** when none was traced), **events**, "
+              "**kinds** (events per kind), **errors** (as in **kinds**), **state** "
+              "(**\"exited\"** when its exit event was delivered; else **\"running\"** "
+              "when **exit** was traced, **\"unknown\"** when not), **exit_code**, "
+              "**signal** and **duration_ns** (its lifetime), from its exit event, or "
+              "**null**."),
+    Field("processes_other", "other", "processes beyond the first 10000, counted together",
+          man="Processes beyond the first 10000 with events, counted together: an object "
+              "with **processes** (how many, exact up to 10000 of them) and **events**."),
 )
 
 LINES = {"start": START, "lost": LOST, "summary": SUMMARY}
@@ -439,6 +494,12 @@ class Spec:
     before     None, or a function of the command's options called before
                anything else (tp --list): an exit status ends the command
                there, None goes on to trace.
+    process_argv   its successful events (ret 0), decoded, give their
+               process a new argv and comm in the run summary (rbtrace/
+               procsum.py): an exec.
+    process_end    None, or the record column holding a wait status: an
+               event of this kind is its process's end, and the run
+               summary takes the exit code, signal and lifetime from it.
     """
     name: str
     summary: str
@@ -457,6 +518,8 @@ class Spec:
     man: dict = field(default_factory=dict)
     notes: dict = field(default_factory=dict)
     before: Optional[Callable] = None
+    process_argv: bool = False
+    process_end: Optional[str] = None
 
     @property
     def json_fields(self) -> tuple:

@@ -433,6 +433,7 @@ SPEC = Spec(
     calling process; --pid, --uid and --comm are checked in the kernel.
     """,
     codec="kinds.exec:ExecCodec",
+    process_argv=True,
     source="exec.bpf.c",
     ring="4M",
     failed="Only failed calls.",

@@ -3,34 +3,11 @@
 A record holds the wait(2) status the parent gets and the process's start
 time; SPEC below declares the event's members, options and columns.
 """
-import signal as signals
-
 from rbtrace import fields
 from rbtrace.codec import Codec, shown
+# How a wait status reads, and a lifetime: also the run summary's (procsum).
+from rbtrace.fields import age_text, core_dumped, exit_code, signal_name  # noqa: F401
 from rbtrace.spec import Column, Field, Spec, pid_column, time_column
-
-
-# --- kinds: how a member is made from raw record values -----------------------
-
-def exit_code(status):
-    """WEXITSTATUS, or None when a signal ended the process."""
-    return (status >> 8) & 0xFF if status & 0x7F == 0 else None
-
-
-def signal_name(status):
-    """The name of the signal that ended the process (WTERMSIG), or None."""
-    number = status & 0x7F
-    if number == 0:
-        return None
-    try:
-        return signals.Signals(number).name
-    except ValueError:
-        return f"SIG{number}"        # a real-time signal: SIGRTMIN+n has no stdlib name
-
-
-def core_dumped(status):
-    """WCOREDUMP."""
-    return bool(status & 0x80)
 
 
 # Kernel struct members the probe reads, by -D name: the exiting task's
@@ -45,25 +22,6 @@ STRUCT_OFFSETS = {
     "SIGNAL_GROUP_EXIT_CODE_OFF": ("signal_struct", "group_exit_code"),
     "SIGNAL_LIVE_OFF": ("signal_struct", "live"),
 }
-
-
-def age_text(ns) -> str:
-    """A lifetime, short: 850us, 12.3ms, 4.07s, 5m02s, 3h05m, 2d04h."""
-    if ns < 1_000_000:
-        return f"{ns // 1000}us"
-    # Three significant digits, and a unit up where they would round to
-    # 1000 ("1e+03ms"): 999.5ms is "1s", 59.95s is "1m00s".
-    if ns < 999_500_000:
-        return f"{ns / 1e6:.3g}ms"
-    s = ns // 1_000_000_000
-    if ns < 59_950_000_000:
-        return f"{ns / 1e9:.3g}s"
-    s = max(s, 60)
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
 def how_text(e) -> str:
@@ -108,6 +66,7 @@ SPEC = Spec(
     failed="Only processes that failed: a non-zero exit code, or killed by a signal.",
     tally=(("commands", "comm"),),
     offsets=STRUCT_OFFSETS,
+    process_end="status",
     # The man page's words for what every kind has (rbtrace/mandoc.py).
     man={
         # rbtrace(8), COMMANDS
