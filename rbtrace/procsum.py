@@ -84,6 +84,8 @@ class ProcessSummary:
         if k is None:
             k = self.kinds[kind] = [0, collections.Counter()]
         k[0] += n
+        if "pid" not in names or "proc_start_ns" not in names:
+            return                  # no header (not a record of rbtrace's own)
         pid, start = records["pid"], records["proc_start_ns"]
         p0, s0 = pid[0], start[0]
         if bool((pid == p0).all()) and bool((start == s0).all()):
@@ -148,8 +150,14 @@ class ProcessSummary:
     def _errors(self, kind_errors, procs, ret, group):
         """Count errors (negative ret values) per kind and per process."""
         if group is None:
-            values, counts = np.unique(ret, return_counts=True)
-            for v, c in zip(values.tolist(), counts.tolist()):
+            first = ret[0]
+            if bool((ret == first).all()):
+                # A storm repeats one error: skip the sort np.unique does.
+                pairs = [(first.item(), len(ret))]
+            else:
+                values, counts = np.unique(ret, return_counts=True)
+                pairs = zip(values.tolist(), counts.tolist())
+            for v, c in pairs:
                 name = fields.errno_name(v)
                 if not name:            # below -4095: not an error number
                     continue
