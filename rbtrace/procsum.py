@@ -109,9 +109,18 @@ class ProcessSummary:
             self._exits(procs, inverse, records, records[spec.process_end], k[1])
         elif "ret" in names and records.dtype["ret"].kind == "i":
             ret = records["ret"]
-            bad = ret < 0
-            if bool(bad.any()):
-                errs = (ret[bad], None if inverse is None else inverse.reshape(-1)[bad])
+            r0 = ret[0]
+            if inverse is None and bool((ret == r0).all()):
+                # A storm repeats one result: two numpy calls in all.
+                name = fields.errno_name(int(r0))
+                if name:
+                    k[1][name] += n
+                    if procs[0] is not None:
+                        procs[0].errors[name] += n
+            else:
+                bad = ret < 0
+                if bool(bad.any()):
+                    errs = (ret[bad], None if inverse is None else inverse.reshape(-1)[bad])
         if errs is not None:
             self._errors(k[1], procs, *errs)
         if spec.process_argv and decode is not None and "ret" in names:
