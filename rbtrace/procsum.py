@@ -283,7 +283,8 @@ def _state_text(p) -> str:
 
 def _errors_text(errors: dict, n=2) -> str:
     top = sorted(errors.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
-    return ", ".join(f"{k} {v}" for k, v in top)
+    # "exit 3" has a space: "exit 3×1" reads as one error counted once.
+    return ", ".join(f"{k}×{v}" for k, v in top)
 
 
 def table_lines(s: dict, tree: bool, shown: int = SHOWN, width: int = 100) -> list:
@@ -296,7 +297,7 @@ def table_lines(s: dict, tree: bool, shown: int = SHOWN, width: int = 100) -> li
     if len(procs) + other.get("processes", 0) <= 1 and len(kinds) <= 1:
         return []
     lines = ["rbtrace: per kind: " + "; ".join(
-        f"{k} {v['events']}" + (f" (errors: {_errors_text(v['errors'], 3)})" if v["errors"] else "")
+        f"{k} {v['events']}" + (f" (errors: {_errors_text(v['errors'], 5)})" if v["errors"] else "")
         for k, v in kinds.items())]
     if tree:
         children = collections.defaultdict(list)
