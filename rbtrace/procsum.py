@@ -331,6 +331,8 @@ def table_lines(s: dict, tree: bool, shown: int = SHOWN, width: int = 100) -> li
         lines.append(f"rbtrace: {len(order) - shown} more processes not shown (all are in "
                      f"the JSON summary)")
     if other.get("processes"):
-        lines.append(f"rbtrace: {other['processes']} more processes beyond the first "
-                     f"{KEEP} counted together: {other['events']} events")
+        # Other processes are told apart up to as many as were kept.
+        many = "at least " if other["processes"] >= len(procs) else ""
+        lines.append(f"rbtrace: {many}{other['processes']} more processes beyond the first "
+                     f"{len(procs)} counted together: {other['events']} events")
     return lines

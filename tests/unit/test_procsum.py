@@ -192,3 +192,16 @@ def test_table_tree_puts_children_under_parents_and_top_orders_by_events():
     top = procsum.table_lines(_summary(procs), tree=False, shown=2)
     assert [l.split()[-1] for l in top[3:5]] == ["a", "b"]
     assert top[5].startswith("rbtrace: 2 more processes not shown")
+
+
+def test_table_says_how_many_processes_were_counted_together():
+    s = procsum.ProcessSummary(ends_traced=False, keep=3)
+    s.add(CALLS, records(CALL, [call(pid, pid) for pid in range(1, 6)]))
+    lines = procsum.table_lines(s.result(boot="b"), tree=False)
+    assert lines[-1] == "rbtrace: 2 more processes beyond the first 3 counted together: 2 events"
+    # Beyond as many again, the count of processes is a lower bound.
+    s = procsum.ProcessSummary(ends_traced=False, keep=2)
+    s.add(CALLS, records(CALL, [call(pid, pid) for pid in range(1, 7)]))
+    lines = procsum.table_lines(s.result(boot="b"), tree=False)
+    assert lines[-1] == ("rbtrace: at least 2 more processes beyond the first 2 counted "
+                         "together: 4 events")
