@@ -200,6 +200,8 @@ def _members(fields, line, spec, consts) -> list:
             b64 = f"{f.name}_b64"
             text = spec.man.get(f"{line}.{b64}") or (
                 specs.B64_MAN if f.kind == "text" else specs.B64_LIST_MAN).format(name=f.name)
+            if line == "event" and f.name == "comm" and f"{line}.{b64}" not in spec.man:
+                text += specs.B64_RULE           # the first _b64 of a page: the rule
             out += _entry(f".B {b64}", _substitute(text, spec))
     return out
 

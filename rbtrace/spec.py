@@ -216,6 +216,10 @@ HEADER = (
 B64_MAN = ("Only when the bytes of **{name}** are not valid UTF-8: the exact bytes in base64 "
            "(RFC 4648, with padding). The string member then holds the bytes decoded with "
            "U+FFFD for each invalid sequence, so the output stays valid UTF-8.")
+# Said once per page, at the header's comm_b64: how every *_b64 member reads.
+B64_RULE = (" The original bytes of a member *name* are always the base64 decoding of "
+            "*name***_b64** when it is present, and *name* encoded as UTF-8 otherwise; each "
+            "*name***_b64** comes right after *name*.")
 B64_LIST_MAN = ("Only when one of **{name}** is not valid UTF-8: the exact bytes of every "
                 "one, as a list of base64 strings (RFC 4648, with padding). The strings of "
                 "**{name}** then hold the bytes decoded with U+FFFD for each invalid "

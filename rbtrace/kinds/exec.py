@@ -358,13 +358,6 @@ SPEC = Spec(
         "event.comm": "The command name, at most 15 bytes: for a successful exec the new "
                       "program's (the kernel takes it from the file name), for a failed one "
                       "the caller's.",
-        "event.comm_b64": "Only when the bytes of **comm** are not valid UTF-8: the exact "
-                          "bytes in base64 (RFC 4648, with padding). The string member then "
-                          "holds the bytes decoded with U+FFFD for each invalid sequence, so "
-                          "the output stays valid UTF-8. The original bytes of a member *name*"
-                          " are always the base64 decoding of *name***_b64** when it is "
-                          "present, and *name* encoded as UTF-8 otherwise; each *name***_b64**"
-                          " comes right after *name*.",
         "event.syscall": "**\"execve\"** or **\"execveat\"**; or **\"kernel\"** when the exec was "
                          "seen without its system call: one started by the kernel itself, or "
                          "one already under way when rbtrace attached. Its arguments are then "

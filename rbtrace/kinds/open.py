@@ -342,13 +342,6 @@ SPEC = Spec(
                       "call.",
         "event.uid": "Raw real user id of the calling thread (in the initial user namespace).",
         "event.comm": "The calling thread's command name (at most 15 bytes).",
-        "event.comm_b64": "Only when the bytes of **comm** are not valid UTF-8: the exact "
-                          "bytes in base64 (RFC 4648, with padding). The string member then "
-                          "holds the bytes decoded with U+FFFD for each invalid sequence, so "
-                          "the output stays valid UTF-8. The original bytes of a member *name*"
-                          " are always the base64 decoding of *name***_b64** when it is "
-                          "present, and *name* encoded as UTF-8 otherwise; each *name***_b64**"
-                          " comes right after *name*.",
         "event.path": "The path the caller passed, exactly (at most 4095 bytes), or **null** "
                       "when it could not be read at entry nor at exit (a bad pointer: the call"
                       " then fails with **EFAULT**).",

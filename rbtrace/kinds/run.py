@@ -376,9 +376,6 @@ SPEC = Spec(
         "event.user": "**uid**, decoded: the login name from the password database, or the "
                       "number as a string.",
         "event.comm": "The thread's command name (at most 15 bytes).",
-        "event.comm_b64": "Only when the bytes of **comm** are not valid UTF-8: the exact "
-                          "bytes in base64 (RFC 4648, with padding); **comm** then holds them "
-                          "decoded with U+FFFD for each invalid sequence.",
         "event.event": "The name of the event struct, as given to **RBTRACE_EVENT**, such as "
                        "**\"kill_event\"**.",
         "event.args": "An object: the struct's members after the header, by their C path, "

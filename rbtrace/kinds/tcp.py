@@ -200,9 +200,6 @@ SPEC = Spec(
         "event.uid": "Raw real user id of that thread (in the initial user namespace).",
         "event.user": "**uid**, decoded: the login name, or the number as a string.",
         "event.comm": "The thread's command name (at most 15 bytes).",
-        "event.comm_b64": "Only when the bytes of **comm** are not valid UTF-8: the exact "
-                          "bytes in base64 (RFC 4648, with padding). **comm** then holds the "
-                          "bytes decoded with U+FFFD for each invalid sequence.",
         "event.event": "**\"connect\"**, **\"accept\"** or **\"close\"**.",
         "event.source": "For a connect: **\"syscall\"** (the call's result, when it returned) or"
                         " **\"state\"** (the outcome of a connect that returned **EINPROGRESS** "
