@@ -64,6 +64,35 @@ def parse_json_lines(text):
 
 
 
+_STRACE_TOKEN = None
+
+
+def strace_args(text):
+    """The arguments of a call as `strace -xx` prints them: bytes ("\\x41"),
+    lists of them ([...]), None for NULL, and the other words as text."""
+    import re
+    global _STRACE_TOKEN
+    if _STRACE_TOKEN is None:
+        _STRACE_TOKEN = re.compile(r'"((?:\\x[0-9a-f]{2})*)"|\[|\]|NULL|[^,\[\]\s"]+')
+    out, stack = [], []
+    cur = out
+    for m in _STRACE_TOKEN.finditer(text):
+        tok = m.group(0)
+        if tok == "[":
+            stack.append(cur)
+            cur.append([])
+            cur = cur[-1]
+        elif tok == "]":
+            cur = stack.pop()
+        elif tok.startswith('"'):
+            cur.append(bytes.fromhex(m.group(1).replace("\\x", "")))
+        elif tok == "NULL":
+            cur.append(None)
+        else:
+            cur.append(tok)
+    return out
+
+
 def strace_whole_lines(text):
     """The lines of `strace -f` output with every call whole: a call cut in
     two by another thread's ("<unfinished ...>" then "<... X resumed>") is

@@ -22,7 +22,7 @@ import time
 
 import pytest
 
-from conftest import REPO, parse_json_lines
+from conftest import REPO, parse_json_lines, strace_args
 
 STRACE = shutil.which("strace")
 F_SETPIPE_SZ = 1031
@@ -132,28 +132,6 @@ Call = collections.namedtuple("Call", "pid syscall dirfd filename argv result")
 _CALL = re.compile(r"^(\d+) +(execve|execveat)\((.*)$")
 _RESUMED = re.compile(r"^(\d+) +<\.\.\. (execve|execveat) resumed>.*\) += (-?\d+|\?)(?: (E\w+))?")
 _RESULT = re.compile(r"\) += (-?\d+)(?: (E\w+))?(?: \(.*\))?$")
-_TOKEN = re.compile(r'"((?:\\x[0-9a-f]{2})*)"|\[|\]|NULL|[^,\[\]\s"]+')
-
-
-def _args(text):
-    """strace -xx argument text -> list of bytes, lists of bytes, and words."""
-    out, stack = [], []
-    cur = out
-    for m in _TOKEN.finditer(text):
-        tok = m.group(0)
-        if tok == "[":
-            stack.append(cur)
-            cur.append([])
-            cur = cur[-1]
-        elif tok == "]":
-            cur = stack.pop()
-        elif tok.startswith('"'):
-            cur.append(bytes.fromhex(m.group(1).replace("\\x", "")))
-        elif tok == "NULL":
-            cur.append(None)
-        else:
-            cur.append(tok)
-    return out
 
 
 def _call(pid, syscall, args, result):
@@ -177,14 +155,14 @@ def parse_strace(path):
                 pid, syscall, rest = int(m.group(1)), m.group(2), m.group(3)
                 unfinished = re.search(r" <(unfinished|pid changed to (\d+)) \.\.\.>$", rest)
                 if unfinished:
-                    args = _args(rest[:unfinished.start()])
+                    args = strace_args(rest[:unfinished.start()])
                     # A non-leader thread's exec ends on the leader's pid.
                     resumes_on = int(unfinished.group(2) or pid)
                     pending[resumes_on] = (pid, syscall, args)
                     continue
                 r = _RESULT.search(rest)
                 assert r, line
-                args = _args(rest[:r.start()])
+                args = strace_args(rest[:r.start()])
                 calls.append(_call(pid, syscall, args, 0 if r.group(1) == "0" else r.group(2)))
                 continue
             m = _RESUMED.match(line)

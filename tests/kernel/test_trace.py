@@ -17,7 +17,7 @@ import subprocess
 
 import pytest
 
-from conftest import parse_json_lines, run_cli
+from conftest import parse_json_lines, run_cli, strace_args
 
 STRACE = shutil.which("strace")
 ENV = {"PATH": "/usr/bin:/bin", "LANG": "C"}
@@ -48,26 +48,6 @@ threading.Event().wait()
 
 _LINE = re.compile(r"^(\d+) +(\w+)\((.*)\) += (-?\d+|\?)(?: (E\w+))?")
 _EXITED = re.compile(r"^(\d+) +\+\+\+ (exited with (\d+)|killed by (SIG\w+).*) \+\+\+$")
-_TOKEN = re.compile(r'"((?:\\x[0-9a-f]{2})*)"|\[|\]|NULL|[^,\[\]\s"]+')
-
-
-def _args(text):
-    """strace -xx argument text: bytes, lists of bytes and words."""
-    out, stack = [], []
-    cur = out
-    for m in _TOKEN.finditer(text):
-        tok = m.group(0)
-        if tok == "[":
-            stack.append(cur)
-            cur.append([])
-            cur = cur[-1]
-        elif tok == "]":
-            cur = stack.pop()
-        elif tok.startswith('"'):
-            cur.append(bytes.fromhex(m.group(1).replace("\\x", "")))
-        else:
-            cur.append(tok)
-    return out
 
 
 def _whole_lines(text):
@@ -103,7 +83,7 @@ def strace_view(tmp_path, argv):
         m = _LINE.match(line)
         if not m or m.group(2) == "exit_group":
             continue
-        call, args, ret, err = m.group(2), _args(m.group(3)), m.group(4), m.group(5)
+        call, args, ret, err = m.group(2), strace_args(m.group(3)), m.group(4), m.group(5)
         result = err if err else int(ret)
         if call == "execve":
             execs[(args[0], tuple(args[1]), result)] += 1
