@@ -25,6 +25,17 @@ KEEP = 10_000       # processes kept with their own counts; the rest are "other"
 SHOWN = 20          # lines of the per-process table on stderr
 
 
+def value_counts(col) -> list:
+    """(value, count) of each distinct value of a numpy column, as Python
+    values.  A storm repeats one value: then one compare, not the sort
+    np.unique does."""
+    first = col[0]
+    if bool((col == first).all()):
+        return [(first.item(), len(col))]
+    values, counts = np.unique(col, return_counts=True)
+    return list(zip(values.tolist(), counts.tolist()))
+
+
 def exit_error(status: int):
     """A process end's failure as an error name ("exit 3", "SIGKILL"), or
     None for exit code 0."""
@@ -159,14 +170,7 @@ class ProcessSummary:
     def _errors(self, kind_errors, procs, ret, group):
         """Count errors (negative ret values) per kind and per process."""
         if group is None:
-            first = ret[0]
-            if bool((ret == first).all()):
-                # A storm repeats one error: skip the sort np.unique does.
-                pairs = [(first.item(), len(ret))]
-            else:
-                values, counts = np.unique(ret, return_counts=True)
-                pairs = zip(values.tolist(), counts.tolist())
-            for v, c in pairs:
+            for v, c in value_counts(ret):
                 name = fields.errno_name(v)
                 if not name:            # below -4095: not an error number
                     continue

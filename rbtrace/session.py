@@ -75,6 +75,7 @@ class Tally:
     def add(self, records):
         from rbtrace import fields
         from rbtrace.codec import cstr
+        from rbtrace.procsum import value_counts
         names = records.dtype.names
         for name, column in self.spec:
             if column not in names:
@@ -88,14 +89,7 @@ class Tally:
             if column == "path":
                 self._add_paths(counter, col, records["path_len"])
                 continue
-            first = col[0]
-            if bool((col == first).all()):
-                # A storm repeats one value: skip the sort np.unique does.
-                pairs = [(first.item(), len(col))]
-            else:
-                values, counts = np.unique(col, return_counts=True)
-                pairs = zip(values.tolist(), counts.tolist())
-            for v, c in pairs:
+            for v, c in value_counts(col):
                 key = fields.errno_name(v) if column == "ret" else cstr(v)
                 counter[key] += c
 
