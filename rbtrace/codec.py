@@ -368,5 +368,4 @@ class Codec:
 
 def make(spec, options: Mapping) -> Codec:
     """The codec of a kind for one run."""
-    from rbtrace.spec import codec_class
-    return codec_class(spec)(options, spec)
+    return spec.codec(options, spec)

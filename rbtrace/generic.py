@@ -181,12 +181,6 @@ COLUMNS = (
            doc='the event\'s fields, name=value, texts quoted ("…" after a cut one)'),
 )
 
-# The spec of a GenericCodec made on its own (for inspection and tests).
-GENERIC = Spec(name="generic", summary="records decoded from their C struct", help="",
-               codec="generic:GenericCodec", fields=FIELDS, columns=COLUMNS,
-               tally=(("commands", "comm"),))
-
-
 class GenericCodec(Codec):
     # The whole record after pid keys the cache of events: equal bytes,
     # equal event.
@@ -326,3 +320,9 @@ class GenericCodec(Codec):
                 text = str(value)
             parts.append(f"{fmt.escape_str(label)}={text}")
         return " ".join(parts)
+
+
+# The spec of a GenericCodec made on its own (for inspection and tests).
+GENERIC = Spec(name="generic", summary="records decoded from their C struct", help="",
+               codec=GenericCodec, fields=FIELDS, columns=COLUMNS,
+               tally=(("commands", "comm"),))

@@ -482,8 +482,8 @@ class Spec:
                times slower.
     failed     -x/--failed's help for this kind; None: it has no failed
                events (the option is hidden and refused).
-    codec      "module:Class" of the codec, relative to rbtrace: the
-               kind's decoding (rbtrace/codec.py).
+    codec      the kind's Codec class (rbtrace/codec.py), defined beside
+               its spec: the kind's decoding.
     offsets    kernel struct members the probe reads: {-D name: (struct,
                member)}, from the running kernel's BTF.
     man        this kind's own man text for something every kind has, in
@@ -508,7 +508,7 @@ class Spec:
     name: str
     summary: str
     help: str
-    codec: str
+    codec: type
     fields: tuple = ()
     options: tuple = ()
     arguments: tuple = ()
@@ -644,8 +644,3 @@ def load(name: str) -> Spec:
 def declared() -> list:
     """The spec of every kind, in KINDS order."""
     return [load(name) for name in KINDS]
-
-
-def codec_class(spec: Spec):
-    module, cls = spec.codec.split(":")
-    return getattr(importlib.import_module(f"rbtrace.{module}"), cls)

@@ -127,7 +127,7 @@ def trace_spec(specs: dict) -> Spec:
     order; the filters (-p, -u, -n, -x, -- CMD, --pid --children) apply to
     every kind, and a kind's own options (--path for open) need that kind
     among KINDS.  JSON lines are each kind's own.""",
-        codec="trace:TraceCodec",
+        codec=TraceCodec,
         options=options,
         ring="8M",
         failed=("Only failed events, as each kind's -x keeps them: failed calls, "

@@ -425,7 +425,7 @@ SPEC = Spec(
     caller's command name for failures.  --pid and --uid select the
     calling process; --pid, --uid and --comm are checked in the kernel.
     """,
-    codec="kinds.exec:ExecCodec",
+    codec=ExecCodec,
     process_argv=True,
     source="exec.bpf.c",
     ring="4M",

@@ -60,7 +60,7 @@ SPEC = Spec(
     thread's exit, nor when the parent reaps it): its exit code, or the
     signal that killed it, and its lifetime.  -x: only exits with a
     non-zero code or by a signal, in the kernel.""",
-    codec="kinds.exit:ExitCodec",
+    codec=ExitCodec,
     source="exit.bpf.c",
     ring="1M",
     failed="Only processes that failed: a non-zero exit code, or killed by a signal.",

@@ -403,7 +403,7 @@ SPEC = Spec(
     },
     summary="trace every file open on the host, with its result",
     help="Every file open on the host (open, openat, openat2, creat), with its result.",
-    codec="kinds.open:OpenCodec",
+    codec=OpenCodec,
     source="open.bpf.c",
     # A storm of a million failing opens (benchmarks/storm.c) dropped none
     # into 8M and 0.3% into 4M.

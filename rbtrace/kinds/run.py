@@ -407,7 +407,7 @@ SPEC = Spec(
     -- CMD and count drops.  TRACEPOINT_PROBE and RAW_TRACEPOINT_PROBE
     hooks are attached.  See rbtrace-run(8) for the API and examples.
     """,
-    codec="kinds.run:RunCodec",
+    codec=RunCodec,
     source=None,                # the user's (RunCodec.source_path)
     ring="8M",
     # errors are counted when the file's `ret` members are signed (RunCodec)

@@ -248,7 +248,7 @@ SPEC = Spec(
     process that connected or accepted, and -p, -u, -n and -- CMD select
     connections by that process, when it connects or accepts.
     """,
-    codec="kinds.tcp:TcpCodec",
+    codec=TcpCodec,
     source="tcp.bpf.c",
     ring="2M",                  # connections come thousands of times slower than opens
     failed="Only failed connects (no accept or close events).",

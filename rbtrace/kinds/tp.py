@@ -733,7 +733,7 @@ SPEC = Spec(
     numbers, pointers as "0x..." strings, char arrays and __data_loc
     strings as text, other arrays as lists.
     """,
-    codec="kinds.tp:TpCodec",
+    codec=TpCodec,
     source=None,                # generated (TpCodec.source_path)
     ring="8M",
     # A tracepoint has no result to select on: -x is hidden, and refused
