@@ -10,17 +10,16 @@ from rbtrace.fields import age_text, core_dumped, exit_code, signal_name  # noqa
 from rbtrace.spec import Column, Field, Spec, pid_column, time_column
 
 
-# Kernel struct members the probe reads, by -D name: the exiting task's
-# signal_struct and leader, the wait status and the start time.
+# Kernel struct members the probe reads, by -D name, besides common.h's
+# (kernel.TASK_OFFSETS: task->signal and signal->live among them): the
+# exiting task's leader, the wait status and the start time.
 STRUCT_OFFSETS = {
-    "TASK_SIGNAL_OFF": ("task_struct", "signal"),
     "TASK_GROUP_LEADER_OFF": ("task_struct", "group_leader"),
     "TASK_EXIT_CODE_OFF": ("task_struct", "exit_code"),
     "TASK_START_TIME_OFF": ("task_struct", "start_time"),
     "TASK_COMM_OFF": ("task_struct", "comm"),
     "SIGNAL_FLAGS_OFF": ("signal_struct", "flags"),
     "SIGNAL_GROUP_EXIT_CODE_OFF": ("signal_struct", "group_exit_code"),
-    "SIGNAL_LIVE_OFF": ("signal_struct", "live"),
 }
 
 
