@@ -187,7 +187,8 @@ def common_options(spec):
                    "is the newest) and go on in a new *FILE*. A file is rotated between two "
                    "lines, never inside one, and each line is in exactly one file. Every file "
                    "begins with a **start** line, its **part** one more than the file before. "
-                   "**SIGUSR1** reopens *FILE*, with or without this option (see "
+                   "A non-empty *FILE* left by an earlier run is rotated at the start, not "
+                   "truncated. **SIGUSR1** reopens *FILE*, with or without this option (see "
                    "**rbtrace**(8), SIGNALS)."),
         Option(("--rotate-keep",), "rotate_keep", type=click.IntRange(min=0), metavar="N",
                help="With --rotate-size: old files kept, FILE.1 to FILE.N (default 5).",

@@ -14,7 +14,13 @@ never in the middle of a write.
 
 Every file rbtrace begins (the first, each rotation, a reopen that finds
 FILE empty) starts with the run's `start` line, its `part` one more than
-the file before, so each file can be read on its own.
+the file before, so each file can be read on its own.  `part` also makes
+the first line of each file differ, which a shipper that recognises files
+by a checksum of their first line (Vector's default) needs.
+
+With rotation, a FILE that an earlier run left is rotated at the start
+rather than truncated: a restarted daemon loses nothing its shipper had
+not read yet.
 """
 import os
 import stat
@@ -54,8 +60,23 @@ class FileOutput(Output):
         self.header_bytes = 0         # the size of the current file's start line
         self.size = 0                 # bytes in the current file
         self.reopen_wanted = False
+        if rotate_size is not None:
+            self._keep_earlier_run()
         super().__init__(self._open(truncate=True), path)
         _open_files.append(self)
+
+    def _keep_earlier_run(self):
+        """With rotation, FILE left by an earlier run (a restarted daemon's)
+        may not all have been shipped yet: it is rotated, not truncated."""
+        try:
+            st = os.stat(self.path)
+            if stat.S_ISREG(st.st_mode) and st.st_size > 0:
+                self._shift()
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise UsageError(f"cannot rotate {fields.for_message(self.path)} (left by an "
+                             f"earlier run): {e.strerror}") from None
 
     def _open(self, truncate):
         try:
@@ -139,15 +160,7 @@ class FileOutput(Output):
             except FileNotFoundError:
                 ours = False
             if ours:
-                if self.keep == 0:
-                    os.unlink(self.path)
-                else:
-                    for i in range(self.keep - 1, 0, -1):
-                        try:
-                            os.rename(f"{self.path}.{i}", f"{self.path}.{i + 1}")
-                        except FileNotFoundError:
-                            pass
-                    os.rename(self.path, f"{self.path}.1")
+                self._shift()
             fd = self._open(truncate=True)
         except OSError as e:
             error = OutputError(fields.escape_str(self.name), e)
@@ -156,6 +169,18 @@ class FileOutput(Output):
         os.close(self.fd)
         self.fd, self.size = fd, 0
         self._start_file()
+
+    def _shift(self):
+        """FILE to FILE.1, each FILE.i to FILE.i+1, the oldest removed."""
+        if self.keep == 0:
+            os.unlink(self.path)
+            return
+        for i in range(self.keep - 1, 0, -1):
+            try:
+                os.rename(f"{self.path}.{i}", f"{self.path}.{i + 1}")
+            except FileNotFoundError:
+                pass
+        os.rename(self.path, f"{self.path}.1")
 
     def _reopen(self):
         """SIGUSR1: FILE again, appended to (created when gone).  A file

@@ -249,6 +249,31 @@ def test_a_rotation_that_fails_is_an_output_error_that_counts_the_lines_written(
     assert written == list(range(e.value.lines_kept)) and 0 < e.value.lines_kept < 40
 
 
+def test_a_file_left_by_an_earlier_run_is_rotated_not_truncated(tmp_path):
+    path = tmp_path / "out.json"
+    for run in range(3):
+        out, r = json_run(path, 1 << 20, keep=2)
+        r.events(events(run * 10, 10))
+        out.close()
+    files = read_files(path)
+    assert set(files) == {"out.json", "out.json.1", "out.json.2"}
+    assert [seqs(files[n]) for n in ("out.json.2", "out.json.1", "out.json")] == \
+        [list(range(0, 10)), list(range(10, 20)), list(range(20, 30))]
+    # without rotation, -o truncates as before
+    out, r = json_run(path, None, keep=2)
+    r.events(events(99, 1))
+    out.close()
+    assert seqs(read_files(path)["out.json"]) == [99]
+
+
+def test_an_empty_file_left_by_an_earlier_run_is_just_reused(tmp_path):
+    path = tmp_path / "out.json"
+    path.write_bytes(b"")
+    out, r = json_run(path, 1 << 20, keep=2)
+    out.close()
+    assert set(read_files(path)) == {"out.json"}
+
+
 def test_closed_files_are_not_reopened(tmp_path):
     out, _ = json_run(tmp_path / "o", None, keep=1)
     out.close()
