@@ -134,7 +134,8 @@ class FileOutput(Output):
                 if len(data) - pos <= room:
                     cut = len(data)
                 else:
-                    cut = data.rfind(b"\n", pos, pos + room) + 1
+                    # (room <= 0: a reopened FILE already past the size)
+                    cut = data.rfind(b"\n", pos, pos + room) + 1 if room > 0 else 0
                     if cut <= pos:            # not one more line fits
                         if self.size > self.header_bytes:
                             self._rotate()

@@ -174,6 +174,27 @@ def test_a_reopen_after_a_rename_goes_on_in_a_new_file_that_starts_with_a_start_
     assert files["out.json"][0]["part"] == 2 and seqs(files["out.json"]) == [5, 6, 7, 8, 9]
 
 
+def test_a_reopened_file_already_past_the_size_is_rotated_before_the_next_line(tmp_path):
+    path = tmp_path / "out.json"
+    out, r = json_run(path, 2048, keep=5)
+    r.events(events(0, 3))
+    os.rename(path, tmp_path / "moved")
+    # someone else wrote a little more than the size there
+    path.write_bytes(b'{"type":"other"}\n' * 124)        # 2108 bytes
+    outfile.request_reopen()
+    r.events(events(3, 10))                              # more bytes than it is past the size
+    out.close()
+    assert seqs(_lines(tmp_path / "moved")) == [0, 1, 2]
+    assert _lines(tmp_path / "out.json.1") == [{"type": "other"}] * 124
+    new = _lines(path)
+    assert new[0]["type"] == "start" and new[0]["part"] == 2 and seqs(new) == list(range(3, 13))
+    assert path.stat().st_size <= 2048
+
+
+def _lines(p):
+    return [json.loads(ln) for ln in p.read_bytes().splitlines()]
+
+
 def test_a_reopen_at_a_tick_needs_no_event(tmp_path):
     path = tmp_path / "out.json"
     out, r = json_run(path, None, keep=5)
