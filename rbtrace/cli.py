@@ -85,6 +85,26 @@ class CommType(click.ParamType):
         return value
 
 
+class KindsType(click.ParamType):
+    """KIND[,KIND...]: kinds rbtrace knows (rbtrace show --kinds)."""
+
+    name = "KINDS"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        from rbtrace.spec import KINDS
+        out = []
+        for word in value.split(","):
+            word = word.strip()
+            if word not in KINDS:
+                self.fail(f"unknown kind '{fields.for_message(word)}' (the kinds are "
+                          f"{', '.join(KINDS)})", param, ctx)
+            if word not in out:
+                out.append(word)
+        return tuple(out)
+
+
 def c_string_literal(text) -> str:
     """A C string literal holding exactly these bytes (octal escapes)."""
     raw = text.encode() if isinstance(text, str) else text
@@ -254,6 +274,41 @@ def _run_trace(spec, kinds, words, opts):
     return _run(trace.make(kinds, opts, words), opts, target, loader=load_run)
 
 
+def show_command() -> click.Command:
+    """`rbtrace show FILE`: a recording replayed (rbtrace/show.py)."""
+    from rbtrace import show
+    params = [click.Argument(["file"], metavar="FILE")]
+    params += [_click_option(o) for o in show.options()]
+
+    def callback(file, **opts):
+        sys.exit(_run_show(file, opts))
+    return click.Command("show", params=params, callback=callback, help=show.HELP,
+                         short_help=show.SUMMARY)
+
+
+def _run_show(path, opts):
+    from rbtrace import notice, show
+    from rbtrace.procsum import table_lines
+    replay = show.Replay(opts, path)       # a FILE that can't be read: said before -o is made
+    out, out_fd = _open_output(opts)
+    try:
+        code = replay.run(out)
+    finally:
+        if out_fd is not None:
+            os.close(out_fd)
+    s = replay.result
+    if not opts.get("json_out"):
+        lines = table_lines(s, tree="command" in s or "followed_root" in s)
+        if lines:
+            sys.stderr.write("\n".join(lines) + "\n")
+    for line in replay.notes():
+        notice.say(line, who=show.WHO)
+    _print_summary(s)
+    if replay.output_error is not None:
+        raise replay.output_error
+    return code
+
+
 class _Commands(dict):
     """The group's commands: each kind's made from its spec the first time
     it is asked for (`rbtrace exec` imports exec's spec alone)."""
@@ -263,6 +318,9 @@ class _Commands(dict):
         if name == "trace":
             command = self[name] = trace_command()
             return command
+        if name == "show":
+            command = self[name] = show_command()
+            return command
         if name not in spec.KINDS:
             raise KeyError(name)
         command = self[name] = kind_command(spec.load(name))
@@ -270,7 +328,7 @@ class _Commands(dict):
 
     def _names(self):
         from rbtrace.spec import KINDS
-        return set(KINDS) | {"trace"} | set(dict.keys(self))
+        return set(KINDS) | {"trace", "show"} | set(dict.keys(self))
 
     def __contains__(self, name):
         return name in self._names()
@@ -350,20 +408,24 @@ def _run_kind(spec, opts):
     return _run(codec.make(spec, opts), opts, target)
 
 
-def _run(probe, opts, target, loader=None):
-    from rbtrace.render import JsonRenderer, Output, PlainRenderer, TableRenderer
-    from rbtrace.session import Session, load
-    loader = loader or load
-
-    out_fd = None
+def _open_output(opts):
+    """(render.Output, the fd to close or None): -o FILE, or stdout."""
+    from rbtrace.render import Output
     if opts.get("output"):
         try:
             out_fd = os.open(opts["output"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
         except OSError as e:
             raise UsageError(f"cannot open {fields.for_message(opts['output'])}: {e.strerror}")
-        out = Output(out_fd, opts["output"])
-    else:
-        out = Output(1, "standard output")
+        return Output(out_fd, opts["output"]), out_fd
+    return Output(1, "standard output"), None
+
+
+def _run(probe, opts, target, loader=None):
+    from rbtrace.render import JsonRenderer, PlainRenderer, TableRenderer
+    from rbtrace.session import Session, load
+    loader = loader or load
+
+    out, out_fd = _open_output(opts)
     try:
         if opts.get("json_out"):
             renderer = JsonRenderer(out, probe)
