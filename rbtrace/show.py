@@ -49,6 +49,7 @@ _TYPES = {"const": str, "int": int, "hex": str, "errno": str, "user": str, "enum
           "counts": dict, "command": dict, "kinds": dict, "processes": list, "other": dict,
           "process": str}
 
+_ABSENT = object()
 _TIME = re.compile(r"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})\.([0-9]{9})Z")
 
 
@@ -129,57 +130,85 @@ def options() -> tuple:
 
 class Checker:
     """The members of one line type (spec.Field tuples): which are required,
-    and the JSON type and range of each."""
+    and the JSON type and range of each.  check(obj) raises Bad.
+
+    A replay checks every line, so the check is one function made for the
+    line type (Python source, compiled once): straight-line tests of
+    exact types (orjson makes no subclasses), no loop over the members."""
 
     def __init__(self, fields_):
         self.required = frozenset(f.name for f in fields_ if not f.when)
-        self.checks = []
-        for f in fields_:
-            types = _TYPES[f.kind]
-            lo, hi = INT_RANGE
-            if f.minimum is not None:
-                lo = f.minimum
-            if f.maximum is not None:
-                hi = f.maximum + 1
-            self.checks.append((f.name, types, f.null, f.kind, f.values, lo, hi))
+        env = {"REQUIRED": self.required, "ABSENT": _ABSENT, "missing": _missing, "wrong": _wrong,
+               "out_of_range": _out_of_range, "b64ok": _b64ok, "command_ok": _command_ok}
+        src = ["def check(o):",
+               "    if not REQUIRED.issubset(o):",
+               "        missing(REQUIRED.difference(o))",
+               "    g = o.get"]
+        for i, f in enumerate(fields_):
+            src += self._member(f, i, env)
             if f.kind in ("text", "texts"):
-                self.checks.append((f.name + "_b64", str if f.kind == "text" else list, False,
-                                    "b64" if f.kind == "text" else "b64s", (), lo, hi))
+                src += self._b64(f.name + "_b64", f.kind == "texts")
+        exec(compile("\n".join(src), f"<check {fields_[0].doc}>", "exec"), env)
+        self.check = env["check"]
 
-    def check(self, obj: dict):
-        missing = self.required.difference(obj)
-        if missing:
-            names = sorted(missing)
-            raise Bad("a member missing", ", ".join(names[:3]) + (
-                f" and {len(names) - 3} more" if len(names) > 3 else ""))
-        for name, types, null, kind, values, lo, hi in self.checks:
-            v = obj.get(name, _ABSENT)
-            if v is _ABSENT:
-                continue
-            if v is None:
-                if null:
-                    continue
-                raise Bad("a member of the wrong type", f"{name} is null")
-            if not isinstance(v, types) or (type(v) is bool and types is not bool
-                                             and kind != "enum"):
-                raise Bad("a member of the wrong type", name)
-            if type(v) is int and not lo <= v < hi:
-                raise Bad("a member out of range", name)
-            if values and v not in values:
-                raise Bad("a member out of range", name)
-            if kind == "texts" and not all(isinstance(x, str) for x in v):
-                raise Bad("a member of the wrong type", name)
-            if kind == "command" and not _command_ok(v):
-                raise Bad("a member of the wrong type", name)
-            if kind in ("b64", "b64s"):
-                try:
-                    for x in ([v] if kind == "b64" else v):
-                        base64.b64decode(x, validate=True)
-                except (TypeError, ValueError):
-                    raise Bad("a member of the wrong type", name) from None
+    @staticmethod
+    def _member(f, i, env) -> list:
+        name = repr(f.name)
+        types = _TYPES[f.kind]
+        if isinstance(types, tuple):
+            env[f"T{i}"] = types
+            wrong_type = f"type(v) not in T{i}"
+        else:
+            wrong_type = f"type(v) is not {types.__name__}"
+        out = [f"    v = g({name}, ABSENT)",
+               "    if v is ABSENT:",
+               "        pass",
+               "    elif v is None:",
+               "        pass" if f.null else f"        wrong({name}, 'null')",
+               f"    elif {wrong_type}:",
+               f"        wrong({name})"]
+        lo, hi = INT_RANGE
+        lo = lo if f.minimum is None else f.minimum
+        hi = hi if f.maximum is None else f.maximum + 1
+        if f.kind in ("int", "port", "duration"):
+            out += [f"    elif not {lo} <= v < {hi}:", f"        out_of_range({name})"]
+        elif f.kind == "enum":
+            env[f"V{i}"] = frozenset(f.values)
+            out += [f"    elif v not in V{i}:", f"        out_of_range({name})"]
+        elif f.kind == "texts":
+            out += ["    elif not all(type(x) is str for x in v):", f"        wrong({name})"]
+        elif f.kind == "command":
+            out += ["    elif not command_ok(v):", f"        wrong({name})"]
+        return out
+
+    @staticmethod
+    def _b64(name, many) -> list:
+        return [f"    v = g({name!r})",
+                f"    if v is not None and not b64ok(v, {many}):",
+                f"        wrong({name!r})"]
 
 
-_ABSENT = object()
+def _missing(names):
+    names = sorted(names)
+    raise Bad("a member missing", ", ".join(names[:3]) + (
+        f" and {len(names) - 3} more" if len(names) > 3 else ""))
+
+
+def _wrong(name, why=""):
+    raise Bad("a member of the wrong type", f"{name} is null" if why else name)
+
+
+def _out_of_range(name):
+    raise Bad("a member out of range", name)
+
+
+def _b64ok(v, many) -> bool:
+    try:
+        for x in (v if many else [v]):
+            base64.b64decode(x, validate=True)
+    except (TypeError, ValueError):
+        return False
+    return not many or isinstance(v, list)
 
 
 def _command_ok(c: dict) -> bool:
@@ -480,6 +509,7 @@ class Replay:
         self.last_lost = None
         self.first_ts = self.last_ts = None
         self.clock = None
+        self.deferred = []          # warnings held back while the table is shown
 
     # --- lines in ---------------------------------------------------------------
 
@@ -507,7 +537,16 @@ class Replay:
     def _bad(self, e: Bad):
         self.bad[e.category] += 1
         if sum(self.bad.values()) <= WARN_FIRST:
-            notice.say(f"{self.name} line {self.lineno}: skipped, {e}", who=WHO)
+            line = f"{self.name} line {self.lineno}: skipped, {e}"
+            if self.on_terminal():
+                self.deferred.append(line)    # not across the table: after it
+            else:
+                notice.say(line, who=WHO)
+
+    def on_terminal(self) -> bool:
+        """Whether the table is (or will be) on the terminal."""
+        return (not self.opts.get("json_out") and self.opts.get("output") is None
+                and os.isatty(1))
 
     def bad_lines_text(self):
         """The total of bad lines, for the end, or None."""
@@ -552,7 +591,7 @@ class Replay:
         from rbtrace.render import JsonRenderer, PlainRenderer, TableRenderer
         if self.opts.get("json_out"):
             return JsonRenderer(out, probe)
-        if self.opts.get("output") is None and os.isatty(out.fd):
+        if self.on_terminal():
             from rich.console import Console
             return TableRenderer(Console(), probe, self._filters_text(), keys_fd=keys_fd)
         return PlainRenderer(out, probe)
@@ -820,6 +859,16 @@ class Replay:
                    "map_full": t["map_full"], "missed_by_kernel": t["missed_by_kernel"],
                    "not_followed": t["not_followed"], "discarded": 0,
                    "duration_s": round(span, 3), "stopped_by": "end"}
+        else:
+            # Whether a kind that ends processes was traced is the recorded
+            # run's to say (no exit event at all may have been delivered):
+            # its processes are "running" or "exited" then, else "unknown".
+            states = {p.get("state") for p in rec.get("processes") or ()
+                      if isinstance(p, dict)}
+            if states & {"running", "exited"}:
+                self.procs.ends_traced = True
+            elif "unknown" in states:
+                self.procs.ends_traced = False
         made = {"delivered": self.delivered,
                 "top_errors": (dict(self.tally.top("errors"))
                                if "errors" in self.tally.counts else {})}
@@ -834,7 +883,7 @@ class Replay:
 
     def notes(self) -> list:
         """Lines for stderr at the end, before the summary's."""
-        out = []
+        out = list(self.deferred)
         if self.parser.summary is None and self.read_events:
             out.append(f"{self.name} has no summary line (the recording was cut short?): "
                        f"its losses are summed from its lost lines")
