@@ -394,7 +394,8 @@ class Option:
         return {self.cflags: int(value) if isinstance(value, bool) else value}
 
     def filter_text(self, value) -> Optional[str]:
-        if self.filter is None or value in (None, "", False):
+        # (`value in (None, "", False)` would take a uid 0 for no filter.)
+        if self.filter is None or value is None or value is False or value == "":
             return None
         if callable(self.filter):
             return self.filter(value)
