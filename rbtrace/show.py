@@ -89,9 +89,10 @@ def options() -> tuple:
     return (
         replace(common["json_out"], help="JSON lines again instead of the table.",
                 man="Write the recording's lines again, one JSON object per line: its "
-                    "**start** line, its events and **lost** lines that pass the filters, in "
-                    "their order and byte for byte, then a **summary** line made by the "
-                    "replay (see **SUMMARY**)."),
+                    "**start** line (the replay's filters added to its **filters**), the "
+                    "events that pass the filters, byte for byte, and its **lost** lines, "
+                    "in their order, then a **summary** line counted by the replay (see "
+                    "**DESCRIPTION**)."),
         replace(common["count"], help="Stop after N events.",
                 man="Stop after *N* events shown (at least 1)."),
         replace(common["pid"], help="Only events of this process (thread group id).",
