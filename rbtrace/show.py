@@ -149,7 +149,7 @@ class Checker:
             src += self._member(f, i, env)
             if f.kind in ("text", "texts"):
                 src += self._b64(f.name + "_b64", f.kind == "texts")
-        exec(compile("\n".join(src), f"<check {fields_[0].doc}>", "exec"), env)
+        exec("\n".join(src), env)
         self.check = env["check"]
 
     @staticmethod
@@ -340,19 +340,16 @@ def wall_ns(text: str):
 
 # --- the filters ------------------------------------------------------------------------
 
-# A connect that returned one of these goes on (tcp's -x leaves it out).
-_PENDING = {"EINPROGRESS", "EINTR", "ERESTARTSYS"}
-
-
 def failed(e: dict, spec) -> bool:
-    """Whether an event is one the live -x keeps: a call that failed, a
-    connect that failed, a process that ended with a non-zero status."""
+    """Whether an event is one the live -x keeps: the kind's own word
+    (spec.failed_event), else a call that failed (a negative ret) or a
+    process that ended with a non-zero status."""
+    if spec.failed_event is not None:
+        return spec.failed_event(e)
     if spec.process_end is not None:
         return e.get(spec.process_end, 0) != 0
     ret = e.get("ret")
-    if not isinstance(ret, int) or ret >= 0:
-        return False
-    return not (e["type"] == "tcp" and e.get("errno") in _PENDING)
+    return isinstance(ret, int) and ret < 0
 
 
 def make_filter(opts, specs):

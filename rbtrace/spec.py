@@ -505,6 +505,11 @@ class Spec:
     process_end    None, or the record column holding a wait status: an
                event of this kind is its process's end, and the run
                summary takes the exit code, signal and lifetime from it.
+    failed_event   None, or a function of an event (its JSON line, as a
+               dict) saying whether -x keeps it, for `rbtrace show -x`
+               (the probe decides live).  None: a negative "ret", or for
+               a process end a non-zero status; a kind without either
+               never fails.
     """
     name: str
     summary: str
@@ -525,6 +530,7 @@ class Spec:
     before: Optional[Callable] = None
     process_argv: bool = False
     process_end: Optional[str] = None
+    failed_event: Optional[Callable[[dict], bool]] = None
 
     @property
     def json_fields(self) -> tuple:

@@ -431,3 +431,17 @@ def test_a_line_too_long_is_one_bad_line(tmp_path, monkeypatch):
     finally:
         os.close(fd)
     assert got == [b"a", None, b"b", None]
+
+
+def test_failed_is_what_each_kinds_probe_keeps_with_x():
+    tcp, opn, ext, tp = (spec.load(k) for k in ("tcp", "open", "exit", "tp"))
+    connect = {"type": "tcp", "event": "connect"}
+    assert show.failed({**connect, "ret": -111}, tcp)             # ECONNREFUSED
+    for pending in (-115, -4, -512, -516, 0):                     # the handshake goes on
+        assert not show.failed({**connect, "ret": pending}, tcp), pending
+    assert not show.failed({"type": "tcp", "event": "close", "ret": None}, tcp)
+    assert show.failed({"type": "open", "ret": -2}, opn)
+    assert not show.failed({"type": "open", "ret": 3}, opn)
+    assert show.failed({"type": "exit", "status": 9}, ext)
+    assert not show.failed({"type": "exit", "status": 0}, ext)
+    assert not show.failed({"type": "tp", "args": {"ret": -1}}, tp)
