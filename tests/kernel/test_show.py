@@ -141,3 +141,68 @@ def test_a_filtered_replay_counts_the_events_kept(recorded):
     r = parse_json_lines(out)
     assert r.events and r.events == [e for e in live.events
                                      if e["pid"] == pid and e["comm"] == "sh"]
+
+
+# --- the table, in tmux ---------------------------------------------------------------
+
+def _tmux(*args, check=True):
+    return subprocess.run(["tmux", *args], capture_output=True, check=check, timeout=30)
+
+
+def _screen(name):
+    return _tmux("capture-pane", "-p", "-t", name).stdout.decode("utf-8", "replace")
+
+
+def _wait_for(name, pred, timeout=30):
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        screen = _screen(name)
+        if pred(screen):
+            return screen
+        time.sleep(0.2)
+    raise AssertionError("screen never matched:\n" + _screen(name))
+
+
+@pytest.fixture
+def tmux_session():
+    import shutil
+    import uuid
+    if not shutil.which("tmux"):
+        pytest.skip("tmux is not installed (make setup-test installs it)")
+    name = "rbtrace-show-" + uuid.uuid4().hex[:8]
+    yield name
+    _tmux("kill-session", "-t", name, check=False)
+
+
+@pytest.mark.parametrize("from_stdin", [False, True])
+def test_the_table_shows_the_recording_until_q(recorded, tmux_session, tmp_path, from_stdin):
+    """On a terminal: the table with the recording's last events (real
+    pids), its summary view (s), kept on screen until q; then the live
+    run's end summary on stderr.  From stdin, the keys come from the
+    terminal (/dev/tty)."""
+    import shlex
+    path, live, live_err = recorded
+    status, errfile = tmp_path / "status", tmp_path / "stderr"
+    rbtrace = " ".join(shlex.quote(a) for a in RBTRACE_ARGV)
+    show_cmd = (f"cat {shlex.quote(str(path))} | {rbtrace} show -" if from_stdin
+                else f"{rbtrace} show {shlex.quote(str(path))}")
+    cmd = f"{show_cmd} 2>{errfile}; echo $? > {status}; sleep 60"
+    _tmux("new-session", "-d", "-s", tmux_session, "-x", "100", "-y", "30", "-c", REPO,
+          "env", *[f"{k}={v}" for k, v in ENV.items()], "sh", "-c", cmd)
+    n = len(live.events)
+    screen = _wait_for(tmux_session, lambda s: f"events {n} |" in s)
+    last = live.events[-1]          # the script's own exit: its pid on screen
+    assert last["type"] == "exit" and f" {last['pid']} " in screen
+    assert "exit" in screen.splitlines()[-3]
+    _tmux("send-keys", "-t", tmux_session, "s")
+    screen = _wait_for(tmux_session, lambda s: "top commands" in s)
+    assert "ENOENT" in screen
+    assert not status.exists() or not status.read_text().strip()   # still up, waiting
+    _tmux("send-keys", "-t", tmux_session, "q")
+    _wait_for(tmux_session, lambda s: status.exists() and status.read_text().strip() != "",
+              timeout=30)
+    assert status.read_text().strip() == "0"
+    err = errfile.read_text()
+    assert err.splitlines()[-1] == live_err.splitlines()[-1], err
+    assert "rbtrace: per process" in err
