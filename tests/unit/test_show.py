@@ -445,3 +445,14 @@ def test_failed_is_what_each_kinds_probe_keeps_with_x():
     assert show.failed({"type": "exit", "status": 9}, ext)
     assert not show.failed({"type": "exit", "status": 0}, ext)
     assert not show.failed({"type": "tp", "args": {"ret": -1}}, tp)
+
+
+def test_a_replayed_tracepoints_args_show_as_a_live_one_does():
+    """tp's ARGS of an event no probe of this run decoded: texts quoted,
+    addresses as they are, a text's _b64 and _truncated with it."""
+    from rbtrace import codec
+    tp = codec.make(spec.load("tp"), {})
+    args = {"pid": 5, "comm": "sh", "comm_truncated": True, "ptr": "0x7ffd12a0",
+            "ids": [1, 2], "name": "b\\xffad", "name_b64": "Yv9hZA=="}
+    e = {"event": "x:y", "args": args}
+    assert tp.args_cell(e) == 'pid=5 comm="sh"… ptr=0x7ffd12a0 ids=[1,2] name="b\\xffad"'
