@@ -495,6 +495,8 @@ class Replay:
     def __init__(self, opts, path):
         self.opts = opts
         self.fd, self.name = open_input(path)
+        import stat
+        self._regular = stat.S_ISREG(os.fstat(self.fd).st_mode)
         self.parser = Parser(self.name)
         self.bad = collections.Counter()
         self.lineno = 0
@@ -600,7 +602,14 @@ class Replay:
         """Replay into `out` (a render.Output); the exit status."""
         from rbtrace.procsum import ProcessSummary
         from rbtrace.session import Tally
+        import signal
+
+        from rbtrace.session import stop_signals
         self.keys_fd = None
+        self.at_end = False
+        # A stop signal ends the replay as it ends a live run: what was
+        # replayed is summarised, and the status is 128 + the signal.
+        old_handlers = {sig: signal.signal(sig, self._on_signal) for sig in stop_signals()}
         try:
             batches = read_lines(self.fd, self.name, self._wait)
             # The first lines say what the recording is (its start line),
@@ -627,6 +636,8 @@ class Replay:
                     self._batch(self._items(lines))
                     if self.stop_reason is not None:
                         break
+                else:
+                    self.at_end = self.stop_reason is None
                 if self.table and self.keys_fd is not None:
                     self._tick()
                     while self._wait(None):     # the end stays on screen until q
@@ -645,6 +656,8 @@ class Replay:
             except BrokenPipeError:
                 self._output_gone()
         finally:
+            for sig, handler in old_handlers.items():
+                signal.signal(sig, handler)
             if self.fd != 0:
                 os.close(self.fd)
             if self.keys_fd not in (None, 0):
@@ -654,7 +667,12 @@ class Replay:
             return Exit.OUTPUT
         if self.stop_reason == "SIGINT":
             return Exit.INTERRUPTED
+        if isinstance(self.stop_reason, int):
+            return 128 + self.stop_reason
         return Exit.OK
+
+    def _on_signal(self, signum, frame):
+        self.stop_reason = signum
 
     def _partial_summary(self):
         try:
@@ -688,6 +706,12 @@ class Replay:
         reached and then q)."""
         keys = self.keys_fd if self.renderer is not None and self.table else None
         if keys is None:
+            # A pipe may be quiet for long (a live run's output): wait in
+            # slices, for a stop signal to be seen.
+            while fd is not None and self.stop_reason is None and not self._regular:
+                ready, _, _ = select.select([fd], [], [], 0.5)
+                if ready:
+                    break
             return fd is not None and self.stop_reason is None
         while self.stop_reason in (None, "count"):
             if fd is not None and self.stop_reason == "count":
@@ -882,7 +906,7 @@ class Replay:
     def notes(self) -> list:
         """Lines for stderr at the end, before the summary's."""
         out = list(self.deferred)
-        if self.parser.summary is None and self.read_events:
+        if self.parser.summary is None and self.read_events and self.at_end:
             out.append(f"{self.name} has no summary line (the recording was cut short?): "
                        f"its losses are summed from its lost lines")
         if len(self.parser.boots) > 1:

@@ -456,3 +456,33 @@ def test_a_replayed_tracepoints_args_show_as_a_live_one_does():
             "ids": [1, 2], "name": "b\\xffad", "name_b64": "Yv9hZA=="}
     e = {"event": "x:y", "args": args}
     assert tp.args_cell(e) == 'pid=5 comm="sh"… ptr=0x7ffd12a0 ids=[1,2] name="b\\xffad"'
+
+
+def test_a_stop_signal_ends_the_replay_with_its_summary(recording):
+    """SIGTERM while the recording still comes (a quiet pipe): what was
+    replayed is summarised and the status is 128 + 15, as for a live run."""
+    import signal
+    import time
+    lines, _ = recording
+    head = b"".join(json.dumps(x).encode() + b"\n" for x in lines[:6])
+    p = subprocess.Popen([sys.executable, "-m", "rbtrace", "show", "-", "--json"],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        p.stdin.write(head)
+        p.stdin.flush()
+        deadline = time.monotonic() + 60
+        out = b""
+        os.set_blocking(p.stdout.fileno(), False)
+        while out.count(b"\n") < 6 and time.monotonic() < deadline:
+            out += p.stdout.read() or b""
+            time.sleep(0.05)
+        p.send_signal(signal.SIGTERM)
+        rest, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    got = json_out((out + (rest or b"")).decode())
+    assert p.returncode == 128 + signal.SIGTERM, err
+    assert got[-1]["type"] == "summary" and got[-1]["delivered"] == 5
+    assert b"no summary line" not in err          # it was stopped, not cut short
