@@ -802,7 +802,9 @@ class Replay:
             elif r.wants_all:
                 r.events(events)
             else:
-                r.count(n, events[-r.tail:])
+                # The table: every event may be scrolled back to, searched
+                # and shown in a process's events, up to what it keeps.
+                r.count(n, events[-max(r.tail, getattr(r, "history", 0)):])
         except OutputError as e:
             n = e.lines_kept
             self._count(events[:n], starts[:n])
@@ -849,7 +851,10 @@ class Replay:
         self.renderer.tick({"delivered": self.delivered, "dropped": dropped,
                             "missed_by_kernel": (recorded["missed_by_kernel"] if recorded
                                                  else t["missed_by_kernel"]),
-                            "rate": 0, "ring_fill": 0, "tally": self.tally})
+                            "rate": 0, "ring_fill": 0, "tally": self.tally,
+                            # the process view's counts (issue #16 item 3), as a
+                            # live run's session hands them over
+                            "procs": self.procs})
 
     def _output_failed(self, e):
         self.output_error = self.output_error or e
