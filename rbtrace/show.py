@@ -129,16 +129,29 @@ def options() -> tuple:
 
 # --- checking a line against what its type declares ---------------------------------
 
+# What the replay itself reads of each line: a line without one of these
+# is bad.  Other members are checked when they are there, not required:
+# new members appear within a format version (rbtrace(8), JSON OUTPUT), so
+# a recording made by an older rbtrace lacks them; a column of the table
+# or of the plain lines whose member is missing shows "?".
+NEEDS = {
+    "event": ("type", "seq", "time", "ts_ns", "pid", "tid", "ppid", "uid", "comm", "process"),
+    "start": ("type", "version", "probe"),
+    "lost": ("type", "dropped", "ringbuf_full", "map_full", "missed_by_kernel"),
+    "summary": ("type",),
+}
+
+
 class Checker:
-    """The members of one line type (spec.Field tuples): which are required,
-    and the JSON type and range of each.  check(obj) raises Bad.
+    """The members of one line type (spec.Field tuples): the JSON type and
+    range of each, and which are required.  check(obj) raises Bad.
 
     A replay checks every line, so the check is one function made for the
     line type (Python source, compiled once): straight-line tests of
     exact types (orjson makes no subclasses), no loop over the members."""
 
-    def __init__(self, fields_):
-        self.required = frozenset(f.name for f in fields_ if not f.when)
+    def __init__(self, fields_, required):
+        self.required = frozenset(required)
         env = {"REQUIRED": self.required, "ABSENT": _ABSENT, "missing": _missing, "wrong": _wrong,
                "out_of_range": _out_of_range, "b64ok": _b64ok, "command_ok": _command_ok}
         src = ["def check(o):",
@@ -247,13 +260,15 @@ class Parser:
         self.seen_events = False
         self.boot = None            # the boot id of the first event's key
         self.boots = set()
-        self._checkers = {name: Checker(f) for name, f in spec.LINES.items()}
+        self._checkers = {name: Checker(f, NEEDS[name]) for name, f in spec.LINES.items()}
 
     def checker(self, kind):
         c = self._checkers.get(kind)
         if c is None:
             s = self.spec.load(kind)
-            c = self._checkers[kind] = Checker(self.spec.HEADER + s.fields)
+            # The summary also reads a process end's status.
+            needs = NEEDS["event"] + ((s.process_end,) if s.process_end else ())
+            c = self._checkers[kind] = Checker(self.spec.HEADER + s.fields, needs)
         return c
 
     def parse(self, raw: bytes):
@@ -408,7 +423,7 @@ def records(spec, events: list, starts: list, text_columns=()) -> np.ndarray:
     texts = {}
     for name in text_columns:
         if name in names:
-            raws = [raw_text(e, name) for e in events]
+            raws = [raw_text(e, name) if name in e else b"" for e in events]
             texts[name] = raws
             dtype += [(name, f"S{max(1, max(map(len, raws)))}"), (name + "_len", "i8")]
     out = np.zeros(len(events), dtype=dtype)
@@ -422,6 +437,22 @@ def records(spec, events: list, starts: list, text_columns=()) -> np.ndarray:
         out[name] = raws
         out[name + "_len"] = [len(r) for r in raws]
     return out
+
+
+def _forgiving(c):
+    """A codec whose columns show "?" for an event without a member they
+    read (a recording of another rbtrace version), instead of failing."""
+    from dataclasses import replace
+
+    def safe(value):
+        def cell(e):
+            try:
+                return value(e)
+            except (KeyError, TypeError, ValueError, AttributeError, IndexError):
+                return "?"
+        return cell
+    c.columns = tuple(replace(col, value=safe(col.value)) for col in c.columns)
+    return c
 
 
 # --- the replay ------------------------------------------------------------------------
@@ -569,11 +600,12 @@ class Replay:
         opts = {"utc": bool(self.opts.get("utc"))}
         specs = {k: spec.load(k) for k in spec.KINDS}
         if name != "trace":
-            probe = codec.make(specs[name], opts)
+            probe = _forgiving(codec.make(specs[name], opts))
             codecs = [probe]
         else:
-            codecs = [codec.make(s, opts) for s in specs.values()]
-            probe = trace.TraceCodec(codecs, opts, trace.trace_spec(trace.kind_specs()))
+            codecs = [_forgiving(codec.make(s, opts)) for s in specs.values()]
+            probe = _forgiving(trace.TraceCodec(codecs, opts,
+                                                trace.trace_spec(trace.kind_specs())))
         # The recording's clock: the offset from its events' time and ts_ns
         # (set at the first event), so TIME is the recorded wall time.
         self.clock = fields.Clock(offset_ns=0, utc=bool(self.opts.get("utc")))
@@ -584,7 +616,7 @@ class Replay:
         return probe
 
     def _filters_text(self):
-        recorded = self.parser.start["filters"] if self.parser.start is not None else ""
+        recorded = (self.parser.start or {}).get("filters") or ""
         return " ".join(t for t in (recorded, filters_text(self.opts)) if t)
 
     def _renderer(self, probe, out, keys_fd):
@@ -727,9 +759,11 @@ class Replay:
 
     def _start(self, renderer):
         start = self.parser.start
-        info = {"probe": start["probe"] if start else "trace",
-                "ring_bytes": start["ring_bytes"] if start else 0,
-                "filters": self._filters_text()}
+        # The recorded start line's members (where and how it was recorded),
+        # the replay's filters added to its own.
+        info = {k: v for k, v in (start or {"probe": "trace"}).items()
+                if k not in ("type", "version")}
+        info["filters"] = self._filters_text()
         from rbtrace.render import JsonRenderer
         if isinstance(renderer, JsonRenderer) and start is None:
             return              # nothing recorded to say it: no start line made up
@@ -846,11 +880,11 @@ class Replay:
 
     def _tick(self):
         t = self.lost_totals
-        recorded = self.parser.summary
-        dropped = recorded["dropped"] if recorded else t["dropped"]
-        self.renderer.tick({"delivered": self.delivered, "dropped": dropped,
-                            "missed_by_kernel": (recorded["missed_by_kernel"] if recorded
-                                                 else t["missed_by_kernel"]),
+        recorded = self.parser.summary or {}
+        self.renderer.tick({"delivered": self.delivered,
+                            "dropped": recorded.get("dropped", t["dropped"]),
+                            "missed_by_kernel": recorded.get("missed_by_kernel",
+                                                             t["missed_by_kernel"]),
                             "rate": 0, "ring_fill": 0, "tally": self.tally,
                             # the process view's counts (issue #16 item 3), as a
                             # live run's session hands them over
@@ -872,25 +906,25 @@ class Replay:
         its summary line, else its lost lines summed), the events replayed,
         and the top errors, kinds and processes counted over them."""
         from rbtrace.spec import SUMMARY
-        rec = self.parser.summary
+        recorded = self.parser.summary
         start = self.parser.start
-        if rec is None:
-            t = self.lost_totals
-            submitted = self.read_events
-            dropped = t["ringbuf_full"] + t["map_full"]
-            span = (self.last_ts - self.first_ts) / 1e9 if self.first_ts is not None else 0
-            rec = {"probe": start["probe"] if start else "trace",
-                   "seen": submitted + dropped, "submitted": submitted,
-                   "not_delivered_count_reached": 0, "not_delivered_output_closed": 0,
-                   "dropped": dropped, "ringbuf_full": t["ringbuf_full"],
-                   "map_full": t["map_full"], "missed_by_kernel": t["missed_by_kernel"],
-                   "not_followed": t["not_followed"], "discarded": 0,
-                   "duration_s": round(span, 3), "stopped_by": "end"}
-        else:
+        t = self.lost_totals
+        submitted = self.read_events
+        dropped = t["ringbuf_full"] + t["map_full"]
+        span = (self.last_ts - self.first_ts) / 1e9 if self.first_ts is not None else 0
+        rec = {"probe": start["probe"] if start else "trace",
+               "seen": submitted + dropped, "submitted": submitted,
+               "not_delivered_count_reached": 0, "not_delivered_output_closed": 0,
+               "dropped": dropped, "ringbuf_full": t["ringbuf_full"],
+               "map_full": t["map_full"], "missed_by_kernel": t["missed_by_kernel"],
+               "not_followed": t["not_followed"], "discarded": 0,
+               "duration_s": round(span, 3), "stopped_by": "end"}
+        if recorded is not None:
+            rec.update(recorded)
             # Whether a kind that ends processes was traced is the recorded
             # run's to say (no exit event at all may have been delivered):
             # its processes are "running" or "exited" then, else "unknown".
-            states = {p.get("state") for p in rec.get("processes") or ()
+            states = {p.get("state") for p in recorded.get("processes") or ()
                       if isinstance(p, dict)}
             if states & {"running", "exited"}:
                 self.procs.ends_traced = True

@@ -486,3 +486,37 @@ def test_a_stop_signal_ends_the_replay_with_its_summary(recording):
     assert p.returncode == 128 + signal.SIGTERM, err
     assert got[-1]["type"] == "summary" and got[-1]["delivered"] == 5
     assert b"no summary line" not in err          # it was stopped, not cut short
+
+
+def test_members_of_another_rbtrace_version_are_not_bad_lines(tmp_path, recording):
+    """New members appear within a format version: a recording without a
+    member the replay does not read is replayed (its cell shows "?"), and
+    one with a member this rbtrace does not know too; a line without a
+    member the replay reads is bad."""
+    lines, exp = recording
+    older = [{k: v for k, v in x.items() if k not in ("flags_text", "user", "ring_bytes")}
+             for x in lines]
+    newer = [{**x, "cgroup_id": 1, "container_id": None} for x in lines]
+    for variant in (older, newer):
+        path = tmp_path / "rec.jsonl"
+        write(path, variant)
+        code, out, err = rbtrace("show", path, "--json")
+        assert code == 0 and "skipped" not in err, err
+        got = json_out(out)
+        check_summary(got[-1], exp)
+        assert got[0] == {**variant[0]}
+        code, plain, err = rbtrace("show", path)
+        assert code == 0 and "skipped" not in err and "Traceback" not in err, err
+        assert len(plain.splitlines()) == len(lines)
+    path.write_text("\n".join(json.dumps({**x, "probe": "open"} if x["type"] == "start" else x)
+                              for x in older if x["type"] in ("start", "open")) + "\n")
+    code, plain, err = rbtrace("show", path)
+    assert code == 0 and "skipped" not in err, err
+    rows = plain.splitlines()
+    assert rows[0].split()[4] == "FLAGS" and len(rows) > 10
+    assert all(row.split()[4] == "?" for row in rows[1:]), plain
+    for member in show.NEEDS["event"][1:]:
+        with pytest.raises(show.Bad, match=member):
+            x = next(x for x in lines if x["type"] == "open")
+            show.Parser("t").parse(json.dumps({k: v for k, v in x.items()
+                                               if k != member}).encode())
