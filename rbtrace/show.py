@@ -168,7 +168,9 @@ class Checker:
     @staticmethod
     def _member(f, i, env) -> list:
         name = repr(f.name)
-        types = _TYPES[f.kind]
+        types = _TYPES.get(f.kind)
+        if types is None:                   # a kind of member newer than this code: any value
+            return []
         if isinstance(types, tuple):
             env[f"T{i}"] = types
             wrong_type = f"type(v) not in T{i}"
@@ -317,6 +319,8 @@ class Parser:
                          f"newer than this rbtrace reads ({JSON_FORMAT_VERSION})",
                          hint="replay it with the rbtrace that recorded it, or a newer one")
         self._checkers["start"].check(obj)
+        if self.start is not None and _same_run(obj, self.start):
+            return obj          # the next file of a rotated recording, concatenated
         if self.start is not None or self.seen_events:
             raise Bad("a start line after the first",
                       "one recording per file: the lines after it are replayed as "
@@ -328,6 +332,13 @@ class Parser:
         if probe != "trace":
             self.only = probe
         return obj
+
+
+def _same_run(a: dict, b: dict) -> bool:
+    """Two start lines of one run: equal but for their file's number (the
+    "part" of a recording written in several files)."""
+    return ({k: v for k, v in a.items() if k != "part"}
+            == {k: v for k, v in b.items() if k != "part"})
 
 
 def _key(process: str):
@@ -762,7 +773,7 @@ class Replay:
         # The recorded start line's members (where and how it was recorded),
         # the replay's filters added to its own.
         info = {k: v for k, v in (start or {"probe": "trace"}).items()
-                if k not in ("type", "version")}
+                if k not in ("type", "version", "part")}
         info["filters"] = self._filters_text()
         from rbtrace.render import JsonRenderer
         if isinstance(renderer, JsonRenderer) and start is None:

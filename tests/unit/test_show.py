@@ -520,3 +520,23 @@ def test_members_of_another_rbtrace_version_are_not_bad_lines(tmp_path, recordin
             x = next(x for x in lines if x["type"] == "open")
             show.Parser("t").parse(json.dumps({k: v for k, v in x.items()
                                                if k != member}).encode())
+
+
+def test_the_files_of_a_rotated_recording_replay_as_one(tmp_path, recording):
+    """Each file of a recording written in parts begins with the run's
+    start line (its "part" one more): concatenated, they are one
+    recording, not bad lines; a start line of another run is bad."""
+    lines, exp = recording
+    cut = len(lines) // 2
+    first = [{**lines[0], "part": 1}] + lines[1:cut]
+    second = [{**lines[0], "part": 2}] + lines[cut:]
+    path = tmp_path / "rec.jsonl"
+    write(path, first + second)
+    code, out, err = rbtrace("show", path, "--json")
+    assert code == 0 and "skipped" not in err, err
+    got = json_out(out)
+    assert [x["type"] for x in got].count("start") == 1 and "part" not in got[0]
+    check_summary(got[-1], exp)
+    write(path, first + [{**lines[0], "filters": "pid=1"}] + lines[cut:])
+    code, out, err = rbtrace("show", path, "--json")
+    assert "1 line of" in err and "a start line after the first" in err, err
