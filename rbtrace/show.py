@@ -28,7 +28,7 @@ import collections
 import os
 import re
 import select
-import sys
+import stat
 import time
 
 import numpy as np
@@ -59,8 +59,8 @@ class TooNew(UsageError):
 
 
 class Bad(Exception):
-    """A line skipped: `reason` says why (its first word or two name the
-    category the total counts)."""
+    """A line skipped: `category` (what the total at the end counts by),
+    and a detail for the line's own warning."""
 
     def __init__(self, category, detail=""):
         super().__init__(category + (f": {detail}" if detail else ""))
@@ -479,7 +479,6 @@ def open_input(path: str):
     except OSError as e:
         raise UsageError(f"cannot read {shown}: {e.strerror}") from None
     try:
-        import stat
         if stat.S_ISDIR(os.fstat(fd).st_mode):
             raise UsageError(f"cannot read {shown}: Is a directory")
     except BaseException:
@@ -532,12 +531,11 @@ def read_lines(fd: int, name: str, wait=None):
 class Replay:
     """One replay: lines read, sorted, filtered, rendered and counted.
     opts: the command's options (json_out, output, count, pid, uid, comm,
-    failed, kinds, utc, and `keys`: whether the table may read keys)."""
+    failed, kinds, utc)."""
 
     def __init__(self, opts, path):
         self.opts = opts
         self.fd, self.name = open_input(path)
-        import stat
         self._regular = stat.S_ISREG(os.fstat(self.fd).st_mode)
         self.parser = Parser(self.name)
         self.bad = collections.Counter()
@@ -548,7 +546,6 @@ class Replay:
         self.output_error = None
         self.renderer = None
         self.lost_totals = collections.Counter()
-        self.last_lost = None
         self.first_ts = self.last_ts = None
         self.clock = None
         self.deferred = []          # warnings held back while the table is shown
@@ -643,11 +640,10 @@ class Replay:
 
     def run(self, out) -> int:
         """Replay into `out` (a render.Output); the exit status."""
-        from rbtrace.procsum import ProcessSummary
-        from rbtrace.session import Tally
         import signal
 
-        from rbtrace.session import stop_signals
+        from rbtrace.procsum import ProcessSummary
+        from rbtrace.session import Tally, stop_signals
         self.keys_fd = None
         self.at_end = False
         # A stop signal ends the replay as it ends a live run: what was
@@ -734,10 +730,9 @@ class Replay:
         the recording comes on standard input, /dev/tty."""
         if self.opts.get("json_out") or self.opts.get("output") or not os.isatty(1):
             return None
-        if self.fd != 0:
-            return 0 if os.isatty(0) else None
         if os.isatty(0):
-            return None               # the recording typed on the terminal: no keys
+            # (the recording typed on the terminal: no keys)
+            return 0 if self.fd != 0 else None
         try:
             return os.open("/dev/tty", os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
@@ -826,7 +821,6 @@ class Replay:
         record = {k: v for k, v in line.items() if k != "type"}
         for k in ("dropped", "ringbuf_full", "map_full", "missed_by_kernel", "not_followed"):
             self.lost_totals[k] += record.get(k, 0)
-        self.last_lost = record
         if self.output_error is not None or self.stop_reason == "output closed":
             return
         try:
