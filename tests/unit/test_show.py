@@ -540,3 +540,16 @@ def test_the_files_of_a_rotated_recording_replay_as_one(tmp_path, recording):
     write(path, first + [{**lines[0], "filters": "pid=1"}] + lines[cut:])
     code, out, err = rbtrace("show", path, "--json")
     assert "1 line of" in err and "a start line after the first" in err, err
+
+
+def test_time_is_the_recorded_time(tmp_path, recording):
+    """TIME is each event's recorded `time` (another host's clock, another
+    day), to the millisecond; in UTC with --utc."""
+    lines, _ = recording
+    path = tmp_path / "rec.jsonl"
+    write(path, lines)
+    code, plain, err = rbtrace("show", path, "--utc")
+    assert code == 0, err
+    rows = plain.splitlines()[1:]
+    assert [r.split()[0] for r in rows] == [e["time"][11:23] for e in lines[1:]]
+    assert lines[1]["time"][:10] == "2023-11-14"          # not today's
