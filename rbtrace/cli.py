@@ -99,6 +99,26 @@ class CommType(click.ParamType):
         return value
 
 
+class KindsType(click.ParamType):
+    """KIND[,KIND...]: kinds rbtrace knows (rbtrace show --kinds)."""
+
+    name = "KINDS"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        from rbtrace.spec import KINDS
+        out = []
+        for word in value.split(","):
+            word = word.strip()
+            if word not in KINDS:
+                self.fail(f"unknown kind '{fields.for_message(word)}' (the kinds are "
+                          f"{', '.join(KINDS)})", param, ctx)
+            if word not in out:
+                out.append(word)
+        return tuple(out)
+
+
 def c_string_literal(text) -> str:
     """A C string literal holding exactly these bytes (octal escapes)."""
     raw = text.encode() if isinstance(text, str) else text
@@ -283,6 +303,42 @@ def _run_trace(spec, kinds, words, opts):
     return _run(trace.make(kinds, opts, words), opts, target, loader=load_run)
 
 
+def show_command() -> click.Command:
+    """`rbtrace show FILE`: a recording replayed (rbtrace/show.py)."""
+    from rbtrace import show
+    params = [click.Argument(["file"], metavar="FILE")]
+    params += [_click_option(o) for o in show.options()]
+
+    def callback(file, **opts):
+        sys.exit(_run_show(file, opts))
+    return click.Command("show", params=params, callback=callback, help=show.HELP,
+                         short_help=show.SUMMARY)
+
+
+def _run_show(path, opts):
+    from rbtrace import notice, show
+    from rbtrace.procsum import table_lines
+    from rbtrace.render import Output
+    replay = show.Replay(opts, path)       # a FILE that can't be read: said before -o is made
+    file_out = _open_output(opts)
+    try:
+        code = replay.run(file_out or Output(1, "standard output"))
+    finally:
+        if file_out is not None:
+            file_out.close()
+    s = replay.result
+    if not opts.get("json_out"):
+        lines = table_lines(s, tree="command" in s or "followed_root" in s)
+        if lines:
+            sys.stderr.write("\n".join(lines) + "\n")
+    for line in replay.notes():
+        notice.say(line, who=show.WHO)
+    _print_summary(s)
+    if replay.output_error is not None:
+        raise replay.output_error
+    return code
+
+
 class _Commands(dict):
     """The group's commands: each kind's made from its spec the first time
     it is asked for (`rbtrace exec` imports exec's spec alone)."""
@@ -292,6 +348,9 @@ class _Commands(dict):
         if name == "trace":
             command = self[name] = trace_command()
             return command
+        if name == "show":
+            command = self[name] = show_command()
+            return command
         if name not in spec.KINDS:
             raise KeyError(name)
         command = self[name] = kind_command(spec.load(name))
@@ -299,7 +358,7 @@ class _Commands(dict):
 
     def _names(self):
         from rbtrace.spec import KINDS
-        return set(KINDS) | {"trace"} | set(dict.keys(self))
+        return set(KINDS) | {"trace", "show"} | set(dict.keys(self))
 
     def __contains__(self, name):
         return name in self._names()

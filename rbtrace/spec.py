@@ -401,7 +401,8 @@ class Option:
         return {self.cflags: int(value) if isinstance(value, bool) else value}
 
     def filter_text(self, value) -> Optional[str]:
-        if self.filter is None or value in (None, "", False):
+        # (`value in (None, "", False)` would take a uid 0 for no filter.)
+        if self.filter is None or value is None or value is False or value == "":
             return None
         if callable(self.filter):
             return self.filter(value)
@@ -511,6 +512,11 @@ class Spec:
     process_end    None, or the record column holding a wait status: an
                event of this kind is its process's end, and the run
                summary takes the exit code, signal and lifetime from it.
+    failed_event   None, or a function of an event (its JSON line, as a
+               dict) saying whether -x keeps it, for `rbtrace show -x`
+               (the probe decides live).  None: a negative "ret", or for
+               a process end a non-zero status; a kind without either
+               never fails.
     """
     name: str
     summary: str
@@ -531,6 +537,7 @@ class Spec:
     before: Optional[Callable] = None
     process_argv: bool = False
     process_end: Optional[str] = None
+    failed_event: Optional[Callable[[dict], bool]] = None
 
     @property
     def json_fields(self) -> tuple:
