@@ -15,6 +15,7 @@ on a unified host, /sys/fs/cgroup/unified on a hybrid one (this project's
 machines), anywhere in a container.
 """
 import ctypes
+import errno
 import os
 import re
 import struct
@@ -86,6 +87,7 @@ def parse_path(path):
 
 # --- ids to paths ------------------------------------------------------------------
 
+GONE = object()             # path(): the cgroup was removed
 FILEID_KERNFS = 0xfe        # include/linux/exportfs.h: a kernfs node by its 64-bit id
 WALK_INTERVAL = 1.0         # seconds between two walks of the mount on misses
 
@@ -144,6 +146,10 @@ class Resolver:
         except KeyError:
             pass
         path = self.path(cgroup_id)
+        if path is GONE:
+            # Removed already: it never comes back (ids are not reused).
+            self._cache[cgroup_id] = (None, None)
+            return (None, None)
         if path is None:
             # Not cached: known on a later look, after the next walk.
             return (None, None)
@@ -151,8 +157,9 @@ class Resolver:
         return found
 
     def path(self, cgroup_id):
-        """The cgroup's path relative to the mount, or None when not found
-        (gone already, or not found again yet)."""
+        """The cgroup's path relative to the mount; GONE when the kernel
+        says the cgroup no longer exists; None when not found (no file
+        handles here, and not in the last walk)."""
         if self.root is None or not cgroup_id:
             return None
         if self._by_handle:
@@ -180,8 +187,11 @@ class Resolver:
                                         os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             if fd < 0:
                 err = ctypes.get_errno()
-                if err in (1, 38, 95):   # EPERM, ENOSYS, EOPNOTSUPP: never will
-                    self._by_handle = False
+                if err in (errno.ESTALE, errno.ENOENT):
+                    return GONE
+                # EPERM (no CAP_DAC_READ_SEARCH), ENOSYS, EOPNOTSUPP...:
+                # never will; walk instead.
+                self._by_handle = False
                 return None
             try:
                 full = os.readlink(f"/proc/self/fd/{fd}")

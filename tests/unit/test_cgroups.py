@@ -182,3 +182,39 @@ def test_container_id_through_the_json_fast_path():
             assert got == want
         assert [orjson.loads(ln)["container_id"] for ln in got.splitlines()] == \
             [ID] * 3 + [ID2] * 2 + [None] + [ID] * 2
+
+
+def test_a_removed_cgroup_is_cached_as_none_without_walks(tmp_path, monkeypatch):
+    """When file handles work, the kernel's ESTALE means the cgroup is gone
+    for good: answered (None, None) from then on, with no walk; any other
+    failure (no CAP_DAC_READ_SEARCH) falls back to walking."""
+    _tree(tmp_path, f"docker/{ID}")
+    ino = os.stat(tmp_path / f"docker/{ID}").st_ino
+    r = cgroups.Resolver(root=str(tmp_path))
+    calls = []
+    monkeypatch.setattr(r, "_by_handle_path", lambda cg: calls.append(cg) or cgroups.GONE)
+    assert r(ino) == (None, None) and r(ino) == (None, None)
+    assert calls == [ino] and r.walks == 0
+    r = cgroups.Resolver(root=str(tmp_path))
+
+    def refused(cg):
+        r._by_handle = False
+        return None
+    monkeypatch.setattr(r, "_by_handle_path", refused)
+    assert r(ino) == (ID, None) and r.walks == 1
+
+
+def test_gone_for_real_on_the_machines_mount():
+    """A cgroup made and removed: its id answers GONE, not a walk."""
+    root = cgroups.v2_mount()
+    if os.geteuid() != 0:
+        pytest.skip("making a cgroup needs root")
+    d = os.path.join(root, f"rbtrace-unit-{os.getpid()}")
+    os.mkdir(d)
+    try:
+        ino = os.stat(d).st_ino
+        assert cgroups.Resolver(root=root).path(ino) == os.path.basename(d)
+    finally:
+        os.rmdir(d)
+    r = cgroups.Resolver(root=root)
+    assert r.path(ino) is cgroups.GONE and r.walks == 0
