@@ -210,3 +210,18 @@ def test_unmatched_or_ambiguous_container_and_bad_cgroup_exit_2(kernel_ok, tree)
     assert p.returncode == 0, p.stderr.decode()
     start = json.loads(p.stdout.splitlines()[0])
     assert start["filters"] == f"container={t['twin'][:12]}"
+
+
+def test_one_compiled_probe_serves_every_cgroup(kernel_ok, tree, tmp_path):
+    """--cgroup is a map value written at load, not compiled in: a run with
+    it, and one with another cgroup, load what a run without it compiled."""
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o700)
+    env = {"RBTRACE_CACHE_DIR": str(cache)}
+    hit = "loaded from the compile cache"
+    runs = [(), ("--cgroup", tree["base"]), ("--container", tree["id"][:12])]
+    for n, args in enumerate(runs):
+        p = run_cli("exit", "--json", "--debug", "-d", "0.3", *args, env=env)
+        err = p.stderr.decode()
+        assert p.returncode == 0, err
+        assert (hit in err) == (n > 0), (args, err)
