@@ -182,6 +182,21 @@ def common_options(spec):
                help="Only processes whose command name is COMM.", filter=True, rank=4,
                man="Only threads whose command name is exactly *COMM* (1 to 15 bytes). "
                    "Checked in the kernel."),
+        Option(("--cgroup",), "cgroup", metavar="DIR", filter=True, rank=5,
+               help="Only tasks in this cgroup v2 directory or below it.",
+               man="Only threads in the cgroup v2 directory *DIR* or in a cgroup below it "
+                   "(a path, or one relative to the cgroup v2 mount, which **rbtrace** finds in "
+                   "*/proc/self/mountinfo*). Checked in the kernel "
+                   "(**bpf_current_task_under_cgroup**), before any event takes room in the "
+                   "ring."),
+        Option(("--container",), "container", metavar="ID", filter=True, rank=5,
+               help="Only tasks of the container whose id starts with ID.",
+               man="Only threads of the one container whose id starts with *ID* (hexadecimal, "
+                   "as **docker ps** shows it): its cgroup, found by the names of "
+                   "**container_id** under the cgroup v2 mount, and the cgroups below it, "
+                   "checked in the kernel as for **--cgroup**. When no container or more than "
+                   "one matches, **rbtrace** says so and exits with status 2. Not with "
+                   "**--cgroup**."),
         # A kind without failed events (tp) keeps -x only to refuse it with
         # the reason, and does not offer it in --help or completion.
         Option(("-x", "--failed"), "failed", is_flag=True, filter=True, rank=8,
@@ -297,6 +312,7 @@ def _run_trace(spec, kinds, words, opts):
     from rbtrace import trace
     from rbtrace.session import load_run
 
+    resolve_cgroup(opts)
     target = _follow_target(opts)
     opts["follow"] = target is not None
     opts["filters_text"] = filters_text(spec, opts, target)
@@ -414,6 +430,23 @@ def _follow_target(opts):
     return None
 
 
+def resolve_cgroup(opts):
+    """--cgroup DIR or --container ID: the cgroup v2 directory the kernel
+    checks, in opts["cgroup_dir"] (None when neither is given)."""
+    from rbtrace import cgroups
+    opts["cgroup_dir"] = None
+    if opts.get("cgroup") and opts.get("container"):
+        raise UsageError("--cgroup and --container can't be combined: give one")
+    try:
+        if opts.get("cgroup"):
+            opts["cgroup_dir"] = cgroups.check_dir(opts["cgroup"])
+        elif opts.get("container"):
+            opts["cgroup_dir"] = cgroups.find_container(opts["container"])
+    except cgroups.NotFound as e:
+        flag = "--cgroup" if opts.get("cgroup") else "--container"
+        raise UsageError(f"{flag}: {fields.for_message(str(e))}") from None
+
+
 def filters_text(spec, opts, target) -> str:
     """The run's filters, for the start record and the footer: each option
     that selects (spec.Option.filter), in rank order, then the command."""
@@ -432,6 +465,7 @@ def filters_text(spec, opts, target) -> str:
 def _run_kind(spec, opts):
     from rbtrace import codec
 
+    resolve_cgroup(opts)
     target = _follow_target(opts)
     opts["follow"] = target is not None
     opts["filters_text"] = filters_text(spec, opts, target)

@@ -90,7 +90,7 @@ from rbtrace.spec import Column, Field, Spec, pid_column, time_column
 
 KINDS = ("auto", "int", "hex", "text", "array", "bytes", "hidden")
 HEADER_FIELDS = ("ts_ns", "seq", "pid", "tid", "ppid", "uid", "comm", "proc_start_ns",
-                 "rb_kind", "rb_pad")
+                 "rb_kind", "rb_pad", "cgroup_id")
 
 # The members of an event line after the header; what is under "args"
 # depends on the event (see the module docstring).

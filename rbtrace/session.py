@@ -231,7 +231,12 @@ class Session:
         self.started = time.monotonic()
         try:
             try:
-                self.renderer.start({"probe": self.probe.name, "ring_bytes": ring.size,
+                from rbtrace.fields import identity
+                me = identity()
+                self.renderer.start({"probe": self.probe.name,
+                                     "rbtrace_version": me["rbtrace_version"],
+                                     "hostname": me["hostname"], "boot_id": me["boot_id"],
+                                     "kernel": me["kernel"], "ring_bytes": ring.size,
                                      "filters": self.probe.options.get("filters_text", "")})
             except OutputError as e:
                 self._output_failed(e)

@@ -47,7 +47,7 @@ _TYPES = {"const": str, "int": int, "hex": str, "errno": str, "user": str, "enum
           "flags": str, "name": str, "ip": str, "port": int, "duration": int, "time": str,
           "text": str, "texts": list, "bool": bool, "object": dict, "number": (int, float),
           "counts": dict, "command": dict, "kinds": dict, "processes": list, "other": dict,
-          "process": str}
+          "process": str, "container": str, "uuid": str}
 
 _ABSENT = object()
 _TIME = re.compile(r"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})\.([0-9]{9})Z")
