@@ -1,0 +1,293 @@
+"""The live table's process view (key t): processes as a tree, parent to
+child, each with its argv, state, lifetime and counts, and under an
+expanded one its events kept in the history.
+
+Everything counted comes from the session's ProcessSummary (procsum.py),
+which counts with numpy per ring segment; the tree's order is rebuilt
+only when the set of processes has changed, and a row's text only for
+the rows on screen.  A process's events are found in the history by its
+key (pid, start time), with one numpy compare over the keys kept.
+"""
+from __future__ import annotations
+
+import time
+
+from rbtrace import fields
+from rbtrace.spec import Column
+
+# Guides, two cells each, as pstree draws them.
+TEE, ELBOW, PIPE, BLANK = "├─", "└─", "│ ", "  "
+
+EVENTS_SHOWN = 20_000       # event lines under one expanded process, at most
+
+
+def argv_text(p) -> str:
+    """A process's command: its argv as a shell would read it, else [comm]."""
+    if p.argv:
+        return " ".join(fields.shell_word(fields.escape_str(a)) for a in p.argv)
+    return f"[{fields.escape_str(p.comm)}]"
+
+
+def state_text(p, ends_traced: bool) -> str:
+    if p.status is None:
+        return "running" if ends_traced else "?"
+    code = fields.exit_code(p.status)
+    return f"exit {code}" if code is not None else (fields.signal_name(p.status) or "killed")
+
+
+def life_text(p, now_ns: int, ends_traced: bool) -> str:
+    if p.duration_ns is not None:
+        return fields.age_text(max(0, p.duration_ns))
+    if not ends_traced:
+        return ""
+    return fields.age_text(max(0, now_ns - p.start_ns))
+
+
+def tree_order(procsum) -> list:
+    """[(key, guides of its row, guides under it)] of every kept process,
+    parents before children, each level in the order processes were first
+    seen."""
+    parents = procsum.parents()
+    procs = procsum.procs
+    children = {}
+    roots = []
+    for key in procs:                       # insertion order: first seen first
+        parent = parents.get(key)
+        if parent is not None and parent != key and parent in procs:
+            children.setdefault(parent, []).append(key)
+        else:
+            roots.append(key)
+    out = []
+    # Iterative depth-first walk: a deep tree must not hit the recursion limit.
+    stack = [(key, "", None) for key in reversed(roots)]
+    while stack:
+        key, lead, last = stack.pop()
+        if last is None:                    # a root: no connector
+            row, under = "", ""
+        else:
+            row, under = lead + (ELBOW if last else TEE), lead + (BLANK if last else PIPE)
+        out.append((key, row, under))
+        kids = children.get(key, ())
+        for i in range(len(kids) - 1, -1, -1):
+            stack.append((kids[i], under, i == len(kids) - 1))
+    return out
+
+
+class Line:
+    """One line of the tree view: a process ("p", its key) or one of its
+    events ("e", the event's number in the history)."""
+    __slots__ = ("kind", "key", "number", "guides")
+
+    def __init__(self, kind, key, number, guides):
+        self.kind, self.key, self.number, self.guides = kind, key, number, guides
+
+    @property
+    def ident(self):
+        return (self.kind, self.key if self.kind == "p" else self.number)
+
+
+class TreeView:
+    """State of the process view: the expanded processes, the selected
+    line, the first line on screen, a search and its hits."""
+
+    def __init__(self, probe):
+        self.probe = probe
+        specs = [getattr(c, "spec", None) for c in (getattr(probe, "codecs", None) or [probe])]
+        self.columns = [
+            Column("PID", None, width=7, justify="right", whole=True, priority=1),
+            Column("STATE", None, width=7, whole=True, priority=3),
+            Column("LIFE", None, width=6, whole=True, justify="right", priority=4),
+        ]
+        self.counted = []                   # (header, kind) of the count columns
+        for s in specs:
+            if s is not None and s.tree_count:
+                self.counted.append((s.tree_count, s.name))
+        for header, _ in self.counted:
+            self.columns.append(Column(header, None, width=len(header), justify="right",
+                                       whole=True, priority=5))
+        self.columns.append(Column("ERR", None, width=3, justify="right", whole=True, priority=5))
+        self.columns.append(Column("COMMAND", None, min_width=12, priority=2))
+        self.expanded = set()
+        self.selected = None                # Line.ident of the selected line
+        self.follow = True                  # the selection stays on the newest process
+        self.top = 0
+        self.frozen_order = None            # the processes' order while paused
+        self.search = ""
+        self.hits = []                      # Line.ident of each search hit
+        self.hit = -1
+        self._order_for = None
+        self._order = []
+        self._lines = []
+
+    # --- the lines -------------------------------------------------------------
+
+    def order(self, procsum):
+        """tree_order, rebuilt only when processes were added."""
+        n = len(procsum.procs)
+        if self._order_for != n:
+            self._order = tree_order(procsum)
+            self._order_for = n
+        return self._order
+
+    def lines(self, procsum, view) -> list:
+        """Every line of the tree: the processes now (or as a pause froze
+        them), and under each expanded one its events in `view`."""
+        if procsum is None:
+            return []
+        order = self.frozen_order if self.frozen_order is not None else self.order(procsum)
+        out = []
+        for key, row, under in order:
+            out.append(Line("p", key, None, row))
+            if key in self.expanded and view is not None:
+                numbers = view.of_process(key)[-EVENTS_SHOWN:].tolist()
+                out.extend(Line("e", key, n, under + "· ") for n in numbers)
+        self._lines = out
+        return out
+
+    def index(self, lines) -> int:
+        """The selected line's index in `lines` (the last process when
+        following or when the selection is gone)."""
+        if not lines:
+            return 0
+        if not self.follow and self.selected is not None:
+            for i, ln in enumerate(lines):
+                if ln.ident == self.selected:
+                    return i
+        procs = [i for i, ln in enumerate(lines) if ln.kind == "p"]
+        i = procs[-1] if procs else len(lines) - 1
+        self.selected = lines[i].ident
+        return i
+
+    # --- keys ----------------------------------------------------------------
+
+    def move(self, lines, how, page):
+        if not lines:
+            return
+        i = self.index(lines)
+        step = {"page": -page, "-page": page, "top": -len(lines), "end": len(lines)}.get(how)
+        if step is None:
+            step = -how                     # +1 is up: back, as in the log
+        j = min(len(lines) - 1, max(0, i + step))
+        self.selected = lines[j].ident
+        self.follow = how == "end"
+
+    def toggle(self, lines, want=None):
+        """Expand or collapse the selected process (want: True expand, False
+        collapse, None toggle); on an event line, act on its process."""
+        if not lines:
+            return
+        ln = lines[self.index(lines)]
+        key = ln.key
+        if ln.kind == "e" and want is not False:
+            return
+        self.follow = False
+        if want is None:
+            want = key not in self.expanded
+        if want:
+            self.expanded.add(key)
+        else:
+            self.expanded.discard(key)
+            self.selected = ("p", key)
+
+    def find(self, text, procsum, view, match_event):
+        """Search: processes whose command or comm contains `text` (any
+        case), and events kept that `match_event(event, text)`.  Selects
+        the first hit, expanding its process for an event."""
+        self.search = text
+        self.hits, self.hit = [], -1
+        if not text or procsum is None:
+            return 0
+        want = text.lower()
+        by_process = {}
+        if view is not None:
+            for n, e in view.search(lambda e: match_event(e, want)):
+                key = (int(view.pids[n - view.lo]), int(view.starts[n - view.lo]))
+                by_process.setdefault(key, []).append(n)
+        order = self.frozen_order if self.frozen_order is not None else self.order(procsum)
+        for key, _, _ in order:
+            p = procsum.procs[key]
+            if key in by_process:
+                self.hits.extend(("e", n) for n in by_process[key])
+            elif want in argv_text(p).lower() or want in fields.escape_str(p.comm).lower():
+                self.hits.append(("p", key))
+        self._hit_keys = {n: key for key, ns in by_process.items() for n in ns}
+        if self.hits:
+            self.next_hit()
+        return len(self.hits)
+
+    _hit_keys = {}
+
+    def next_hit(self):
+        if not self.hits:
+            return
+        self.hit = (self.hit + 1) % len(self.hits)
+        ident = self.hits[self.hit]
+        if ident[0] == "e":
+            self.expanded.add(self._hit_keys[ident[1]])
+        self.selected = ident
+        self.follow = False
+
+    # --- drawing -------------------------------------------------------------
+
+    def process_cells(self, p, guides, now_ns, ends_traced):
+        cells = [str(p.pid), state_text(p, ends_traced), life_text(p, now_ns, ends_traced)]
+        cells += [str(p.kinds.get(kind, 0)) for _, kind in self.counted]
+        cells.append(str(sum(p.errors.values())))
+        cells.append(guides + argv_text(p))
+        return cells
+
+    def render(self, procsum, view, width, height, event_text):
+        """(header line, [(text, style)] of the lines on screen) at most
+        `width` cells each, `height` lines in all with the header."""
+        from rbtrace.render import GAP, _cut, _pad, layout
+        lines = self.lines(procsum, view)
+        visible = max(1, height - 1)
+        sel = self.index(lines) if lines else 0
+        # The selection stays on screen; otherwise the view stays put.
+        if sel < self.top:
+            self.top = sel
+        elif sel >= self.top + visible:
+            self.top = sel - visible + 1
+        self.top = max(0, min(self.top, max(0, len(lines) - visible)))
+        shown = lines[self.top:self.top + visible]
+        now_ns = time.monotonic_ns()
+        ends = procsum.ends_traced if procsum is not None else False
+        rows = []
+        for ln in shown:
+            if ln.kind == "p":
+                p = procsum.procs.get(ln.key)
+                rows.append(self.process_cells(p, ln.guides, now_ns, ends) if p else None)
+            else:
+                rows.append(None)
+        content = [max((len(r[i]) for r in rows if r), default=0) if c.whole else 0
+                   for i, c in enumerate(self.columns)]
+        widths = layout(self.columns, width, content)
+        cols = [(i, c, w) for i, (c, w) in enumerate(zip(self.columns, widths)) if w is not None]
+        indent = sum(w + GAP for i, c, w in cols if c.header != "COMMAND")
+
+        def fmt(texts):
+            return (" " * GAP).join(_pad(_cut(texts[i], w, c.keep), w, c.justify)
+                                    for i, c, w in cols).rstrip()
+
+        header = fmt([c.header for c in self.columns])
+        out = []
+        events = {}
+        numbers = [ln.number for ln in shown if ln.kind == "e"]
+        if numbers and view is not None:
+            lo, hi = min(numbers), max(numbers) + 1
+            if hi - lo <= 4 * visible:
+                events = dict(zip(range(lo, hi), view.events(lo, hi)))
+            else:
+                events = {n: view.event(n) for n in numbers}
+        for ln, cells in zip(shown, rows):
+            style = "reverse" if ln.ident == self.selected else ""
+            if ln.kind == "p":
+                text = fmt(cells) if cells else ""
+                if ln.key in self.expanded:
+                    style = (style + " bold").strip()
+            else:
+                e = events.get(ln.number)
+                body = event_text(e) if e is not None else "(no longer kept)"
+                text = " " * min(indent, max(0, width - 20)) + ln.guides + body
+            out.append((_cut(text, width), style))
+        return header, out
