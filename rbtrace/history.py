@@ -178,7 +178,10 @@ class History:
             return
         if len(records) > self.cap:
             records = records[-self.cap:]
-        self._push(RawChunk(self.total, event_type, np.ascontiguousarray(records), decode))
+        # A copy, always: a segment views the ring, which the kernel writes
+        # again once it is consumed (and np.ascontiguousarray would hand
+        # back a one-record view as it is).
+        self._push(RawChunk(self.total, event_type, np.array(records, copy=True), decode))
 
     def add_events(self, events):
         if not events:

@@ -19,6 +19,8 @@ from rbtrace.spec import Column
 TEE, ELBOW, PIPE, BLANK = "├─", "└─", "│ ", "  "
 
 EVENTS_SHOWN = 20_000       # event lines under one expanded process, at most
+PANE = 3                    # lines of the selected event's whole text
+WIDE_EVENTS = 60            # cells an event line needs under the command
 
 
 def argv_text(p) -> str:
@@ -238,11 +240,24 @@ class TreeView:
 
     def render(self, procsum, view, width, height, event_text):
         """(header line, [(text, style)] of the lines on screen) at most
-        `width` cells each, `height` lines in all with the header."""
+        `width` cells each, `height` lines in all with the header.  When an
+        event is selected, the last lines are its whole text, wrapped (a
+        narrow terminal cuts the event lines)."""
+        from rich.cells import chop_cells
+
         from rbtrace.render import GAP, _cut, _pad, layout
         lines = self.lines(procsum, view)
-        visible = max(1, height - 1)
         sel = self.index(lines) if lines else 0
+        pane = []
+        if lines and lines[sel].kind == "e" and view is not None and height >= 8 and width >= 10:
+            e = view.event(lines[sel].number)
+            if e is not None:
+                parts = chop_cells(event_text(e), width)
+                pane = parts[:PANE]
+                if len(parts) > PANE:
+                    pane[-1] = _cut(pane[-1] + "…", width)
+                pane = [("─" * width, "dim")] + [(t, "") for t in pane]
+        visible = max(1, height - 1 - len(pane))
         # The selection stays on screen; otherwise the view stays put.
         if sel < self.top:
             self.top = sel
@@ -263,7 +278,12 @@ class TreeView:
                    for i, c in enumerate(self.columns)]
         widths = layout(self.columns, width, content)
         cols = [(i, c, w) for i, (c, w) in enumerate(zip(self.columns, widths)) if w is not None]
+        # Events go under the command, with its guides, when that leaves
+        # room for them; else from the second column on.
         indent = sum(w + GAP for i, c, w in cols if c.header != "COMMAND")
+        wide = width - indent >= WIDE_EVENTS
+        if not wide:
+            indent = (cols[0][2] + GAP) if len(cols) > 1 else 0
 
         def fmt(texts):
             return (" " * GAP).join(_pad(_cut(texts[i], w, c.keep), w, c.justify)
@@ -288,6 +308,7 @@ class TreeView:
             else:
                 e = events.get(ln.number)
                 body = event_text(e) if e is not None else "(no longer kept)"
-                text = " " * min(indent, max(0, width - 20)) + ln.guides + body
+                text = " " * indent + (ln.guides if wide else "· ") + body
             out.append((_cut(text, width), style))
-        return header, out
+        out += [("", "")] * (visible - len(out))
+        return header, out + pane

@@ -230,7 +230,10 @@ def test_search_finds_an_event_ten_thousand_back_and_expands_its_process():
     lines = run.frame()
     assert all(cell_len(ln) <= 79 for ln in lines)
     hit = [ln for ln in lines if "/tmp/marker-7f3a" in ln]
-    assert len(hit) == 1 and "reverse" not in hit[0]
+    # Its line under its process, and its whole text above the footer.
+    assert len(hit) == 2 and "· " in hit[0] and lines.index(hit[1]) == 24 - 3
+    assert hit[1] == f"{run.probe.clock.hms(10_010)} open path=/tmp/marker-7f3a ret=3"
+    assert set(lines[24 - 4]) == {"─"}
     assert "search 'marker-7f3a' 1/1" in lines[-1]
     assert run.table.tree.selected[0] == "e" and (100, 1000) in run.table.tree.expanded
     # Found by its exec event: false's process, expanded, its exec selected.
@@ -302,3 +305,20 @@ def test_history_keeps_the_newest_cap_events_within_its_bytes():
     for _ in range(5):
         small.add_records(et, recs[:60], probe.decode)
     assert len(small) <= 120 and small.nbytes <= 100 * DT["open"].itemsize + 60 * DT["open"].itemsize
+
+
+def test_history_copies_even_a_one_record_segment():
+    """A segment views the ring, which is written again once consumed (and
+    unmapped at the end): what is kept must be a copy, one record too."""
+    probe = FakeProbe()
+    et = SimpleNamespace(name="open")
+    ring_dt = np.dtype([("len", "u8"), ("p", DT["open"])])
+    ring = bytearray(ring_dt.itemsize * 4)
+    slots = np.ndarray((4,), dtype=ring_dt, buffer=ring)
+    slots["p"]["pid"] = 7
+    slots["p"]["path"] = b"/first"
+    h = history.History(cap=100)
+    h.add_records(et, slots["p"][:1], probe.decode)     # one record: "contiguous" to numpy
+    h.add_records(et, slots["p"][1:3], probe.decode)
+    ring[:] = b"\xff" * len(ring)                        # the kernel reuses the ring
+    assert [(e["pid"], e["path"]) for e in h.view().events(0, 3)] == [(7, "/first")] * 3
