@@ -140,6 +140,8 @@ class View:
     def of_process(self, key) -> np.ndarray:
         """The numbers of the events of process `key` (pid, start), oldest first."""
         pid, start = key
+        if start < 0:
+            return np.zeros(0, np.int64)
         hit = np.flatnonzero((self.pids == pid) & (self.starts == np.uint64(start)))
         return hit + self.lo
 

@@ -482,6 +482,7 @@ class TableRenderer:
                 self.view = "summary" if self.view != "summary" else "stream"
             elif key == "t":
                 self.view = "tree" if self.view != "tree" else "stream"
+                self.tree.refresh()
             elif key == "/":
                 self.editing = self.tree.search if self.view == "tree" else self.text_filter
         self._draw(force=True)
@@ -495,12 +496,13 @@ class TableRenderer:
         self.paused_rows = (list(self.matched) if self.text_filter
                             else _Rows(self.paused_view, self._row))
         procs = self.stats.get("procs")
-        self.tree.frozen_order = list(self.tree.order(procs)) if procs is not None else None
+        self.tree.frozen_order = list(self.tree.order(procs, True)) if procs is not None else None
         self.scroll = 0
 
     def _resume(self):
         self.paused_rows, self.paused_view, self.scroll = None, None, 0
         self.tree.frozen_order = None
+        self.tree.refresh()
 
     def _view(self):
         return self.paused_view if self.paused_view is not None else self.hist.view()

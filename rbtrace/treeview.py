@@ -18,6 +18,7 @@ from rbtrace.spec import Column
 # Guides, two cells each, as pstree draws them.
 TEE, ELBOW, PIPE, BLANK = "├─", "└─", "│ ", "  "
 
+UNSEEN = -1                 # the start of a parent known only by its pid
 EVENTS_SHOWN = 20_000       # event lines under one expanded process, at most
 PANE = 3                    # lines of the selected event's whole text
 WIDE_EVENTS = 60            # cells an event line needs under the command
@@ -47,18 +48,37 @@ def life_text(p, now_ns: int, ends_traced: bool) -> str:
 
 def tree_order(procsum) -> list:
     """[(key, guides of its row, guides under it)] of every kept process,
-    parents before children, each level in the order processes were first
-    seen."""
+    parents before children, each level in the order processes started.
+    Processes whose parent has no event of its own (a shell
+    waiting for them) but that share it go under a row of that parent,
+    keyed (ppid, UNSEEN)."""
     parents = procsum.parents()
     procs = procsum.procs
     children = {}
     roots = []
+    orphans = {}
     for key in procs:                       # insertion order: first seen first
         parent = parents.get(key)
         if parent is not None and parent != key and parent in procs:
             children.setdefault(parent, []).append(key)
         else:
             roots.append(key)
+            if parent is None and procs[key].ppid:
+                orphans.setdefault(procs[key].ppid, []).append(key)
+    # Siblings in the order they started (the ring's order of first events
+    # can differ between CPUs).
+    for kids in children.values():
+        kids.sort(key=lambda k: k[1])
+    roots.sort(key=lambda k: k[1])
+    for ppid, keys in orphans.items():
+        if len(keys) < 2:
+            continue
+        keys = sorted(keys, key=lambda k: k[1])
+        unseen = (ppid, UNSEEN)
+        gone = set(keys)
+        at = roots.index(keys[0])
+        roots = roots[:at] + [unseen] + [k for k in roots[at:] if k not in gone]
+        children[unseen] = keys
     out = []
     # Iterative depth-first walk: a deep tree must not hit the recursion limit.
     stack = [(key, "", None) for key in reversed(roots)]
@@ -119,31 +139,56 @@ class TreeView:
         self.hit = -1
         self._order_for = None
         self._order = []
-        self._lines = []
 
     # --- the lines -------------------------------------------------------------
 
-    def order(self, procsum):
-        """tree_order, rebuilt only when processes were added."""
+    def order(self, procsum, force=False):
+        """tree_order, rebuilt when processes were added, but not more often
+        than keeps its cost near 5% of the time (at 10,000 processes a
+        rebuild takes tens of ms: new ones then show within a second)."""
         n = len(procsum.procs)
-        if self._order_for != n:
+        now = time.monotonic()
+        if self._order_for != n and (force or now >= self._next_build):
             self._order = tree_order(procsum)
             self._order_for = n
+            self._proc_lines = [Line("p", key, None, row) for key, row, _ in self._order]
+            self._at = {key: i for i, (key, _, _) in enumerate(self._order)}
+            self._next_build = now + 20 * (time.monotonic() - now)
         return self._order
+
+    _next_build = 0.0
+
+    def refresh(self):
+        """The next frame shows every process counted (a key was pressed)."""
+        self._next_build = 0.0
+    _proc_lines = ()
+    _at = {}
 
     def lines(self, procsum, view) -> list:
         """Every line of the tree: the processes now (or as a pause froze
         them), and under each expanded one its events in `view`."""
         if procsum is None:
             return []
-        order = self.frozen_order if self.frozen_order is not None else self.order(procsum)
+        if self.frozen_order is not None:
+            order = self.frozen_order
+            plines = [Line("p", key, None, row) for key, row, _ in order]
+            at = {key: i for i, (key, _, _) in enumerate(order)}
+        else:
+            order = self.order(procsum)
+            plines, at = self._proc_lines, self._at
+        shown = sorted((at[key], key) for key in self.expanded
+                       if key in at and key[1] != UNSEEN) if view is not None else []
+        if not shown:
+            return list(plines)
         out = []
-        for key, row, under in order:
-            out.append(Line("p", key, None, row))
-            if key in self.expanded and view is not None:
-                numbers = view.of_process(key)[-EVENTS_SHOWN:].tolist()
-                out.extend(Line("e", key, n, under + "· ") for n in numbers)
-        self._lines = out
+        done = 0
+        for i, key in shown:
+            out.extend(plines[done:i + 1])
+            done = i + 1
+            under = order[i][2]
+            numbers = view.of_process(key)[-EVENTS_SHOWN:].tolist()
+            out.extend(Line("e", key, n, under + "· ") for n in numbers)
+        out.extend(plines[done:])
         return out
 
     def index(self, lines) -> int:
@@ -205,9 +250,11 @@ class TreeView:
             for n, e in view.search(lambda e: match_event(e, want)):
                 key = (int(view.pids[n - view.lo]), int(view.starts[n - view.lo]))
                 by_process.setdefault(key, []).append(n)
-        order = self.frozen_order if self.frozen_order is not None else self.order(procsum)
+        order = self.frozen_order if self.frozen_order is not None else self.order(procsum, True)
         for key, _, _ in order:
-            p = procsum.procs[key]
+            p = procsum.procs.get(key)
+            if p is None:
+                continue
             if key in by_process:
                 self.hits.extend(("e", n) for n in by_process[key])
             elif want in argv_text(p).lower() or want in fields.escape_str(p.comm).lower():
@@ -271,7 +318,9 @@ class TreeView:
         for ln in shown:
             if ln.kind == "p":
                 p = procsum.procs.get(ln.key)
-                rows.append(self.process_cells(p, ln.guides, now_ns, ends) if p else None)
+                rows.append(self.process_cells(p, ln.guides, now_ns, ends) if p else
+                            [str(ln.key[0])] + [""] * (len(self.columns) - 2)
+                            + [ln.guides + "(no events: the parent of these)"])
             else:
                 rows.append(None)
         content = [max((len(r[i]) for r in rows if r), default=0) if c.whole else 0

@@ -322,3 +322,53 @@ def test_history_copies_even_a_one_record_segment():
     h.add_records(et, slots["p"][1:3], probe.decode)
     ring[:] = b"\xff" * len(ring)                        # the kernel reuses the ring
     assert [(e["pid"], e["path"]) for e in h.view().events(0, 3)] == [(7, "/first")] * 3
+
+
+def test_children_of_a_parent_without_events_go_under_its_row():
+    """A shell that only waits has no event: its children share its row,
+    known by pid alone; a lone process whose parent is unseen stays a root."""
+    run = Run(100, 20)
+    run.add("exec", [dict(proc(601, 10, 500, b"sh"), ret=0, argv=b"ls"),
+                     dict(proc(700, 15, 1, b"sh"), ret=0, argv=b"lone"),
+                     dict(proc(602, 20, 500, b"sh"), ret=0, argv=b"wc -l")])
+    order = treeview.tree_order(run.procs)
+    assert [(k, row) for k, row, _ in order] == [
+        ((500, treeview.UNSEEN), ""), ((601, 10), "├─"), ((602, 20), "└─"), ((700, 15), "")]
+    run.send("t")
+    lines = run.frame()
+    assert re.match(r"\s+500\s+\(no events: the parent of these\)$", lines[1]), lines[1]
+    assert lines[2].endswith("├─ls") and lines[3].endswith("└─wc -l") and lines[4].endswith("lone")
+    run.send("\x1b[H\r")                                # Home, Enter: nothing to expand
+    assert not any("· " in ln for ln in run.frame())
+    run.send("/wc\r")
+    assert run.table.tree.selected == ("e", 2)
+
+
+def test_the_tree_is_rebuilt_only_for_new_processes_and_at_most_5_percent_of_the_time(monkeypatch):
+    run = Run(100, 20)
+    family(run)
+    run.send("t")
+    builds = []
+    real = treeview.tree_order
+    now = [1000.0]
+    monkeypatch.setattr(treeview.time, "monotonic", lambda: now[0])
+
+    def counted(procsum):
+        builds.append(now[0])
+        now[0] += 0.05                      # a rebuild that takes 50 ms
+        return real(procsum)
+
+    monkeypatch.setattr(treeview, "tree_order", counted)
+    run.table.tree.refresh()
+    run.frame()
+    run.frame()                             # nothing new since t drew it: no rebuild
+    assert builds == []
+    for i in range(30):                     # a new process every 100 ms
+        now[0] += 0.1
+        run.add("exec", [dict(proc(2000 + i, 9000 + i, 100, b"sh"), ret=0, argv=b"x")])
+        run.frame()
+    # 50 ms each, at most one per 20 x 50 ms = 1 s after the last
+    assert 3 <= len(builds) <= 5, builds
+    assert all(b - a >= 1.0 for a, b in zip(builds, builds[1:]))
+    run.send(" ")                           # a pause shows every process counted
+    assert 2029 in _rows(run.frame()[1:-2])
