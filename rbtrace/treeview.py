@@ -108,6 +108,74 @@ class Line:
         return (self.kind, self.key if self.kind == "p" else self.number)
 
 
+class Lines:
+    """Every line of the tree, without an object per event: the process
+    lines, and after each expanded process the numbers of its events (a
+    numpy column); a Line is made when one is looked at."""
+
+    def __init__(self, plines, at, blocks):
+        self.plines, self.at = plines, at
+        # blocks: (index in plines of the process, key, numbers, guides), in order
+        self.blocks = blocks
+        self.parts = []             # (first line, "p", lo, hi) or (first line, "e", block)
+        line = done = 0
+        for i, key, numbers, guides in blocks:
+            if i + 1 > done:
+                self.parts.append((line, "p", done, i + 1))
+                line += i + 1 - done
+                done = i + 1
+            if len(numbers):
+                self.parts.append((line, "e", (key, numbers, guides)))
+                line += len(numbers)
+        if done < len(plines):
+            self.parts.append((line, "p", done, len(plines)))
+            line += len(plines) - done
+        self.firsts = [p[0] for p in self.parts]
+        self.n = line
+
+    def __len__(self):
+        return self.n
+
+    def __bool__(self):
+        return self.n > 0
+
+    def _line(self, i):
+        import bisect
+        part = self.parts[bisect.bisect_right(self.firsts, i) - 1]
+        if part[1] == "p":
+            return self.plines[part[2] + i - part[0]]
+        key, numbers, guides = part[2]
+        return Line("e", key, int(numbers[i - part[0]]), guides)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self._line(j) for j in range(*i.indices(self.n))]
+        if i < 0:
+            i += self.n
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        return self._line(i)
+
+    def find(self, ident):
+        """The index of the line `ident` (Line.ident), or None."""
+        import numpy as np
+        kind, what = ident
+        for first, *rest in self.parts:
+            if rest[0] == "p" and kind == "p":
+                j = self.at.get(what)
+                if j is not None and rest[1] <= j < rest[2]:
+                    return first + j - rest[1]
+            elif rest[0] == "e" and kind == "e":
+                numbers = rest[1][1]
+                k = int(np.searchsorted(numbers, what))
+                if k < len(numbers) and numbers[k] == what:
+                    return first + k
+        return None
+
+    def last_process(self):
+        return self.find(("p", self.plines[-1].key)) if self.plines else max(0, self.n - 1)
+
+
 class TreeView:
     """State of the process view: the expanded processes, the selected
     line, the first line on screen, a search and its hits."""
@@ -164,32 +232,28 @@ class TreeView:
     _proc_lines = ()
     _at = {}
 
-    def lines(self, procsum, view) -> list:
+    def lines(self, procsum, view) -> Lines:
         """Every line of the tree: the processes now (or as a pause froze
         them), and under each expanded one its events in `view`."""
         if procsum is None:
-            return []
+            return Lines([], {}, [])
         if self.frozen_order is not None:
-            order = self.frozen_order
-            plines = [Line("p", key, None, row) for key, row, _ in order]
-            at = {key: i for i, (key, _, _) in enumerate(order)}
+            if self._frozen[0] is not self.frozen_order:
+                order = self.frozen_order
+                self._frozen = (order, [Line("p", key, None, row) for key, row, _ in order],
+                                {key: i for i, (key, _, _) in enumerate(order)})
+            order, plines, at = self._frozen
         else:
             order = self.order(procsum)
             plines, at = self._proc_lines, self._at
-        shown = sorted((at[key], key) for key in self.expanded
-                       if key in at and key[1] != UNSEEN) if view is not None else []
-        if not shown:
-            return list(plines)
-        out = []
-        done = 0
-        for i, key in shown:
-            out.extend(plines[done:i + 1])
-            done = i + 1
-            under = order[i][2]
-            numbers = view.of_process(key)[-EVENTS_SHOWN:].tolist()
-            out.extend(Line("e", key, n, under + "· ") for n in numbers)
-        out.extend(plines[done:])
-        return out
+        blocks = []
+        if view is not None:
+            for i, key in sorted((at[key], key) for key in self.expanded
+                                 if key in at and key[1] != UNSEEN):
+                blocks.append((i, key, view.of_process(key)[-EVENTS_SHOWN:], order[i][2] + "· "))
+        return Lines(plines, at, blocks)
+
+    _frozen = (None, None, None)
 
     def index(self, lines) -> int:
         """The selected line's index in `lines` (the last process when
@@ -197,11 +261,10 @@ class TreeView:
         if not lines:
             return 0
         if not self.follow and self.selected is not None:
-            for i, ln in enumerate(lines):
-                if ln.ident == self.selected:
-                    return i
-        procs = [i for i, ln in enumerate(lines) if ln.kind == "p"]
-        i = procs[-1] if procs else len(lines) - 1
+            i = lines.find(self.selected)
+            if i is not None:
+                return i
+        i = lines.last_process()
         self.selected = lines[i].ident
         return i
 
