@@ -1,9 +1,12 @@
 """Renderers: JSON lines, plain aligned lines, and the live rich table.
 
-One interface: `events(list)` for decoded events, `count(n, tail)` for the
-table, which decodes only what it shows, `lost(record)` for drops seen
-since the last report, `tick(stats)` about ten times a second, and
-`close(summary)`.  stdout carries data only; people read stderr.
+One interface: `events(list)` for decoded events, `keep(event_type,
+records)` for the table, which keeps ring records and decodes only what
+it shows or searches (`count(n, tail)` for a renderer handed decoded
+events of a batch's tail), `lost(record)` for drops seen since the last
+report, `tick(stats)` about ten times a second (stats["procs"]: the
+session's ProcessSummary, for the tree view), and `close(summary)`.
+stdout carries data only; people read stderr.
 """
 import collections
 import os

@@ -372,3 +372,16 @@ def test_the_tree_is_rebuilt_only_for_new_processes_and_at_most_5_percent_of_the
     assert all(b - a >= 1.0 for a, b in zip(builds, builds[1:]))
     run.send(" ")                           # a pause shows every process counted
     assert 2029 in _rows(run.frame()[1:-2])
+
+
+def test_every_size_fits_with_an_event_expanded_and_its_pane():
+    for width in range(8, 130, 7):
+        for height in (3, 5, 8, 12, 24):
+            run = Run(width, height)
+            family(run)
+            run.send("tkk\rj")          # the tree, 101 expanded, its first event selected
+            lines = run.frame()
+            assert len(lines) == height, (width, height)
+            assert all(cell_len(ln) <= width - 1 for ln in lines), (width, height, lines)
+            if width >= 40 and height >= 12:
+                assert any("exec argv=cat /etc/hosts" in ln for ln in lines), lines
