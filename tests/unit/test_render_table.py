@@ -447,7 +447,7 @@ def test_the_man_page_states_the_history_and_the_drop_order():
     from rbtrace.generic import GenericCodec
     page = (pathlib.Path(__file__).parents[2] / "man" / "rbtrace.8").read_text()
     text = re.sub(r"\n\.B[IR]? ?", " ", page).replace("\n", " ")
-    assert f"newest {TableRenderer.history} rows" in text
+    assert f"newest {TableRenderer.history} events delivered" in text
     from rbtrace import history
     assert f"at most {history.MAX_BYTES >> 20} MiB" in text and TableRenderer.history == history.CAP
     for name, cols in (("exec", _exec_columns()), ("open", _open_columns()),
