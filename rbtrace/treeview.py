@@ -386,10 +386,14 @@ class TreeView:
                             + [ln.guides + "(no events: the parent of these)"])
             else:
                 rows.append(None)
-        content = [max((len(r[i]) for r in rows if r), default=0) if c.whole else 0
-                   for i, c in enumerate(self.columns)]
-        widths = layout(self.columns, width, content)
-        cols = [(i, c, w) for i, (c, w) in enumerate(zip(self.columns, widths)) if w is not None]
+        # A count column once its kind has an event (a replay knows every kind).
+        seen = procsum.kinds if procsum is not None else {}
+        use = [i for i in range(len(self.columns))
+               if not 3 <= i < 3 + len(self.counted) or self.counted[i - 3][1] in seen]
+        content = [max((len(r[i]) for r in rows if r), default=0) if self.columns[i].whole else 0
+                   for i in use]
+        widths = layout([self.columns[i] for i in use], width, content)
+        cols = [(i, self.columns[i], w) for i, w in zip(use, widths) if w is not None]
         # Events go under the command, with its guides, when that leaves
         # room for them; else from the second column on.
         indent = sum(w + GAP for i, c, w in cols if c.header != "COMMAND")

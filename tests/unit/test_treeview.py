@@ -385,3 +385,17 @@ def test_every_size_fits_with_an_event_expanded_and_its_pane():
             assert all(cell_len(ln) <= width - 1 for ln in lines), (width, height, lines)
             if width >= 40 and height >= 12:
                 assert any("exec argv=cat /etc/hosts" in ln for ln in lines), lines
+
+
+def test_a_count_column_shows_once_its_kind_has_an_event():
+    """A replay's table knows every kind; a column of counts for a kind
+    with no event yet (TCP here) is left out."""
+    run = Run(100, 20)
+    tcp = SimpleNamespace(name="tcp", process_argv=False, process_end=None, tree_count="TCP")
+    run.probe.codecs.append(SimpleNamespace(name="tcp", spec=tcp))
+    run.table.tree = treeview.TreeView(run.probe)
+    family(run)
+    run.send("t")
+    assert run.frame()[0].split() == ["PID", "STATE", "LIFE", "OPEN", "ERR", "COMMAND"]
+    run.procs.kinds["tcp"] = [1, {}]             # as procsum counts a first tcp event
+    assert run.frame()[0].split() == ["PID", "STATE", "LIFE", "OPEN", "TCP", "ERR", "COMMAND"]
