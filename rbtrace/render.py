@@ -414,7 +414,6 @@ class TableRenderer:
         self.text_filter = ""
         self.matched = collections.deque(maxlen=self.history)   # rows passing the filter
         self._scanned = 0                          # events looked at by the filter
-        self.search_note = ""
         self.editing = None                        # filter text being typed
         self.keys_fd = keys_fd
         self._tty_saved = None
@@ -520,8 +519,8 @@ class TableRenderer:
             self._set_filter(text)
             return
         self.editing = None
-        found = self.tree.find(text, self.stats.get("procs"), self._view(), self._event_matches)
-        self.search_note = (f"{found} found" if found else "not found") if text else ""
+        # The footer says how many were found, and which one is selected.
+        self.tree.find(text, self.stats.get("procs"), self._view(), self._event_matches)
 
     def _scroll(self, how):
         """Scroll the view back (positive) or forward; pauses it first, so
