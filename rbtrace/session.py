@@ -488,6 +488,9 @@ class Session:
             try:
                 if renderer.wants_bytes and hasattr(probe, "json_lines"):
                     renderer.write_lines(probe.json_lines(et, records, offsets, data))
+                elif hasattr(renderer, "keep"):
+                    # The live table keeps records, decoded when shown or searched.
+                    renderer.keep(et, records)
                 elif renderer.wants_all:
                     renderer.events(probe.decode(et, records, offsets, data))
                 else:
@@ -550,7 +553,8 @@ class Session:
                                 "dropped": losses["ringbuf_full"] + losses["map_full"],
                                 "missed_by_kernel": losses["missed_by_kernel"],
                                 "rate": self.delivered / elapsed if elapsed > 0 else 0,
-                                "ring_fill": ring.fill(), "tally": self.tally})
+                                "ring_fill": ring.fill(), "tally": self.tally,
+                                "procs": self.procs})
         except OutputError as e:
             self._output_failed(e)
 

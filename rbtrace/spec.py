@@ -558,6 +558,9 @@ class Spec:
                (the probe decides live).  None: a negative "ret", or for
                a process end a non-zero status; a kind without either
                never fails.
+    tree_count     None, or the header of a column of the live table's
+               process view (rbtrace/treeview.py) counting this kind's
+               events per process ("OPEN").
     """
     name: str
     summary: str
@@ -579,6 +582,7 @@ class Spec:
     process_argv: bool = False
     process_end: Optional[str] = None
     failed_event: Optional[Callable[[dict], bool]] = None
+    tree_count: Optional[str] = None
 
     @property
     def json_fields(self) -> tuple:

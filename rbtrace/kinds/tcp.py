@@ -315,4 +315,5 @@ SPEC = Spec(
         Column("TX/RX", _bytes, width=15, justify="right", priority=6, whole=True,
                doc="for a close, tx_bytes/rx_bytes"),
     ),
+    tree_count="TCP",
 )
