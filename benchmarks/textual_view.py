@@ -204,6 +204,7 @@ class Meter:
                 "ns_per_event": round((user + sys_) / max(events, 1) * 1e9, 1),
                 "events_per_s": round(events / wall) if wall else 0,
                 "frames": frames, "behind_s": round(behind, 3),
+                "startup_cpu_s": round(self.r0.ru_utime + self.r0.ru_stime, 3),
                 "rss_start_mb": round(self.rss0 / 1024, 1),
                 "rss_growth_mb": round((mem_kb("VmRSS") - self.rss0) / 1024, 1),
                 "hwm_mb": round(mem_kb("VmHWM") / 1024, 1)}
@@ -607,8 +608,9 @@ def main():
         if not ok:
             rows.append((run, results[run][0]))
             continue
-        med = sorted(ok, key=lambda r: r["ns_per_event"])[len(ok) // 2]
-        med["ns_all_rounds"] = [r["ns_per_event"] for r in ok]
+        med = dict(sorted(ok, key=lambda r: r["ns_per_event"])[len(ok) // 2])
+        med["ns_all_rounds"] = [r.get("ns_per_event", r.get("error")) for r in results[run]]
+        med["rounds_ok"] = f"{len(ok)}/{len(results[run])}"
         if run[0] == "feed":
             feed_ns = med["ns_per_event"]
         rows.append((run, med))
@@ -620,8 +622,8 @@ def main():
             base[(w, h, where == "pty")] = r["ns_per_event"]
     print("| variant | size | output | events | wall s | CPU s (user+sys) | CPU % | ns/event "
           "| view ns/event (- feed) | × rbtrace | frames | view ms/frame | KB out | RSS +MB "
-          "| peak RSS MB |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| peak RSS MB | start CPU s | rounds |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for (variant, w, h, where), r in rows:
         size = f"{w}x{h}" if w else "-"
         if "error" in r:
@@ -637,7 +639,9 @@ def main():
               f"| {r['cpu_s']:.2f} ({r['user_s']:.2f}+{r['sys_s']:.2f}) | {r['cpu_pct']:.0f} "
               f"| {r['ns_per_event']:.0f} | {'' if view is None else f'{view:.0f}'} | {ratio} "
               f"| {frames} | {per_frame} | {r.get('bytes_out', 0) / 1e3:.0f} | {r['rss_growth_mb']:+.1f} "
-              f"| {r['hwm_mb']:.0f} |")
+              f"| {r['hwm_mb']:.0f} | {r['startup_cpu_s']:.2f} | {r['rounds_ok']} |")
+    print("\nA round that did not end within 4 x --seconds + 60 s was killed: it counts "
+          "as not finished (rounds).")
     if args.repeat > 1:
         print("\nns/event of every round:")
         for (variant, w, h, where), r in rows:
