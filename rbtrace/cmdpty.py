@@ -7,7 +7,8 @@ real one is resized).  rbtrace reads the master in its poll loop
 (render.TableRenderer.on_input) and keeps everything CMD writes: the whole
 of it in an unlinked temporary file, written to the real terminal once the
 table has closed, and its last lines, escape sequences taken out, for the
-table's output view (key o).  Nothing is ever written to the master: keys
+table's output view (key o).  The pty does no output processing, so that
+the bytes kept are the very bytes CMD wrote.  Nothing is ever written to the master: keys
 go to the table, and a CMD that reads its input waits, as on a terminal
 nobody types in (interactive commands need plain mode, without --table).
 
@@ -116,14 +117,21 @@ class CommandPty:
 
     def __init__(self, terminal_fd=0, size_fd=1):
         self.master, self.slave = os.openpty()
-        try:
-            termios.tcsetattr(self.slave, termios.TCSANOW, termios.tcgetattr(terminal_fd))
-        except (termios.error, OSError):
-            pass                          # the pty's own defaults
         self.size = None
         try:
-            cols, rows = os.get_terminal_size(size_fd)
-            self.resize(cols, rows)
+            if terminal_fd is not None:
+                termios.tcsetattr(self.slave, termios.TCSANOW, termios.tcgetattr(terminal_fd))
+        except (termios.error, OSError):
+            pass                          # not a terminal: the pty's own defaults
+        # No output processing (ONLCR...): the spool keeps the very bytes CMD
+        # wrote, and the real terminal processes them when they are written
+        # there, as it would have had CMD written to it (plain mode).
+        attrs = termios.tcgetattr(self.slave)
+        attrs[1] &= ~termios.OPOST
+        termios.tcsetattr(self.slave, termios.TCSANOW, attrs)
+        try:
+            if size_fd is not None:
+                self.resize(*os.get_terminal_size(size_fd))
         except OSError:
             pass
         os.set_blocking(self.master, False)
