@@ -407,7 +407,10 @@ class Session:
                 elif fd == self._pidfd:
                     self.follow.reap()
                 elif fd in self._inputs:
-                    self._on_input(poller, fd)
+                    # q in the table while CMD runs on a terminal of its
+                    # own: hung up, as from the main loop.
+                    if self._on_input(poller, fd) == "quit" and self._own_terminal():
+                        self._hang_up(self.loaded)
                 elif fd == self._wake_r:
                     self._drain_wakeups()
 

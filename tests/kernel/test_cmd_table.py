@@ -130,15 +130,23 @@ def test_table_of_a_command_tree_output_and_exit_status_at_80x24(tmux_session, t
         watch.stop = True
 
 
-def _on_pty(args, keys=(), cols=100, rows=30, timeout=60):
+def _controlling(fd=0):
+    """For preexec_fn: the pty on stdin becomes the controlling terminal of
+    the new session, so that a Ctrl-C typed there is a signal."""
+    fcntl.ioctl(fd, termios.TIOCSCTTY, 0)
+
+
+def _on_pty(args, keys=(), cols=100, rows=30, controlling=False, timeout=60):
     """Run `args` with stdin, stdout and stderr on a new pty of `cols` x
-    `rows`; each of `keys`, (predicate on the text so far, bytes), is typed
-    once its predicate holds.  (exit status, every byte it wrote, the pty's name)."""
+    `rows` (with `controlling`, its controlling terminal: a Ctrl-C typed
+    is a signal); each of `keys`, (predicate on the text so far, bytes),
+    is typed once its predicate holds.  (exit status, every byte it
+    wrote, the pty's name)."""
     master, slave = os.openpty()
     tty = os.ttyname(slave)
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
     p = subprocess.Popen(args, stdin=slave, stdout=slave, stderr=slave, cwd=REPO,
-                         start_new_session=True)
+                         start_new_session=True, preexec_fn=_controlling if controlling else None)
     os.close(slave)
     out = bytearray()
     keys = list(keys)
@@ -195,3 +203,26 @@ def test_plain_mode_with_a_command_is_unchanged_on_a_terminal(kernel_ok):
     assert "plain-out" in lines and "q quit" not in text, text
     assert tty in lines, text
     assert "sh exited with status 4" in text
+
+
+def test_ctrl_c_goes_to_the_command_and_the_table_stays_until_q(kernel_ok):
+    started = time.monotonic()
+    status, out, _ = _on_pty(
+        [*RBTRACE_ARGV, "exec", "--table", "--", "sleep", "30"], controlling=True,
+        keys=[(lambda o: b"q quit" in o, b"\x03"),           # Ctrl-C on the real terminal
+              (lambda o: b"ENDED: sleep SIGINT" in o, b"q")])
+    text = out.decode(errors="replace")
+    assert status == 130, text[-2000:]
+    assert time.monotonic() - started < 20
+    assert "sleep killed by SIGINT (130)" in text
+
+
+def test_q_while_the_command_runs_hangs_it_up(kernel_ok):
+    started = time.monotonic()
+    status, out, _ = _on_pty(
+        [*RBTRACE_ARGV, "exec", "--table", "--", "sleep", "30"], controlling=True,
+        keys=[(lambda o: b"q quit" in o, b"q")])
+    text = out.decode(errors="replace")
+    assert status == 129, text[-2000:]                     # 128 + SIGHUP, as the summary says
+    assert time.monotonic() - started < 20
+    assert "sleep killed by SIGHUP (129)" in text and "ENDED" not in text
