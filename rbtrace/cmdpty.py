@@ -26,6 +26,7 @@ import tempfile
 import termios
 
 from rbtrace import fields
+from rbtrace.errors import EnvironmentProblem
 
 READ_BYTES = 65536
 KEPT_LINES = 2000        # lines kept for the output view: more than any screen
@@ -116,7 +117,12 @@ class CommandPty:
     is forked: child_side() in the child, parent_side() in rbtrace."""
 
     def __init__(self, terminal_fd=0, size_fd=1):
-        self.master, self.slave = os.openpty()
+        try:
+            self.master, self.slave = os.openpty()
+        except OSError as e:
+            raise EnvironmentProblem(f"--table: no pseudo-terminal for the command: "
+                                     f"{e.strerror or e}",
+                                     hint="leave --table out for plain lines") from e
         self.size = None
         try:
             if terminal_fd is not None:
@@ -135,7 +141,14 @@ class CommandPty:
         except OSError:
             pass
         os.set_blocking(self.master, False)
-        self.spool = tempfile.TemporaryFile(buffering=0)   # unlinked: gone with rbtrace
+        try:
+            self.spool = tempfile.TemporaryFile(buffering=0)   # unlinked: gone with rbtrace
+        except OSError as e:
+            os.close(self.master)
+            os.close(self.slave)
+            raise EnvironmentProblem(f"--table: no temporary file for the command's output "
+                                     f"in {tempfile.gettempdir()}: {e.strerror or e}",
+                                     hint="set TMPDIR to a writable directory") from e
         self.spool_error = None
         self.bytes = 0
         self.lines = OutputLines()
