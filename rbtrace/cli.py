@@ -72,6 +72,20 @@ class UserType(click.ParamType):
             self.fail(str(e), param, ctx)
 
 
+class OtlpUrlType(click.ParamType):
+    """An OTLP/HTTP endpoint: http:// or https://, with a host."""
+
+    name = "URL"
+
+    def convert(self, value, param, ctx):
+        from rbtrace.otlp import parse_url
+        try:
+            parse_url(value)
+        except ValueError as e:
+            self.fail(fields.for_message(str(e)), param, ctx)
+        return value
+
+
 class CommType(click.ParamType):
     """A process name as the kernel keeps it: at most 15 bytes."""
 
@@ -173,6 +187,31 @@ def common_options(spec):
                help="Show tracebacks and compiler output.",
                man="Show tracebacks and the compiler's output, or, for a probe taken from the "
                    "compile cache, a line saying so."),
+    ) + otlp_options()
+
+
+def otlp_options():
+    """--otlp and --otlp-timeout (rbtrace/otlp.py)."""
+    from rbtrace.spec import Option
+    return (
+        Option(("--otlp",), "otlp", type=OtlpUrlType(), metavar="URL",
+               help="Also send every event to an OpenTelemetry collector: OTLP/HTTP "
+                    "(protobuf, gzip) to URL/v1/logs.",
+               man="Also send every event, as an OpenTelemetry log record, to *URL*"
+                   "**/v1/logs** (*URL* as it is when it ends with **/v1/logs**): OTLP over "
+                   "HTTP or HTTPS, protobuf, gzip, in batches, such as an OpenTelemetry "
+                   "Collector's otlp receiver takes on port 4318. Combines with **--json** "
+                   "and the table, which still get every event; alone, with standard output "
+                   "not a terminal, nothing is written there but the events go to *URL*. "
+                   "Events the collector does not take are counted (**otlp_dropped**), never "
+                   "silently lost. See **rbtrace**(8), OTLP EXPORT."),
+        Option(("--otlp-timeout",), "otlp_timeout", type=DurationType(), default=5.0,
+               metavar="SECONDS", show_default=True,
+               help="At the end, wait at most SECONDS for the OTLP collector to take the "
+                    "events not yet sent.",
+               man="With **--otlp**: at the end, wait at most *SECONDS* (default 5.0) for the "
+                   "collector to take the events not yet sent; those it has not acknowledged "
+                   "by then are counted in **otlp_dropped**."),
     )
 
 
@@ -364,9 +403,15 @@ def _run(probe, opts, target, loader=None):
         out = Output(out_fd, opts["output"])
     else:
         out = Output(1, "standard output")
+    exporter = None
     try:
         if opts.get("json_out"):
             renderer = JsonRenderer(out, probe)
+        # --otlp alone: the events go to the collector; a pipe or a log
+        # (a DaemonSet's stdout) does not get them all again as text.
+        elif opts.get("otlp") and out_fd is None and not os.isatty(out.fd):
+            from rbtrace.render import NullRenderer
+            renderer = NullRenderer(probe)
         # With `-- CMD` the terminal is CMD's (its output, its keys): plain
         # lines then, as strace prints them, and -o keeps the two apart.
         elif out_fd is None and os.isatty(out.fd) and not getattr(target, "waits_for_end", False):
@@ -375,13 +420,15 @@ def _run(probe, opts, target, loader=None):
             renderer = TableRenderer(Console(), probe, opts["filters_text"], keys_fd=keys)
         else:
             renderer = PlainRenderer(out, probe)
+        if opts.get("otlp"):
+            exporter = _exporter(probe, opts)
         if target is not None:
             target.start()                    # CMD forked, held until attached
         try:
             loaded, ring = loader(probe, opts["ring_size"], use_cache=not opts.get("no_cache"),
                                 debug=opts.get("debug"))
             session = Session(probe, renderer, loaded, ring, count=opts.get("count"),
-                              duration=opts.get("duration"), follow=target)
+                              duration=opts.get("duration"), follow=target, exporter=exporter)
             code = session.run()
         except BaseException:
             if target is not None:
@@ -406,6 +453,15 @@ def _run(probe, opts, target, loader=None):
     if session.command_error is not None:
         raise session.command_error
     return code
+
+
+def _exporter(probe, opts):
+    try:
+        from rbtrace.otlp import Exporter
+        return Exporter(opts["otlp"], probe.name, timeout=opts.get("otlp_timeout") or 5.0)
+    except ImportError as e:
+        raise RbtraceError(f"--otlp needs the opentelemetry-proto package: {e}",
+                           hint="pip install opentelemetry-proto") from None
 
 
 def _print_traceback():
@@ -442,6 +498,8 @@ def _print_summary(s):
         line += f"; {name} {how}"
     if s.get("followed_running"):
         line += f"; {s['followed_running']} followed processes still running, no longer traced"
+    if "otlp_sent" in s:
+        line += f"; OTLP: {s['otlp_sent']} sent, {s['otlp_dropped']} dropped"
     sys.stderr.write(line + "\n")
 
 

@@ -161,8 +161,10 @@ class Session:
     one alike).  Session.run owns both: it detaches and closes them.
     `follow`: a follow.Command or follow.RunningProcess, or None."""
 
-    def __init__(self, probe, renderer, loaded, ring, count=None, duration=None, follow=None):
+    def __init__(self, probe, renderer, loaded, ring, count=None, duration=None, follow=None,
+                 exporter=None):
         self.probe = probe
+        self.exporter = exporter    # otlp.Exporter (--otlp): every event goes there too
         self.loaded = loaded
         self.ring = ring
         self.follow = follow        # follow.Command or follow.RunningProcess
@@ -256,6 +258,8 @@ class Session:
                 self._wait_for_command(poller)
             if self.follow is not None:
                 self._followed_running = self._still_running(followed)
+            if self.exporter is not None:
+                self.exporter.close()       # at most --otlp-timeout; the rest is dropped
             summary = self._summary(loaded)
         finally:
             # Our handlers stay until BCC has cleaned up: a SIGINT landing in
@@ -468,10 +472,20 @@ class Session:
                 n = keep
                 self.stop_reason = "count"
             try:
-                if renderer.wants_bytes and hasattr(probe, "json_lines"):
+                events = None
+                if self.exporter is not None:
+                    # Decoded once for both: JsonRenderer.events() writes
+                    # what json_lines() would, byte for byte.
+                    events = probe.decode(et, records, offsets, data)
+                    self.exporter.add(events, self._clock_offset(et))
+                if events is not None and renderer.wants_all:
+                    renderer.events(events)
+                elif renderer.wants_bytes and hasattr(probe, "json_lines"):
                     renderer.write_lines(probe.json_lines(et, records, offsets, data))
                 elif renderer.wants_all:
                     renderer.events(probe.decode(et, records, offsets, data))
+                elif events is not None:
+                    renderer.count(n, events[-renderer.tail:])
                 else:
                     tail = renderer.tail
                     renderer.count(n, probe.decode(et, records[-tail:], offsets[-tail:], data))
@@ -488,6 +502,12 @@ class Session:
             if self.stop_reason == "count":
                 break
 
+    def _clock_offset(self, et):
+        """REALTIME - MONOTONIC of the codec that decodes `et`: what makes
+        its events' `time`."""
+        codec = self.probe.codec_for(et) if hasattr(self.probe, "codec_for") else self.probe
+        return codec.clock.offset_ns
+
     def _count_processes(self, et, records, offsets, data):
         """The per-process and per-kind counts of the summary (procsum)."""
         codec = self.probe.codec_for(et) if hasattr(self.probe, "codec_for") else self.probe
@@ -502,24 +522,37 @@ class Session:
 
     LOSS_KINDS = ("ringbuf_full", "map_full", "missed_by_kernel", "not_followed")
 
+    @property
+    def _loss_kinds(self):
+        return self.LOSS_KINDS + (("otlp_dropped",) if self.exporter is not None else ())
+
     def _losses(self, loaded):
         submitted, ringbuf_full, map_full, not_followed = loaded.counters()
-        return submitted, {"ringbuf_full": ringbuf_full, "map_full": map_full,
-                           "missed_by_kernel": loaded.prog_misses(),
-                           "not_followed": not_followed}
+        losses = {"ringbuf_full": ringbuf_full, "map_full": map_full,
+                  "missed_by_kernel": loaded.prog_misses(),
+                  "not_followed": not_followed}
+        if self.exporter is not None:
+            losses["otlp_dropped"] = self.exporter.dropped
+        return submitted, losses
 
     def _report_lost(self, losses):
         """A `lost` record with the losses since the last one, if any.
         `dropped` counts events the probe saw but could not deliver;
         `missed_by_kernel` counts probe runs the kernel skipped."""
-        if all(losses[k] == self._reported.get(k, 0) for k in self.LOSS_KINDS):
+        kinds = self._loss_kinds
+        if all(losses[k] == self._reported.get(k, 0) for k in kinds):
             return
-        delta = {k: losses[k] - self._reported.get(k, 0) for k in self.LOSS_KINDS}
+        delta = {k: losses[k] - self._reported.get(k, 0) for k in kinds}
         self._reported = dict(losses)
+        otlp = delta.pop("otlp_dropped", None)
+        record = {"dropped": delta["ringbuf_full"] + delta["map_full"], **delta,
+                  "total_dropped": losses["ringbuf_full"] + losses["map_full"],
+                  "total_missed_by_kernel": losses["missed_by_kernel"]}
+        if otlp is not None:
+            record["otlp_dropped"] = otlp
+            record["total_otlp_dropped"] = losses["otlp_dropped"]
         try:
-            self.renderer.lost({"dropped": delta["ringbuf_full"] + delta["map_full"], **delta,
-                                "total_dropped": losses["ringbuf_full"] + losses["map_full"],
-                                "total_missed_by_kernel": losses["missed_by_kernel"]})
+            self.renderer.lost(record)
         except OutputError as e:
             self._output_failed(e)
 
@@ -527,7 +560,9 @@ class Session:
         _, losses = self._losses(loaded)
         self._report_lost(losses)
         elapsed = now - self.started
-        self.renderer.tick({"delivered": self.delivered,
+        if self.exporter is not None:
+            self.exporter.tick()
+        self.renderer.tick({"otlp_dropped": losses.get("otlp_dropped", 0),"delivered": self.delivered,
                             "dropped": losses["ringbuf_full"] + losses["map_full"],
                             "missed_by_kernel": losses["missed_by_kernel"],
                             "rate": self.delivered / elapsed if elapsed > 0 else 0,
@@ -564,5 +599,9 @@ class Session:
             if not self.follow.released:    # abandoned before it could exec
                 summary["command"].update(status=None, signal=None)
             summary["followed_running"] = self._followed_running
+        if self.exporter is not None:
+            # Every event given to the exporter is one or the other.
+            summary["otlp_sent"] = self.exporter.sent
+            summary["otlp_dropped"] = self.exporter.dropped
         summary.update(self.procs.result())
         return summary
