@@ -361,6 +361,8 @@ class Exporter:
                 self._queued_bytes -= len(data)
                 self._in_flight = n
             conn, outcome, rejected = self._deliver(conn, data)
+            if outcome == "gave up":
+                break       # the deadline passed: close() counts it with the rest
             with self._lock:
                 if not self._finished:
                     if outcome == "sent":
