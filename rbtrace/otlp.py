@@ -75,8 +75,9 @@ SEMCONV = {
     "daddr": "network.peer.address",
     "dport": "network.peer.port",
 }
-# Members that differ from one event to the next of a storm: set on each
-# record, never part of a kept template.  `time` is the record's own time.
+# Members that differ from one event to the next of a storm: never part of
+# a kept template.  time and ts_ns are the record's time_unix_nano; seq is
+# set on each record as rbtrace.seq.
 PER_EVENT = ("seq", "time", "ts_ns")
 # Attributes that every event of a kind has, whatever its members.
 KIND_CONSTANTS = {"tcp": (("network.transport", "tcp"),)}
@@ -256,26 +257,19 @@ class Exporter:
         if self._batch_born is None:
             self._batch_born = time.monotonic()
         for e in events:
-            ts = e.get("ts_ns")
-            seq = e.get("seq")
-            k = e.copy()
-            k.pop("seq", None)
-            k.pop("time", None)
-            k.pop("ts_ns", None)
-            key = dumps(k)
+            # The template's key: the event's JSON after ts_ns, the last of
+            # the members that change from one event of a storm to the next
+            # (every event starts type, seq, time, ts_ns: Codec.heads).
+            line = dumps(e)
+            key = (e["type"], line[line.find(b",", line.find(b'"ts_ns":')):])
             data = templates.get(key) or template(e, key)
             r = records.add()
             r.MergeFromString(data)
             r.observed_time_unix_nano = observed
-            if ts is not None:
-                r.time_unix_nano = ts + offset_ns
-                a = r.attributes.add()
-                a.key = "rbtrace.ts_ns"
-                a.value.int_value = ts
-            if seq is not None:
-                a = r.attributes.add()
-                a.key = "rbtrace.seq"
-                a.value.int_value = seq
+            r.time_unix_nano = e["ts_ns"] + offset_ns
+            a = r.attributes.add()
+            a.key = "rbtrace.seq"
+            a.value.int_value = e["seq"]
             room -= 1
             if room == 0:
                 self._seal()
