@@ -241,12 +241,14 @@ class Exporter:
         self._templates[key] = data
         return data
 
-    def add(self, events, offset_ns):
+    def add(self, events, offset_ns, lines=None):
         """Add decoded events (dicts, as --json writes them) to the batch;
-        `offset_ns` turns their ts_ns (CLOCK_MONOTONIC) into Unix time."""
+        `offset_ns` turns their ts_ns (CLOCK_MONOTONIC) into Unix time.
+        `lines`: their JSON (orjson.dumps of each), when already made."""
         import orjson
         if not events:
             return
+        lines = iter(lines) if lines is not None else None
         dumps = orjson.dumps
         templates = self._templates
         records = self._records
@@ -260,7 +262,7 @@ class Exporter:
             # The template's key: the event's JSON after ts_ns, the last of
             # the members that change from one event of a storm to the next
             # (every event starts type, seq, time, ts_ns: Codec.heads).
-            line = dumps(e)
+            line = dumps(e) if lines is None else next(lines)
             key = (e["type"], line[line.find(b",", line.find(b'"ts_ns":')):])
             data = templates.get(key) or template(e, key)
             r = records.add()

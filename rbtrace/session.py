@@ -472,20 +472,12 @@ class Session:
                 n = keep
                 self.stop_reason = "count"
             try:
-                events = None
                 if self.exporter is not None:
-                    # Decoded once for both: JsonRenderer.events() writes
-                    # what json_lines() would, byte for byte.
-                    events = probe.decode(et, records, offsets, data)
-                    self.exporter.add(events, self._clock_offset(et))
-                if events is not None and renderer.wants_all:
-                    renderer.events(events)
+                    self._export_and_render(et, records, offsets, data, n)
                 elif renderer.wants_bytes and hasattr(probe, "json_lines"):
                     renderer.write_lines(probe.json_lines(et, records, offsets, data))
                 elif renderer.wants_all:
                     renderer.events(probe.decode(et, records, offsets, data))
-                elif events is not None:
-                    renderer.count(n, events[-renderer.tail:])
                 else:
                     tail = renderer.tail
                     renderer.count(n, probe.decode(et, records[-tail:], offsets[-tail:], data))
@@ -501,6 +493,26 @@ class Session:
             self.delivered += n
             if self.stop_reason == "count":
                 break
+
+    def _export_and_render(self, et, records, offsets, data, n):
+        """--otlp: the segment decoded once, for the exporter and the
+        renderer; with --json each line made once, for both (the lines of
+        decode()'s events are json_lines(), byte for byte)."""
+        import orjson
+        events = self.probe.decode(et, records, offsets, data)
+        offset, renderer = self._clock_offset(et), self.renderer
+        if renderer.wants_bytes:
+            dumps = orjson.dumps
+            lines = [dumps(e) for e in events]
+            self.exporter.add(events, offset, lines)
+            if lines:
+                renderer.write_lines(b"\n".join(lines) + b"\n")
+            return
+        self.exporter.add(events, offset)
+        if renderer.wants_all:
+            renderer.events(events)
+        else:
+            renderer.count(n, events[-renderer.tail:])
 
     def _clock_offset(self, et):
         """REALTIME - MONOTONIC of the codec that decodes `et`: what makes
