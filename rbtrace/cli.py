@@ -393,6 +393,7 @@ def _run(probe, opts, target, loader=None):
     from rbtrace.render import JsonRenderer, Output, PlainRenderer, TableRenderer
     from rbtrace.session import Session, load
     loader = loader or load
+    _check_otlp_options(opts)
 
     out_fd = None
     if opts.get("output"):
@@ -453,6 +454,17 @@ def _run(probe, opts, target, loader=None):
     if session.command_error is not None:
         raise session.command_error
     return code
+
+
+def _check_otlp_options(opts):
+    """--otlp-timeout means nothing without --otlp: say so rather than ignore it."""
+    from click.core import ParameterSource
+    ctx = click.get_current_context(silent=True)
+    if ctx is None or opts.get("otlp"):
+        return
+    if ctx.get_parameter_source("otlp_timeout") not in (None, ParameterSource.DEFAULT,
+                                                         ParameterSource.DEFAULT_MAP):
+        raise UsageError("--otlp-timeout needs --otlp URL")
 
 
 def _exporter(probe, opts):

@@ -33,6 +33,8 @@ class Receiver:
         self.Request = logs_service_pb2.ExportLogsServiceRequest
         self.Response = logs_service_pb2.ExportLogsServiceResponse
         self.answer = answer or (lambda receiver: 200)
+        self.retry_after = "0.2"     # the Retry-After of a 429 or 503
+        self.times = []              # when each request came (monotonic)
         self.records = []
         self.resources = []
         self.requests = []          # (path, headers dict, status answered)
@@ -47,6 +49,7 @@ class Receiver:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 status = receiver.answer(receiver)
                 with receiver.lock:
+                    receiver.times.append(time.monotonic())
                     receiver.requests.append((self.path, dict(self.headers), status))
                     if status == 200:
                         receiver._keep(self.headers, body)
@@ -55,7 +58,7 @@ class Receiver:
                 reply = receiver.Response().SerializeToString() if status == 200 else b""
                 self.send_response(status)
                 if status in (429, 503):
-                    self.send_header("Retry-After", "0.2")
+                    self.send_header("Retry-After", receiver.retry_after)
                 self.send_header("Content-Type", "application/x-protobuf")
                 self.send_header("Content-Length", str(len(reply)))
                 self.end_headers()

@@ -93,6 +93,14 @@ def test_a_bad_url_is_one_line_and_exit_2(capfd):
     assert err.count("\n") == 1 and "--otlp" in err and "http://" in err, err
 
 
+def test_otlp_timeout_without_otlp_is_a_usage_error(capfd):
+    from rbtrace.cli import main
+    with pytest.raises(SystemExit) as e:
+        main(["exec", "--otlp-timeout", "3"])
+    err = capfd.readouterr().err
+    assert e.value.code == 2 and err == "rbtrace: --otlp-timeout needs --otlp URL\n", err
+
+
 def exporter(receiver_or_url, **kw):
     url = getattr(receiver_or_url, "url", receiver_or_url)
     said = []
@@ -167,6 +175,17 @@ def test_503_for_a_while_then_everything_arrives():
         assert r.refused >= 1
         assert sorted(a["rbtrace.seq"] for _, _, a in r.records) == list(range(100))
         assert any("503" in s for s in e.said)
+
+
+def test_retry_after_is_followed():
+    with Receiver(lambda r: 429 if len(r.requests) < 2 else 200) as r:
+        r.retry_after = "0.7"
+        e = exporter(r, batch_events=10, timeout=10)
+        e.add([exec_event(i) for i in range(10)], OFFSET)
+        assert e.close() == (10, 0)
+        assert [s for _, _, s in r.requests] == [429, 429, 200]
+        gaps = [b - a for a, b in zip(r.times, r.times[1:])]
+        assert all(0.65 < g < 2.0 for g in gaps), gaps      # not the 0.1 s backoff
 
 
 def test_a_refused_batch_is_dropped_and_counted():
