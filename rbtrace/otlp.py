@@ -54,9 +54,10 @@ REQUEST_TIMEOUT = 10.0     # one request's socket timeout, seconds
 RETRYABLE = (429, 502, 503, 504)
 TEMPLATES_MAX = 4096       # kept records, per run; the cache restarts beyond
 
-# rbtrace members -> OpenTelemetry semantic-convention attributes.
-# uid is user.id, which the conventions type as a string.  A member not
-# here becomes rbtrace.<member>.
+# The header's members (every kind's) -> OpenTelemetry semantic-convention
+# attributes; uid is user.id, which the conventions type as a string.  A
+# kind names its own members' in its spec (Spec.otlp); a member named in
+# neither becomes rbtrace.<member>.
 SEMCONV = {
     "pid": "process.pid",
     "ppid": "process.parent_pid",
@@ -64,40 +65,43 @@ SEMCONV = {
     "comm": "process.command",
     "uid": "user.id",
     "user": "user.name",
-    "argv": "process.command_args",
-    "exe": "process.executable.path",
     "container_id": "container.id",
     "errno": "error.type",
-    "exit_code": "process.exit.code",
-    "path": "file.path",
-    "saddr": "network.local.address",
-    "sport": "network.local.port",
-    "daddr": "network.peer.address",
-    "dport": "network.peer.port",
 }
 # Members that differ from one event to the next of a storm: never part of
 # a kept template.  time and ts_ns are the record's time_unix_nano; seq is
 # set on each record as rbtrace.seq.
 PER_EVENT = ("seq", "time", "ts_ns")
-# Attributes that every event of a kind has, whatever its members.
-KIND_CONSTANTS = {"tcp": (("network.transport", "tcp"),)}
 INT64_MAX = (1 << 63) - 1
 
 
-def attribute_items(event: dict) -> list:
+def kind_attributes(kind: str) -> dict:
+    """A kind's own attribute names (Spec.otlp); {} for a type that is no kind."""
+    from rbtrace import spec
+    if kind not in spec.KINDS:
+        return {}
+    return spec.load(kind).otlp
+
+
+def attribute_items(event: dict, kind=None) -> list:
     """(name, value) of the attributes of an event (a decoded event dict,
     as --json writes it), in the event's order, without seq, time and ts_ns
-    (set per record) and without null members."""
+    (set per record) and without null members.  `kind`: the event's kind's
+    attribute names (kind_attributes), looked up when not given."""
+    if kind is None:
+        kind = kind_attributes(event.get("type"))
     items = []
     for name, value in event.items():
         if value is None or name in PER_EVENT:
             continue
-        if name == "uid":
+        attribute = kind.get(name) or SEMCONV.get(name) or "rbtrace." + name
+        if isinstance(attribute, tuple):
+            attribute, text = attribute
+            value = text.format(value)
+        elif name == "uid":
             value = str(value)
-        elif name == "family" and event.get("type") == "tcp":
-            items.append(("network.type", f"ipv{value}"))
-        items.append((SEMCONV.get(name) or "rbtrace." + name, value))
-    items.extend(KIND_CONSTANTS.get(event.get("type"), ()))
+        items.append((attribute, value))
+    items.extend(kind.get("*", ()))
     return items
 
 

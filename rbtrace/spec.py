@@ -522,6 +522,12 @@ class Spec:
     process_end    None, or the record column holding a wait status: an
                event of this kind is its process's end, and the run
                summary takes the exit code, signal and lifetime from it.
+    otlp       --otlp (rbtrace/otlp.py): the OpenTelemetry attributes of
+               this kind's own members that a semantic convention names,
+               {member: attribute}, or {member: (attribute, "format {}")}
+               for a value to rewrite; and under "*" ((attribute, value),
+               ...) that every record of the kind carries.  The others
+               are rbtrace.<member>.
     """
     name: str
     summary: str
@@ -542,6 +548,7 @@ class Spec:
     before: Optional[Callable] = None
     process_argv: bool = False
     process_end: Optional[str] = None
+    otlp: dict = field(default_factory=dict)
 
     @property
     def json_fields(self) -> tuple:

@@ -304,4 +304,7 @@ SPEC = Spec(
         Column("TX/RX", _bytes, width=15, justify="right", priority=6, whole=True,
                doc="for a close, tx_bytes/rx_bytes"),
     ),
+    otlp={"saddr": "network.local.address", "sport": "network.local.port",
+          "daddr": "network.peer.address", "dport": "network.peer.port",
+          "family": ("network.type", "ipv{}"), "*": (("network.transport", "tcp"),)},
 )
