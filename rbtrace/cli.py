@@ -41,6 +41,20 @@ class SizeType(click.ParamType):
         return n
 
 
+class FileSizeType(click.ParamType):
+    """A number of bytes greater than 0: 4096, 64K, 10M, 1G (binary)."""
+
+    name = "SIZE"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        try:
+            return fields.parse_size(value)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
 class DurationType(click.ParamType):
     """Seconds: a finite number greater than zero (nan and inf would never
     end, or end at once)."""
@@ -179,6 +193,21 @@ def common_options(spec):
                help="Write events to FILE instead of stdout.",
                man="Write events to *FILE* instead of standard output: JSON with **--json**, "
                    "plain lines otherwise."),
+        Option(("--rotate-size",), "rotate_size", type=FileSizeType(), metavar="SIZE",
+               help="With -o: rotate FILE before it grows past SIZE (4096, 64K, 10M, 1G).",
+               man="With **-o**: before a line would take *FILE* past *SIZE* bytes (a number "
+                   "with an optional binary suffix: 4096, 64K, 10M, 1G), rename it *FILE*.1 "
+                   "(*FILE*.1 to *FILE*.2 and so on, as **logrotate**(8) numbers them: *FILE*.1 "
+                   "is the newest) and go on in a new *FILE*. A file is rotated between two "
+                   "lines, never inside one, and each line is in exactly one file. Every file "
+                   "begins with a **start** line, its **part** one more than the file before. "
+                   "A non-empty *FILE* left by an earlier run is rotated at the start, not "
+                   "truncated. **SIGUSR1** reopens *FILE*, with or without this option (see "
+                   "**rbtrace**(8), SIGNALS)."),
+        Option(("--rotate-keep",), "rotate_keep", type=click.IntRange(min=0), metavar="N",
+               help="With --rotate-size: old files kept, FILE.1 to FILE.N (default 5).",
+               man="With **--rotate-size**: how many old files to keep, *FILE*.1 to *FILE*.*N* "
+                   "(default 5); an older one is removed. 0 keeps none."),
         Option(("--no-cache",), "no_cache", is_flag=True,
                help="Compile the probe even if the compile cache holds it, and store nothing.",
                man="Compile the probe with BCC even when the compile cache holds it, and store "
@@ -389,33 +418,46 @@ def _run_kind(spec, opts):
     return _run(codec.make(spec, opts), opts, target)
 
 
+def _open_output(opts):
+    """The -o file (an outfile.FileOutput, rotated with --rotate-size), or
+    None for standard output."""
+    size, keep = opts.get("rotate_size"), opts.get("rotate_keep")
+    if not opts.get("output"):
+        if size is not None or keep is not None:
+            raise UsageError(f"{'--rotate-size' if size is not None else '--rotate-keep'} "
+                             f"rotates the file of -o FILE: give -o FILE too")
+        return None
+    if keep is not None and size is None:
+        raise UsageError("--rotate-keep needs --rotate-size SIZE (when to rotate)")
+    from rbtrace.outfile import FileOutput
+    out = FileOutput(opts["output"], size, 5 if keep is None else keep)
+    if size is not None and not out.regular():
+        out.close()
+        raise UsageError(f"--rotate-size rotates a regular file, and "
+                         f"{fields.for_message(opts['output'])} is not one")
+    return out
+
+
 def _run(probe, opts, target, loader=None):
     from rbtrace.render import JsonRenderer, Output, PlainRenderer, TableRenderer
     from rbtrace.session import Session, load
     loader = loader or load
     _check_otlp_options(opts)
 
-    out_fd = None
-    if opts.get("output"):
-        try:
-            out_fd = os.open(opts["output"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
-        except OSError as e:
-            raise UsageError(f"cannot open {fields.for_message(opts['output'])}: {e.strerror}")
-        out = Output(out_fd, opts["output"])
-    else:
-        out = Output(1, "standard output")
+    file_out = _open_output(opts)
+    out = file_out or Output(1, "standard output")
     exporter = None
     try:
         if opts.get("json_out"):
             renderer = JsonRenderer(out, probe)
         # --otlp alone: the events go to the collector; a pipe or a log
         # (a DaemonSet's stdout) does not get them all again as text.
-        elif opts.get("otlp") and out_fd is None and not os.isatty(out.fd):
+        elif opts.get("otlp") and file_out is None and not os.isatty(out.fd):
             from rbtrace.render import NullRenderer
             renderer = NullRenderer(probe)
         # With `-- CMD` the terminal is CMD's (its output, its keys): plain
         # lines then, as strace prints them, and -o keeps the two apart.
-        elif out_fd is None and os.isatty(out.fd) and not getattr(target, "waits_for_end", False):
+        elif file_out is None and os.isatty(out.fd) and not getattr(target, "waits_for_end", False):
             from rich.console import Console
             keys = sys.stdin.fileno() if sys.stdin.isatty() else None
             renderer = TableRenderer(Console(), probe, opts["filters_text"], keys_fd=keys)
@@ -436,8 +478,8 @@ def _run(probe, opts, target, loader=None):
                 target.abandon()
             raise
     finally:
-        if out_fd is not None:
-            os.close(out_fd)
+        if file_out is not None:
+            file_out.close()
         if target is not None:
             target.close()
     # The summary reaches stderr even when the output failed; then one line
@@ -591,11 +633,16 @@ def _debug_requested(argv):
     return "--debug" in argv or os.environ.get("RBTRACE_DEBUG") == "1"
 
 
-def _usr1_ignored(signum, frame):
-    """SIGUSR1 is kept for reopening the -o file after a log rotation; until
-    then it is ignored, and said to be, rather than killing rbtrace."""
+def _on_usr1(signum, frame):
+    """SIGUSR1 reopens the -o file, as nginx does after logrotate has moved
+    it (rbtrace.outfile, imported only when there is one).  Without one it
+    is ignored, and said to be, rather than ending rbtrace."""
+    outfile = sys.modules.get("rbtrace.outfile")
+    if outfile is not None and outfile.request_reopen():
+        return
     try:                     # os.write: the handler may interrupt a write to sys.stderr
-        os.write(2, b"rbtrace: SIGUSR1 ignored (reopening the output file is not supported yet)\n")
+        os.write(2, b"rbtrace: SIGUSR1 ignored: it reopens the file of -o FILE, "
+                    b"and there is none\n")
     except OSError:
         pass
 
@@ -635,7 +682,9 @@ def main(argv=None):
 
     from rbtrace import notice
     notice.set_sink(_notice_to_stderr)
-    signal.signal(signal.SIGUSR1, _usr1_ignored)
+    # SIGUSR1 reopens the -o file (after logrotate): never the default,
+    # which would end rbtrace.
+    signal.signal(signal.SIGUSR1, _on_usr1)
     argv = sys.argv[1:] if argv is None else argv
     _hold_standard_fds()
     debug = _debug_requested(argv)

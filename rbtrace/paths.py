@@ -2,7 +2,8 @@
 
 In a source checkout (and an editable install) they sit at the top of the
 tree beside the package; an installed package has them under
-<prefix>/share/rbtrace (setup.cfg's data_files).
+<prefix>/share/rbtrace (setup.cfg's data_files: the probes in kinds/, as
+rbtrace-run(8) says).
 """
 import os
 import sys
@@ -14,7 +15,7 @@ _SOURCE_TOP = Path(__file__).resolve().parent.parent
 def probes_dir() -> Path:
     override = os.environ.get("RBTRACE_PROBES_DIR")   # for probe development
     candidates = [Path(override)] if override else [
-        _SOURCE_TOP / "probes", Path(sys.prefix) / "share" / "rbtrace" / "probes"]
+        _SOURCE_TOP / "probes", Path(sys.prefix) / "share" / "rbtrace" / "kinds"]
     for candidate in candidates:
         if (candidate / "common.h").is_file():
             return candidate

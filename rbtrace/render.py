@@ -170,6 +170,15 @@ class Output:
     def flush(self):
         pass
 
+    def begin(self, header):
+        """The run's first line: `header(part)` makes it, the start line; a
+        file output (rbtrace.outfile) makes one for every file it begins,
+        numbered by `part`.  Here it is the only one, and has no number."""
+        self.write_all(header(None))
+
+    def tick(self):
+        """About ten times a second, from the main loop (between writes)."""
+
     def write_all(self, data: bytes):
         view = memoryview(data)
         done = 0
@@ -250,8 +259,17 @@ class StreamRenderer:
         if not self.closed:
             write_all(self.out, data)
 
+    def _begin(self, header):
+        if self.closed:
+            return
+        if isinstance(self.out, Output):
+            self.out.begin(header)
+        else:
+            write_all(self.out, header(None))
+
     def tick(self, stats):
-        pass
+        if not self.closed and isinstance(self.out, Output):
+            self.out.tick()
 
 
 class JsonRenderer(StreamRenderer):
@@ -267,7 +285,10 @@ class JsonRenderer(StreamRenderer):
         self.dumps = orjson.dumps
 
     def start(self, info):
-        self._write([{"type": "start", "version": JSON_FORMAT_VERSION, **info}])
+        # `part` numbers the files of -o (rbtrace.outfile); None elsewhere.
+        self._begin(lambda part: self.dumps({"type": "start", "version": JSON_FORMAT_VERSION,
+                                             **info, **({} if part is None else {"part": part})})
+                    + b"\n")
 
     def events(self, events):
         self._write(events)
@@ -338,7 +359,8 @@ class PlainRenderer(StreamRenderer):
                 self._fmt.append((c.value, 0, c.justify))
 
     def start(self, info):
-        self._emit(self._line([c.header for c in self.columns]).encode())
+        line = self._line([c.header for c in self.columns]).encode()
+        self._begin(lambda part: line)
 
     def _line(self, texts):
         parts = []

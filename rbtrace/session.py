@@ -212,6 +212,7 @@ class Session:
         poller = select.epoll()
         poller.register(ring.fd, select.EPOLLIN)
         poller.register(wake_r, select.EPOLLIN)
+        self._wake_r = wake_r
         self._inputs = set(self.renderer.input_fds())
         for fd in self._inputs:
             poller.register(fd, select.EPOLLIN)
@@ -408,7 +409,9 @@ class Session:
                 if deadline:
                     timeout = min(timeout, deadline - now)
             for fd, ev in poller.poll(timeout):
-                if fd in self._inputs and self.renderer.on_input(fd) == "quit":
+                if fd == self._wake_r:
+                    self._drain_wakeups()
+                elif fd in self._inputs and self.renderer.on_input(fd) == "quit":
                     self.stop_reason = "quit"
                 elif fd == self._out_fd and ev & (select.EPOLLERR | select.EPOLLHUP):
                     self.stop_reason = "output closed"
@@ -431,6 +434,16 @@ class Session:
             if now >= next_stats:
                 self._report(loaded, ring, now)
                 next_stats = now + STATS_INTERVAL
+
+    def _drain_wakeups(self):
+        """Empty the signal wake-up pipe: a signal that does not stop the
+        run (SIGUSR1, SIGWINCH) leaves its byte there, and a pipe left
+        readable would make every poll return at once (a busy loop)."""
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
 
     def _drain_after_detach(self, loaded, ring):
         """Drain until every submitted record is delivered.  A program that
@@ -574,11 +587,15 @@ class Session:
         elapsed = now - self.started
         if self.exporter is not None:
             self.exporter.tick()
-        self.renderer.tick({"otlp_dropped": losses.get("otlp_dropped", 0),"delivered": self.delivered,
-                            "dropped": losses["ringbuf_full"] + losses["map_full"],
-                            "missed_by_kernel": losses["missed_by_kernel"],
-                            "rate": self.delivered / elapsed if elapsed > 0 else 0,
-                            "ring_fill": ring.fill(), "tally": self.tally})
+        try:            # a stream's tick may reopen its file (SIGUSR1) and write
+            self.renderer.tick({"delivered": self.delivered,
+                                "dropped": losses["ringbuf_full"] + losses["map_full"],
+                                "otlp_dropped": losses.get("otlp_dropped", 0),
+                                "missed_by_kernel": losses["missed_by_kernel"],
+                                "rate": self.delivered / elapsed if elapsed > 0 else 0,
+                                "ring_fill": ring.fill(), "tally": self.tally})
+        except OutputError as e:
+            self._output_failed(e)
 
     def _summary(self, loaded):
         submitted, losses = self._losses(loaded)

@@ -245,6 +245,13 @@ START = (
           man="The ring buffer's size in bytes."),
     Field("filters", "name", "the filters in effect, as text, or an empty string",
           man="The filters in effect, as text (**{filters}**), or an empty string."),
+    Field("part", "int", "with -o: the file's number in this run, 1 for the first; every "
+          "file begun after it (--rotate-size, SIGUSR1) starts with a start line numbered "
+          "one more", when="-o FILE", minimum=1,
+          man="Only in a file written with **-o**: the file's number in this run, 1 for the "
+              "first. Every file begun after it (by **--rotate-size**, or by **SIGUSR1** "
+              "finding *FILE* empty) begins with the same start line numbered one more, so "
+              "each file can be read on its own."),
 )
 
 LOST = (

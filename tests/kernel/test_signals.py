@@ -3,8 +3,9 @@
 SIGHUP, SIGQUIT and SIGALRM stop rbtrace as SIGINT and SIGTERM do: the
 ring is drained, the summary written, and the exit status is 128 + the
 signal.  With `-- CMD`, a signal sent to rbtrace is passed on to CMD once
-and rbtrace traces on until CMD exits.  SIGUSR1 is ignored, with one line
-on stderr.
+and rbtrace traces on until CMD exits.  SIGUSR1 reopens the -o file
+(tests/kernel/test_rotate.py); without one it is ignored, with one line on
+stderr.
 
 The ground truth is the workload's own record: the paths it tried to open
 (rbtrace's --path keeps only those, in the kernel), how many copies of the
@@ -208,13 +209,24 @@ def test_stop_signal_ends_a_cmd_that_does_not_catch_it_like_a_shell(kernel_ok, t
     assert _gone(cmd_pid)
 
 
+def _cpu_seconds(pid):
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def test_sigusr1_is_ignored_with_one_line(kernel_ok, tmp_path):
+    """Without -o there is no file to reopen.  The signal's byte in the
+    wake-up pipe must be read, or every poll returns at once: rbtrace then
+    spins a CPU until it ends."""
     mark = uuid.uuid4().hex
     p, first = _start(["open", "--json", "--path", f"/nonexistent/{mark}/"])
     p.send_signal(signal.SIGUSR1)
     subprocess.run([PYTHON, "-c", OPENS, str(tmp_path), mark, "100"], check=True, env=ENV)
     p.send_signal(signal.SIGUSR1)
-    time.sleep(0.5)
+    time.sleep(0.2)
+    cpu = _cpu_seconds(p.pid)
+    time.sleep(1.0)
+    assert _cpu_seconds(p.pid) - cpu < 0.3, "rbtrace spins after SIGUSR1"
     assert p.poll() is None, "SIGUSR1 ended rbtrace"
     p.send_signal(signal.SIGINT)
     r = _finish(p, first)
@@ -223,8 +235,8 @@ def test_sigusr1_is_ignored_with_one_line(kernel_ok, tmp_path):
     assert r.summary["stopped_by"] == "SIGINT"
     assert _paths(r) == _record(tmp_path)
     lines = r.stderr.splitlines()
-    assert lines[:2] == ["rbtrace: SIGUSR1 ignored (reopening the output file is not "
-                         "supported yet)"] * 2, lines
+    assert lines[:2] == ["rbtrace: SIGUSR1 ignored: it reopens the file of -o FILE, "
+                         "and there is none"] * 2, lines
     assert len(lines) == 3 and "events delivered" in lines[2], lines
 
 

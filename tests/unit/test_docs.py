@@ -378,7 +378,7 @@ def envelope_fields():
     start = {"type"}
     for fn in (Session.run, render.JsonRenderer.start):
         for node in ast.walk(ast.parse(textwrap.dedent(inspect.getsource(fn)))):
-            if isinstance(node, ast.Call) and getattr(node.func, "attr", "") in ("start", "_write"):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", "") in ("start", "_write", "_begin"):
                 for arg in ast.walk(node):
                     if isinstance(arg, ast.Dict):
                         start.update(k.value for k in arg.keys if isinstance(k, ast.Constant))
