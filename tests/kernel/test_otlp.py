@@ -162,3 +162,21 @@ def test_tcp_and_tp_events_map_to_records(kernel_ok):
         tps = by_seq(r, "tp")
         assert tps and all(isinstance(a["rbtrace.args"], dict) for _, a in tps.values())
         assert len(r.records) == len(res.events) == res.summary["otlp_sent"]
+
+
+def test_run_probe_events_map_to_records(kernel_ok):
+    kill = os.path.join(REPO, "examples", "kill.bpf.c")
+    with Receiver() as r:
+        p = run_cli("run", kill, "--json", "--otlp", r.url,
+                    "--", "sh", "-c", "kill -0 $$; kill -0 $$; kill -0 999999 2>/dev/null; true")
+        assert p.returncode == 0, p.stderr
+        res = parse_json_lines(p.stdout.decode())
+        assert len(res.events) == 3, res.events
+        got = by_seq(r, "run")
+        assert sorted(got) == [e["seq"] for e in res.events]
+        for e in res.events:
+            _, a = got[e["seq"]]
+            assert a["rbtrace.event"] == e["event"] == "kill_event"
+            assert a["rbtrace.args"] == e["args"]
+            assert a["process.pid"] == e["pid"]
+        assert res.summary["otlp_sent"] == 3
