@@ -309,3 +309,20 @@ def test_session_reports_otlp_drops_in_lost_records_and_the_summary():
                                                                                       (5, 9)]
     assert all(r["dropped"] == 0 for r in renderer.records)
     assert summary["otlp_dropped"] == 9 and summary["otlp_sent"] == 1
+
+
+def test_a_collector_that_never_answers_is_cut_at_the_deadline():
+    def answer(receiver):
+        time.sleep(3)              # holds the request past the deadline
+        return 200
+
+    with Receiver(answer) as r:
+        e = exporter(r, batch_events=10, timeout=1.0)
+        e.add([exec_event(i) for i in range(10)], OFFSET)
+        e.tick()
+        began = time.monotonic()
+        assert e.close() == (0, 10)
+        assert time.monotonic() - began < 1.5
+        assert any("10 events not sent" in s for s in e.said)
+        time.sleep(2.5)            # its late 200 changes nothing now
+        assert (e.sent, e.dropped) == (0, 10)
