@@ -18,9 +18,11 @@ and the resource says where they come from (host.name, os.version...).
 
 Cost.  A storm repeats one event but for seq and ts_ns, so the rest of a
 record (its attributes and body) is built once as a LogRecord, serialized,
-and kept by the bytes of its members (orjson): an event then costs a dict
-copy, one orjson.dumps, a MergeFromString of the kept bytes into the
-batch's next record, and three fields.
+and kept by the bytes of its members (orjson).  The rest (time, observed
+time, rbtrace.seq) is set on one scratch LogRecord and serialized; the
+two byte strings are one LogRecord, as protobuf merges concatenated
+messages, and the batch's next record is parsed from them
+(MergeFromString).  Both were serialized by the official classes.
 
 Delivery.  The main thread builds batches (up to BATCH_EVENTS records,
 or what came in BATCH_SECONDS) and gzips them; one background thread
@@ -206,6 +208,8 @@ class Exporter:
         self._resource = pb.Resource(attributes=pb.attributes(resource_attributes(probe_name)))
         self._scope = pb.Scope(name="rbtrace", version=__version__)
         self._templates = {}
+        scratch = pb.LogRecord()
+        self._scratch = (scratch, scratch.attributes.add(key="rbtrace.seq").value)
         self.given = 0           # events handed to add()
         self.sent = 0            # events the collector acknowledged
         self.dropped = 0         # events given up on, for whatever reason
@@ -256,8 +260,13 @@ class Exporter:
         dumps = orjson.dumps
         templates = self._templates
         records = self._records
-        observed = time.time_ns()
         template = self._template
+        # What differs from one record of a storm to the next, set on one
+        # scratch LogRecord and serialized: a record is the kept bytes and
+        # these, one message by protobuf's rule for concatenated messages.
+        scratch, seq_value = self._scratch
+        scratch.observed_time_unix_nano = time.time_ns()
+        tail = scratch.SerializeToString
         self.given += len(events)
         room = self.batch_events - len(records)
         if self._batch_born is None:
@@ -269,13 +278,9 @@ class Exporter:
             line = dumps(e) if lines is None else next(lines)
             key = (e["type"], line[line.find(b",", line.find(b'"ts_ns":')):])
             data = templates.get(key) or template(e, key)
-            r = records.add()
-            r.MergeFromString(data)
-            r.observed_time_unix_nano = observed
-            r.time_unix_nano = e["ts_ns"] + offset_ns
-            a = r.attributes.add()
-            a.key = "rbtrace.seq"
-            a.value.int_value = e["seq"]
+            scratch.time_unix_nano = e["ts_ns"] + offset_ns
+            seq_value.int_value = e["seq"]
+            records.add().MergeFromString(data + tail())
             room -= 1
             if room == 0:
                 self._seal()
