@@ -16,6 +16,9 @@ from otlp_receiver import Receiver  # noqa: E402
 
 from conftest import REPO, RBTRACE_ARGV, parse_json_lines, run_cli  # noqa: E402
 
+sys.path.insert(0, os.path.join(REPO, "tests", "unit"))
+import schemacheck  # noqa: E402  (every line against the shipped JSON schema)
+
 LOOP = "for i in $(seq 50); do /bin/true rbotlp-$i; done"
 
 
@@ -51,6 +54,7 @@ def test_every_exec_of_a_workload_reaches_the_receiver_as_in_the_json(kernel_ok)
                 assert a["process.executable.path"] == e["exe"]
         s = res.summary
         assert s["otlp_sent"] == s["delivered"] == len(res.events) and s["otlp_dropped"] == 0
+        schemacheck.check(res.lines, "rbtrace exec --json --otlp")
         assert r.resources[0]["host.name"] == socket.gethostname()
         assert r.resources[0]["os.version"] == os.uname().release
         assert f"OTLP: {s['otlp_sent']} sent, 0 dropped" in p.stderr.decode()
@@ -109,6 +113,7 @@ def test_a_receiver_gone_for_good_drops_are_counted_and_said_and_rbtrace_ends_on
     # The last lost line holds them, as the ring's drops would be.
     assert res.lost and res.lost[-1]["total_otlp_dropped"] == n
     assert sum(x["otlp_dropped"] for x in res.lost) == n
+    schemacheck.check(res.lines, "rbtrace exec --json --otlp (collector gone)")
     err = p.stderr.decode()
     assert "Connection refused" in err
     assert f"{n} events not sent to {url}" in err
