@@ -72,6 +72,9 @@ struct rb_header {
                           a key no later process of that pid shares */
     u32 rb_kind;    /* RB_KIND of the program that wrote it */
     u32 rb_pad;     /* 0 */
+    u64 cgroup_id;  /* bpf_get_current_cgroup_id(): the cgroup v2 id, the
+                       inode number of its directory; user space makes the
+                       container id of it (rbtrace/cgroups.py) */
 };
 
 BPF_RINGBUF_OUTPUT(events, RING_PAGES);
@@ -98,8 +101,15 @@ struct rbtrace_config {
     u32 ready;        /* 1 once written: before, as the map starts, all
                          zero, nothing is traced */
     u64 comm[2];      /* -n: this name, NUL-padded to 16 bytes; all 0: any */
+    u32 cgroup_on;    /* --cgroup/--container: only tasks under the cgroup
+                         in rbtrace_cgroup[0] */
+    u32 config_pad;
 };
 BPF_ARRAY(rbtrace_config, struct rbtrace_config, 1);
+/* --cgroup and --container: the cgroup v2 directory, its fd put in by
+ * user space at load (a map value, not compiled-in bytes: the compile
+ * cache serves every cgroup).  The cgroup and its descendants pass. */
+BPF_CGROUP_ARRAY(rbtrace_cgroup, 1);
 BPF_ARRAY(seq_counter, u64, 1);
 
 /* bpf_loop callbacks, with HAVE_BPF_LOOP (rbtrace/bpf.py sets it where the
@@ -295,6 +305,9 @@ static __always_inline int task_wanted(u64 pid_tgid, u32 uid)
         return 0;
     if (c->uid_on && uid != c->uid)
         return 0;
+    /* 1: under it; 0: not; < 0: no cgroup in the map (then nothing). */
+    if (c->cgroup_on && rbtrace_cgroup.check_current_task(0) != 1)
+        return 0;
     return 1;
 }
 
@@ -358,6 +371,7 @@ static __always_inline void fill_header(struct rb_header *h, u64 seq)
     h->proc_start_ns = current_start_ns();
     h->rb_kind = RB_KIND;
     h->rb_pad = 0;
+    h->cgroup_id = bpf_get_current_cgroup_id();
 }
 
 /* A record of `size` bytes (a constant: the verifier wants one) that

@@ -7,7 +7,7 @@
  *     #include "rbtrace.h"
  *
  *     struct kill_event {
- *         struct rb_header h;        // first: time, seq, pid, tid, ppid, uid, comm
+ *         struct rb_header h;        // first: time, seq, pid, tid, ppid, uid, comm, cgroup
  *         s32 target;
  *         s32 sig;
  *     };

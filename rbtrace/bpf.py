@@ -574,8 +574,24 @@ def config_bytes(config: dict) -> bytes:
     if len(comm) > 15:
         raise ValueError(f"a command name has at most 15 bytes, not {len(comm)}")
     uid = config.get("uid")
-    return struct.pack("<IIIIII16s", os.getpid(), config.get("pid") or 0,
-                       config.get("tid") or 0, uid is not None, uid or 0, 1, comm)
+    return struct.pack("<IIIIII16sII", os.getpid(), config.get("pid") or 0,
+                       config.get("tid") or 0, uid is not None, uid or 0, 1, comm,
+                       bool(config.get("cgroup")), 0)
+
+
+def set_cgroup(loaded, path):
+    """Put the cgroup v2 directory `path` (--cgroup, --container) in the
+    probe's rbtrace_cgroup map: the kernel keeps the cgroup, not the fd,
+    which is closed at once."""
+    m = loaded.map("rbtrace_cgroup")
+    if m is None:
+        raise ProbeError("--cgroup and --container need a probe that checks rbtrace's filters "
+                         "(rbtrace_reserve() or rbtrace_task_wanted())")
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        m.update(struct.pack("<I", 0), struct.pack("<I", fd))
+    finally:
+        os.close(fd)
 
 
 class LoadedProbe:
@@ -713,6 +729,10 @@ class LoadedProbe:
                                  f"{os.strerror(e.errno)}", hint="make the map smaller") from None
             raise
         self.ring_fd = self.loaded.map("events").fd
+        if self.config.get("cgroup"):
+            # Before the config that turns the check on: never a moment
+            # when it is on with no cgroup to check against.
+            set_cgroup(self.loaded, self.config["cgroup"])
         config = self.loaded.map("rbtrace_config")
         if config is not None:
             config.update(struct.pack("<I", 0), config_bytes(self.config).ljust(
@@ -848,8 +868,10 @@ class LoadedProbe:
 
 # The maps every probe declares (probes/common.h) that one run shares when
 # several probes write to one ring (LoadedRun): the ring, the counters, the
-# seq numbers, the filters' values, the followed processes, the stop switch.
-SHARED_MAPS = ("events", "stats", "seq_counter", "rbtrace_config", "followed", "rbtrace_stop")
+# seq numbers, the filters' values (and --cgroup's cgroup), the followed
+# processes, the stop switch.
+SHARED_MAPS = ("events", "stats", "seq_counter", "rbtrace_config", "rbtrace_cgroup", "followed",
+               "rbtrace_stop")
 # common.h's hooks that follow a command's process tree: attached once per
 # run (a second fork hook would find the child followed already and count
 # it not followed), the exit one after every other program.

@@ -113,6 +113,26 @@ class CommType(click.ParamType):
         return value
 
 
+class KindsType(click.ParamType):
+    """KIND[,KIND...]: kinds rbtrace knows (rbtrace show --kinds)."""
+
+    name = "KINDS"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        from rbtrace.spec import KINDS
+        out = []
+        for word in value.split(","):
+            word = word.strip()
+            if word not in KINDS:
+                self.fail(f"unknown kind '{fields.for_message(word)}' (the kinds are "
+                          f"{', '.join(KINDS)})", param, ctx)
+            if word not in out:
+                out.append(word)
+        return tuple(out)
+
+
 def c_string_literal(text) -> str:
     """A C string literal holding exactly these bytes (octal escapes)."""
     raw = text.encode() if isinstance(text, str) else text
@@ -176,6 +196,21 @@ def common_options(spec):
                help="Only processes whose command name is COMM.", filter=True, rank=4,
                man="Only threads whose command name is exactly *COMM* (1 to 15 bytes). "
                    "Checked in the kernel."),
+        Option(("--cgroup",), "cgroup", metavar="DIR", filter=True, rank=5,
+               help="Only tasks in this cgroup v2 directory or below it.",
+               man="Only threads in the cgroup v2 directory *DIR* or in a cgroup below it "
+                   "(a path, or one relative to the cgroup v2 mount, which **rbtrace** finds in "
+                   "*/proc/self/mountinfo*). Checked in the kernel "
+                   "(**bpf_current_task_under_cgroup**), before any event takes room in the "
+                   "ring."),
+        Option(("--container",), "container", metavar="ID", filter=True, rank=5,
+               help="Only tasks of the container whose id starts with ID.",
+               man="Only threads of the one container whose id starts with *ID* (hexadecimal, "
+                   "as **docker ps** shows it): its cgroup, found by the names of "
+                   "**container_id** under the cgroup v2 mount, and the cgroups below it, "
+                   "checked in the kernel as for **--cgroup**. When no container or more than "
+                   "one matches, **rbtrace** says so and exits with status 2. Not with "
+                   "**--cgroup**."),
         # A kind without failed events (tp) keeps -x only to refuse it with
         # the reason, and does not offer it in --help or completion.
         Option(("-x", "--failed"), "failed", is_flag=True, filter=True, rank=8,
@@ -316,10 +351,47 @@ def _run_trace(spec, kinds, words, opts):
     from rbtrace import trace
     from rbtrace.session import load_run
 
+    resolve_cgroup(opts)
     target = _follow_target(opts)
     opts["follow"] = target is not None
     opts["filters_text"] = filters_text(spec, opts, target)
     return _run(trace.make(kinds, opts, words), opts, target, loader=load_run)
+
+
+def show_command() -> click.Command:
+    """`rbtrace show FILE`: a recording replayed (rbtrace/show.py)."""
+    from rbtrace import show
+    params = [click.Argument(["file"], metavar="FILE")]
+    params += [_click_option(o) for o in show.options()]
+
+    def callback(file, **opts):
+        sys.exit(_run_show(file, opts))
+    return click.Command("show", params=params, callback=callback, help=show.HELP,
+                         short_help=show.SUMMARY)
+
+
+def _run_show(path, opts):
+    from rbtrace import notice, show
+    from rbtrace.procsum import table_lines
+    from rbtrace.render import Output
+    replay = show.Replay(opts, path)       # a FILE that can't be read: said before -o is made
+    file_out = _open_output(opts)
+    try:
+        code = replay.run(file_out or Output(1, "standard output"))
+    finally:
+        if file_out is not None:
+            file_out.close()
+    s = replay.result
+    if not opts.get("json_out"):
+        lines = table_lines(s, tree="command" in s or "followed_root" in s)
+        if lines:
+            sys.stderr.write("\n".join(lines) + "\n")
+    for line in replay.notes():
+        notice.say(line, who=show.WHO)
+    _print_summary(s)
+    if replay.output_error is not None:
+        raise replay.output_error
+    return code
 
 
 class _Commands(dict):
@@ -331,6 +403,9 @@ class _Commands(dict):
         if name == "trace":
             command = self[name] = trace_command()
             return command
+        if name == "show":
+            command = self[name] = show_command()
+            return command
         if name not in spec.KINDS:
             raise KeyError(name)
         command = self[name] = kind_command(spec.load(name))
@@ -338,7 +413,7 @@ class _Commands(dict):
 
     def _names(self):
         from rbtrace.spec import KINDS
-        return set(KINDS) | {"trace"} | set(dict.keys(self))
+        return set(KINDS) | {"trace", "show"} | set(dict.keys(self))
 
     def __contains__(self, name):
         return name in self._names()
@@ -394,6 +469,23 @@ def _follow_target(opts):
     return None
 
 
+def resolve_cgroup(opts):
+    """--cgroup DIR or --container ID: the cgroup v2 directory the kernel
+    checks, in opts["cgroup_dir"] (None when neither is given)."""
+    from rbtrace import cgroups
+    opts["cgroup_dir"] = None
+    if opts.get("cgroup") and opts.get("container"):
+        raise UsageError("--cgroup and --container can't be combined: give one")
+    try:
+        if opts.get("cgroup"):
+            opts["cgroup_dir"] = cgroups.check_dir(opts["cgroup"])
+        elif opts.get("container"):
+            opts["cgroup_dir"] = cgroups.find_container(opts["container"])
+    except cgroups.NotFound as e:
+        flag = "--cgroup" if opts.get("cgroup") else "--container"
+        raise UsageError(f"{flag}: {fields.for_message(str(e))}") from None
+
+
 def filters_text(spec, opts, target) -> str:
     """The run's filters, for the start record and the footer: each option
     that selects (spec.Option.filter), in rank order, then the command."""
@@ -412,6 +504,7 @@ def filters_text(spec, opts, target) -> str:
 def _run_kind(spec, opts):
     from rbtrace import codec
 
+    resolve_cgroup(opts)
     target = _follow_target(opts)
     opts["follow"] = target is not None
     opts["filters_text"] = filters_text(spec, opts, target)

@@ -101,6 +101,20 @@ class Codec:
         self._templates = {}
         self._json_templates = {}
 
+    @property
+    def containers(self):
+        """cgroup_id -> (container_id, pod_uid): rbtrace/cgroups.py's
+        resolver, shared by every codec of the process (a test sets its own)."""
+        found = self.__dict__.get("_containers")
+        if found is None:
+            from rbtrace import cgroups
+            found = self._containers = cgroups.resolver()
+        return found
+
+    @containers.setter
+    def containers(self, value):
+        self._containers = value
+
     def _bind_time(self, columns):
         """The columns, with a TIME column (value None) showing this run's clock."""
         def time_cell(e):
@@ -144,7 +158,8 @@ class Codec:
         return {"pid": 0 if o.get("follow") else (o.get("pid") or 0),
                 "tid": o.get("tid") or 0,
                 "uid": o.get("uid"),
-                "comm": comm}
+                "comm": comm,
+                "cgroup": o.get("cgroup_dir")}
 
     # --- decoding ------------------------------------------------------------
 
@@ -161,17 +176,20 @@ class Codec:
         """The header's columns as Python lists, read straight off the ring."""
         return (records["seq"].tolist(), records["ts_ns"].tolist(), records["pid"].tolist(),
                 records["tid"].tolist(), records["ppid"].tolist(), records["uid"].tolist(),
-                records["comm"].tolist(), records["proc_start_ns"].tolist())
+                records["comm"].tolist(), records["proc_start_ns"].tolist(),
+                records["cgroup_id"].tolist())
 
     def heads(self, records, timed=True) -> list:
         """One dict per record with the header's members: type, seq, time,
-        ts_ns, pid, tid, ppid, uid, user, comm (+ comm_b64), process.
+        ts_ns, pid, tid, ppid, uid, user, comm (+ comm_b64), process,
+        cgroup_id, container_id, pod_uid.
         Untimed: seq, time and ts_ns None, for a template."""
-        seq, ts, pid, tid, ppid, uid, comm, start = self.header_fields(records)
+        seq, ts, pid, tid, ppid, uid, comm, start, cgroup = self.header_fields(records)
         iso = self.clock.iso
         user_name = fields.user_name
         name = self.name
         boot = fields.boot_id()
+        container = self.containers
         out = []
         for i in range(len(seq)):
             e = {"type": name, "seq": seq[i], "time": iso(ts[i]), "ts_ns": ts[i]} if timed else \
@@ -183,6 +201,8 @@ class Codec:
             e["user"] = user_name(uid[i])
             put_text(e, "comm", cstr(comm[i]))
             e["process"] = f"{boot}-{start[i]}-{pid[i]}"
+            e["cgroup_id"] = cgroup[i]
+            e["container_id"], e["pod_uid"] = container(cgroup[i])
             out.append(e)
         return out
 

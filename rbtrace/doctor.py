@@ -127,6 +127,18 @@ def _cache_check():
     return Check("compile cache", True, text, required=False)
 
 
+def _cgroup_check():
+    """Where cgroup v2 is mounted, for container_id and --cgroup/--container."""
+    from rbtrace import cgroups
+    root = cgroups.v2_mount()
+    if root is None:
+        return Check("cgroup v2", False, "not mounted: container_id is always null, "
+                     "--cgroup and --container can't be used",
+                     "mount -t cgroup2 none /sys/fs/cgroup/unified", required=False)
+    return Check("cgroup v2", True, f"{root} (container_id, --cgroup, --container)",
+                 required=False)
+
+
 def run_checks(out) -> int:
     """Every check, one line each, in a fixed order (rbtrace-doctor(8),
     CHECKS): a check that can't be made says why instead of stopping."""
@@ -152,6 +164,7 @@ def run_checks(out) -> int:
         checks.append(Check("bpf_loop", False, f"not tried: needs {lacking or 'CAP_BPF'}",
                             "run as root", required=False))
     checks.append(_guarded("compile cache", False, _cache_check))
+    checks.append(_guarded("cgroup v2", False, _cgroup_check))
     ready = {c.name: c.ok for c in checks}
     can_load = privileged and ready["BCC"] and ready["tracefs"] and ready["kernel headers"]
     if not privileged:

@@ -392,6 +392,24 @@ def boot_id() -> str:
         return "0"
 
 
+def host_name() -> str:
+    """The host's name as the kernel has it (/proc/sys/kernel/hostname,
+    uname's nodename): "" when unreadable."""
+    try:
+        with open("/proc/sys/kernel/hostname") as f:
+            return f.read().strip()
+    except OSError:
+        return os.uname().nodename
+
+
+def identity() -> dict:
+    """Where and by what the lines were written, for the start record:
+    rbtrace's version, the host, the boot and the kernel (spec.START)."""
+    from rbtrace import __version__
+    return {"rbtrace_version": __version__, "hostname": host_name(), "boot_id": boot_id(),
+            "kernel": os.uname().release}
+
+
 @functools.lru_cache(maxsize=4096)
 def user_name(uid: int) -> str:
     """Login name of uid, or the uid as a string if it has none.

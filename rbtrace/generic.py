@@ -77,6 +77,7 @@ columns
     and escaped for the terminal, a cut text ending with "…"; fields whose
     label starts with "__" (a tracepoint's __syscall_nr) are left to JSON.
 """
+import re
 import sys
 from dataclasses import dataclass, field, replace
 from typing import Optional
@@ -89,7 +90,7 @@ from rbtrace.spec import Column, Field, Spec, pid_column, time_column
 
 KINDS = ("auto", "int", "hex", "text", "array", "bytes", "hidden")
 HEADER_FIELDS = ("ts_ns", "seq", "pid", "tid", "ppid", "uid", "comm", "proc_start_ns",
-                 "rb_kind", "rb_pad")
+                 "rb_kind", "rb_pad", "cgroup_id")
 
 # The members of an event line after the header; what is under "args"
 # depends on the event (see the module docstring).
@@ -301,8 +302,8 @@ class GenericCodec(Codec):
         escaped, a cut one ending with "…"."""
         args = e["args"]
         kinds = self._kinds.get(e["event"])
-        if kinds is None:           # an event this probe did not decode
-            kinds = {k: "int" for k in args}
+        if kinds is None:           # an event this probe did not decode (rbtrace show)
+            kinds = _kinds_of(args)
         parts = []
         for label, kind in kinds.items():
             if label not in args or label.startswith("__"):
@@ -320,6 +321,25 @@ class GenericCodec(Codec):
                 text = str(value)
             parts.append(f"{fmt.escape_str(label)}={text}")
         return " ".join(parts)
+
+
+_HEX = re.compile(r"0x[0-9a-f]+")
+
+
+def _kinds_of(args) -> dict:
+    """{label: kind} of an event's args, told from their JSON values: for
+    an event decoded elsewhere (a recording replayed).  A text's
+    <label>_b64 and <label>_truncated go with it."""
+    out = {}
+    for k, v in args.items():
+        base = k.rsplit("_", 1)[0]
+        if k.endswith(("_b64", "_truncated")) and isinstance(args.get(base), str):
+            continue
+        if isinstance(v, str):
+            out[k] = "hex" if _HEX.fullmatch(v) else "text"
+        else:
+            out[k] = "array" if isinstance(v, list) else "int"
+    return out
 
 
 # The spec of a GenericCodec made on its own (for inspection and tests).

@@ -236,6 +236,27 @@ def kinds() -> list:
 MAIN_PAGE = os.path.join(MAN_DIR, "rbtrace.8")
 
 
+def show_options() -> list:
+    """rbtrace-show(8)'s OPTIONS entries: FILE, then rbtrace/show.py's
+    options, then -h."""
+    from rbtrace import show
+    out = _entry(".I FILE", "The recording: JSON lines written by a tracing command with "
+                            "**--json**, or **-** for standard input.")
+    for o in show.options():
+        metavar = o.metavar or getattr(o.type, "name", "").upper()
+        out += _entry(_tag(o.flags, metavar, o.is_flag), o.man or o.help)
+    out += _entry(_tag(("-h", "--help"), None, True), "Print the options and exit.")
+    return out
+
+
+def show_page_now() -> tuple:
+    """(path, text on disk, text as made now) of rbtrace-show(8)."""
+    path = page_path("show")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    return path, text, rewrite(text, {"OPTIONS": show_options()}, "rbtrace-show.8")
+
+
 def main_page_now() -> tuple:
     """(path, text on disk, text as made now) of rbtrace(8)."""
     with open(MAIN_PAGE, encoding="utf-8") as f:
@@ -337,6 +358,13 @@ def main():
     path, text, made = main_page_now()
     if "KINDS" not in region_names(text):
         return f"{path}: no region KINDS in its COMMANDS"
+    if made != text:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(made)
+        changed.append(path)
+    path, text, made = show_page_now()
+    if "OPTIONS" not in region_names(text):
+        return f"{path}: no region OPTIONS"
     if made != text:
         with open(path, "w", encoding="utf-8") as f:
             f.write(made)

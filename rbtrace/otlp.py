@@ -68,6 +68,7 @@ SEMCONV = {
     "uid": "user.id",
     "user": "user.name",
     "container_id": "container.id",
+    "pod_uid": "k8s.pod.uid",
     "errno": "error.type",
 }
 # Members that differ from one event to the next of a storm: never part of

@@ -1,9 +1,12 @@
 """Renderers: JSON lines, plain aligned lines, and the live rich table.
 
-One interface: `events(list)` for decoded events, `count(n, tail)` for the
-table, which decodes only what it shows, `lost(record)` for drops seen
-since the last report, `tick(stats)` about ten times a second, and
-`close(summary)`.  stdout carries data only; people read stderr.
+One interface: `events(list)` for decoded events, `keep(event_type,
+records)` for the table, which keeps ring records and decodes only what
+it shows or searches (`count(n, tail)` for a renderer handed decoded
+events of a batch's tail), `lost(record)` for drops seen since the last
+report, `tick(stats)` about ten times a second (stats["procs"]: the
+session's ProcessSummary, for the tree view), and `close(summary)`.
+stdout carries data only; people read stderr.
 """
 import collections
 import os
@@ -388,18 +391,27 @@ class TableRenderer:
 
     Keys (read from the terminal in cbreak mode): q quits, space pauses the
     view (counting goes on), the arrows, PgUp/PgDn, j/k, Home/End scroll a
-    paused view, s switches to the summary view, / edits a text filter on
-    the rows (Enter applies, Esc clears, Backspace deletes).
+    paused view, s switches to the summary view, t to the process tree
+    (treeview.py), / edits a text filter on the rows (Enter applies, Esc
+    clears, Backspace deletes), or in the tree a search.
+
+    What is kept for scrolling back, the filter, the search and a
+    process's events is the newest `history` events as ring records
+    (history.py), decoded only when shown or searched.
 
     Every line is laid out here, cell by cell (see layout and _cut), and
     handed to rich as Text that fits: rich never crops or wraps it again.
     """
 
-    tail = 200            # events decoded per batch: more than any screen shows
+    tail = 200            # events decoded per batch, when handed decoded events
     shows_tally = True    # the summary view: the session counts table_tally too
-    history = 10000       # rows kept for the filter and for scrolling back
+    history = 20000       # events kept for the filter, the search and scrolling back
     wants_bytes = False
-    KEYS = "q quit  space pause  ↑↓ scroll  s summary  / filter"
+    wants_all = False     # the session hands over records (keep), not events
+    KEYS = "q quit  space pause  ↑↓ scroll  s summary  t tree  / filter"
+    TREE_KEYS = "q quit  space pause  ↑↓ select  Enter expand  t log  / search  n next"
+    EXPAND = {"\r": None, "\n": None, "\x1b[C": True, "\x1bOC": True,
+              "\x1b[D": False, "\x1bOD": False}
 
     # Escape sequences of the keys that scroll: arrows, PgUp/PgDn, Home/End
     # (both the CSI and the SS3 forms terminals send).
@@ -413,27 +425,32 @@ class TableRenderer:
         self.probe = probe
         self.columns = probe.columns
         self.filters = fields.escape_str(filters)
-        self.rows = collections.deque(maxlen=self.history)
+        from rbtrace.history import History
+        from rbtrace.treeview import TreeView
+        self.hist = History(self.history)
+        self.tree = TreeView(probe)
+        self._details = getattr(probe, "details", None)
+        if self._details is None:
+            from rbtrace.trace import details_text
+            own = tuple(c for c in self.columns if c.header not in ("TIME", "PID", "COMM"))
+            self._details = lambda e: details_text(own, e)
         self.stats = {}
         self.started = time.monotonic()
         self.live = Live(console=console, auto_refresh=False, transient=False,
                          redirect_stdout=False, redirect_stderr=False)
         self._last_draw = 0.0
         self._rate = (time.monotonic(), 0, 0.0)     # when, delivered, events/s
-        self.paused_rows = None
+        self.paused_rows = None                    # the log's rows, while paused
+        self.paused_view = None                    # the history, while paused
         self.scroll = 0                            # rows above the newest, when paused
         self._page = 10                            # rows on screen at the last frame
         self.view = "stream"
         self.text_filter = ""
         self.matched = collections.deque(maxlen=self.history)   # rows passing the filter
+        self._scanned = 0                          # events looked at by the filter
         self.editing = None                        # filter text being typed
         self.keys_fd = keys_fd
         self._tty_saved = None
-
-    @property
-    def wants_all(self):
-        # With a text filter, every event is a candidate row.
-        return bool(self.text_filter)
 
     def input_fds(self):
         return [self.keys_fd] if self.keys_fd is not None else []
@@ -475,9 +492,9 @@ class TableRenderer:
         for key in self._keys(data):
             if self.editing is not None:
                 if key in ("\r", "\n"):
-                    self._set_filter(self.editing)
+                    self._apply(self.editing)
                 elif key == "\x1b":
-                    self._set_filter("")
+                    self._apply("")
                 elif key in ("\x7f", "\b"):
                     self.editing = self.editing[:-1]
                 elif len(key) == 1 and key.isprintable():
@@ -488,19 +505,56 @@ class TableRenderer:
                 if self.paused_rows is None:
                     self._pause()
                 else:
-                    self.paused_rows, self.scroll = None, 0
+                    self._resume()
+            elif self.view == "tree" and key in self.SCROLL:
+                self.tree.move(self._tree_lines(), self.SCROLL[key], self._page)
+            elif self.view == "tree" and key in self.EXPAND:
+                self.tree.toggle(self._tree_lines(), self.EXPAND[key])
+            elif self.view == "tree" and key == "n":
+                self.tree.next_hit()
             elif key in self.SCROLL:
                 self._scroll(self.SCROLL[key])
             elif key == "s":
-                self.view = "summary" if self.view == "stream" else "stream"
+                self.view = "summary" if self.view != "summary" else "stream"
+            elif key == "t":
+                self.view = "tree" if self.view != "tree" else "stream"
+                self.tree.refresh()
             elif key == "/":
-                self.editing = self.text_filter
+                self.editing = self.tree.search if self.view == "tree" else self.text_filter
         self._draw(force=True)
         return None
 
     def _pause(self):
-        self.paused_rows = list(self.matched if self.text_filter else self.rows)
+        """Freeze what is shown: the log's rows, the history, the tree's
+        processes.  Counting goes on."""
+        self._scan_filter()
+        self.paused_view = self.hist.view()
+        self.paused_rows = (list(self.matched) if self.text_filter
+                            else _Rows(self.paused_view, self._row))
+        procs = self.stats.get("procs")
+        self.tree.frozen_order = list(self.tree.order(procs, True)) if procs is not None else None
         self.scroll = 0
+
+    def _resume(self):
+        self.paused_rows, self.paused_view, self.scroll = None, None, 0
+        self.tree.frozen_order = None
+        self.tree.refresh()
+
+    def _view(self):
+        return self.paused_view if self.paused_view is not None else self.hist.view()
+
+    def _tree_lines(self):
+        return self.tree.lines(self.stats.get("procs"), self._view())
+
+    def _apply(self, text):
+        """Enter (or Esc: "") on the text typed after /: the log's filter,
+        or in the tree a search."""
+        if self.view != "tree":
+            self._set_filter(text)
+            return
+        self.editing = None
+        # The footer says how many were found, and which one is selected.
+        self.tree.find(text, self.stats.get("procs"), self._view(), self._event_matches)
 
     def _scroll(self, how):
         """Scroll the view back (positive) or forward; pauses it first, so
@@ -514,24 +568,47 @@ class TableRenderer:
 
     def _set_filter(self, text):
         self.text_filter, self.editing = text, None
-        self.matched = collections.deque((r for r in self.rows if self._matches(r)),
-                                         maxlen=self.history)
+        self.matched = collections.deque(maxlen=self.history)
+        self._scanned = 0
+        self._scan_filter(self.paused_view)
         if self.paused_rows is not None:
-            self._pause()                   # the paused view shows the new filter
+            self.paused_rows = (list(self.matched) if self.text_filter
+                                else _Rows(self.paused_view, self._row))
+            self.scroll = 0
+
+    def _scan_filter(self, view=None):
+        """Rows of the events kept since the last look that pass the filter."""
+        if not self.text_filter:
+            return
+        view = view or self.hist.view()
+        want = self.text_filter.lower()
+        for _, e in view.search(lambda e: self._event_matches(e, want), lo=self._scanned):
+            self.matched.append(self._row(e))
+        self._scanned = view.hi
+
+    def _row(self, e):
+        return [c.value(e) for c in self.columns]
+
+    def _event_matches(self, e, want):
+        """Whether a cell of the event's row contains `want` (lower case)."""
+        return any(want in cell.lower() for cell in self._row(e))
 
     def _matches(self, row):
         want = self.text_filter.lower()
         return any(want in cell.lower() for cell in row)
 
+    def _event_text(self, e):
+        return f"{self.probe.clock.hms(e['ts_ns'])} {e.get('type', '')} {self._details(e)}"
+
+    def keep(self, event_type, records):
+        """A ring segment, as records: kept as they are (history.py)."""
+        self.hist.add_records(event_type, records, self.probe.decode)
+
     def count(self, n, tail_events):
-        for e in tail_events:
-            row = [c.value(e) for c in self.columns]
-            self.rows.append(row)
-            if self.text_filter and self._matches(row):
-                self.matched.append(row)
+        self.hist.add_events(tail_events)
 
     def events(self, events):
-        self.count(len(events), events)
+        self.hist.add_events(events)
 
     def lost(self, record):
         pass   # shown in the footer from the running totals
@@ -577,7 +654,13 @@ class TableRenderer:
         if self.paused_rows is not None:
             state = f"PAUSED{f' -{self.scroll}' if self.scroll else ''} | "
         if self.editing is not None:
-            keys = f"filter: {fields.escape_str(self.editing)}_  (Enter apply, Esc clear)"
+            what = "search" if self.view == "tree" else "filter"
+            keys = f"{what}: {fields.escape_str(self.editing)}_  (Enter apply, Esc clear)"
+        elif self.view == "tree":
+            t = self.tree
+            keys = ((f"search '{fields.escape_str(t.search)}' "
+                     + (f"{t.hit + 1}/{len(t.hits)}" if t.hits else "not found") + " | ")
+                    if t.search else "") + self.TREE_KEYS
         else:
             keys = (f"filter '{fields.escape_str(self.text_filter)}' | " if self.text_filter else "") + self.KEYS
         # The counts first: on a narrow terminal the filters are what is cut.
@@ -649,6 +732,14 @@ class TableRenderer:
         room = max(0, height - len(footer))
         if self.view == "summary":
             body = self._summary_lines(width, room)[:room]
+        elif self.view == "tree":
+            self._page = max(1, room - 1)
+            header, lines = self.tree.render(self.stats.get("procs"), self._view(), width, room,
+                                             self._event_text)
+            body = ([Text(header, style="bold", no_wrap=True)]
+                    + [Text(t, style=st, no_wrap=True) for t, st in lines])[:room]
+            if self.stats.get("procs") is None:
+                body.append(Text(_cut("(no process counts in this mode)", width)))
         else:
             visible = max(0, room - 1)                  # the header takes a line
             self._page = max(1, visible)
@@ -656,10 +747,28 @@ class TableRenderer:
                 rows = self.paused_rows
                 top = max(0, len(rows) - self.scroll - visible)
                 shown = rows[top:len(rows) - self.scroll] if visible else []
+            elif self.text_filter:
+                self._scan_filter()
+                shown = list(self.matched)[-visible:] if visible else []
             else:
-                rows = self.matched if self.text_filter else self.rows
-                shown = list(rows)[-visible:] if visible else []
+                view = self.hist.view()
+                shown = [self._row(e) for e in view.events(view.hi - visible, view.hi)] if visible else []
             body = self._table_lines(shown, width)[:room]
         # Blank lines keep the footer at the bottom.
         body += [Text("")] * (room - len(body))
         return Group(*body, *footer)
+
+
+class _Rows:
+    """The rows of a frozen history, made when looked at: len() and slices."""
+
+    def __init__(self, view, row):
+        self.view, self.row = view, row
+
+    def __len__(self):
+        return len(self.view)
+
+    def __getitem__(self, part):
+        lo, hi, _ = part.indices(len(self.view))
+        base = self.view.lo
+        return [self.row(e) for e in self.view.events(base + lo, base + hi)]

@@ -233,7 +233,12 @@ class Session:
         self.started = time.monotonic()
         try:
             try:
-                self.renderer.start({"probe": self.probe.name, "ring_bytes": ring.size,
+                from rbtrace.fields import identity
+                me = identity()
+                self.renderer.start({"probe": self.probe.name,
+                                     "rbtrace_version": me["rbtrace_version"],
+                                     "hostname": me["hostname"], "boot_id": me["boot_id"],
+                                     "kernel": me["kernel"], "ring_bytes": ring.size,
                                      "filters": self.probe.options.get("filters_text", "")})
             except OutputError as e:
                 self._output_failed(e)
@@ -489,6 +494,9 @@ class Session:
                     self._export_and_render(et, records, offsets, data, n)
                 elif renderer.wants_bytes and hasattr(probe, "json_lines"):
                     renderer.write_lines(probe.json_lines(et, records, offsets, data))
+                elif hasattr(renderer, "keep"):
+                    # The live table keeps records, decoded when shown or searched.
+                    renderer.keep(et, records)
                 elif renderer.wants_all:
                     renderer.events(probe.decode(et, records, offsets, data))
                 else:
@@ -593,7 +601,8 @@ class Session:
                                 "otlp_dropped": losses.get("otlp_dropped", 0),
                                 "missed_by_kernel": losses["missed_by_kernel"],
                                 "rate": self.delivered / elapsed if elapsed > 0 else 0,
-                                "ring_fill": ring.fill(), "tally": self.tally})
+                                "ring_fill": ring.fill(), "tally": self.tally,
+                                "procs": self.procs})
         except OutputError as e:
             self._output_failed(e)
 

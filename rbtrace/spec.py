@@ -54,6 +54,8 @@ FIELD_KINDS = {
     "kinds": "an object from kind names to {events, errors}",
     "processes": "a list of processes, each an object (see the summary's processes member)",
     "other": "an object with processes and events: those counted together",
+    "container": "a container's id, in hexadecimal, or null",
+    "uuid": 'a UUID, "2f1c7a4e-0b3d-4c55-9e2a-6d1f0c8b7a90", or null',
     "process": 'a process\'s key, "<boot id>-<start ns>-<pid>": the same in every event of '
                'one process, from its fork (or exec) to its exit, and in no other process\'s',
 }
@@ -86,6 +88,9 @@ _SCHEMA = {
                     "status": {"type": ["integer", "null"], "minimum": 0, "maximum": 255},
                     "signal": {"type": ["string", "null"]}}},
     "process": {"type": "string", "pattern": "^[0-9a-f-]+-[0-9]+-[0-9]+$"},
+    "container": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+    "uuid": {"type": "string",
+             "pattern": "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"},
     "kinds": {"type": "object", "additionalProperties": {
         "type": "object", "additionalProperties": False, "required": ["events", "errors"],
         "properties": {
@@ -210,6 +215,28 @@ HEADER = (
               "leader's, CLOCK_MONOTONIC nanoseconds, kept through **execve**(2)) and its "
               "pid. Every event of one process has the same key, from its fork to its exit, "
               "so an exit or an open joins its exec by it without guessing."),
+    Field("cgroup_id", "int", "the thread's cgroup v2 id (bpf_get_current_cgroup_id()): the "
+          "inode number of its directory in the cgroup v2 mount; 1 for the root cgroup",
+          minimum=0,
+          man="The thread's cgroup v2 id, as **bpf_get_current_cgroup_id**() gives it: the "
+              "inode number of the cgroup's directory in the cgroup v2 mount (**stat -c %i** "
+              "*DIR*), 1 for the root cgroup. On a hybrid host the v2 mount may be "
+              "*/sys/fs/cgroup/unified*; **rbtrace** finds it in */proc/self/mountinfo*."),
+    Field("container_id", "container", "the container the thread is in (64 hex digits), from "
+          "its cgroup v2 path; null outside a container", null=True,
+          man="The container the thread is in, 64 hexadecimal digits, read off its cgroup "
+              "v2 path: the last component that names a container, *docker-ID.scope*, "
+              "*cri-containerd-ID.scope*, *crio-ID.scope* or *libpod-ID.scope* (systemd's "
+              "names), or an *ID* alone (the cgroupfs driver's, as in */docker/ID* and "
+              "*/kubepods/burstable/podUID/ID*). **null** outside a container, and when the "
+              "cgroup was gone before **rbtrace** looked up its path. The same in every "
+              "event of one **cgroup_id**."),
+    Field("pod_uid", "uuid", "the Kubernetes pod the thread is in (its uid), from its cgroup "
+          "v2 path; null outside a pod", null=True,
+          man="The Kubernetes pod the thread is in: its uid as Kubernetes shows it "
+              "(*metadata.uid*), read off the cgroup v2 path (*kubepods-burstable-podUID.slice* "
+              "with the systemd driver, its dashes as underscores; *podUID* with cgroupfs). "
+              "**null** outside a pod.")
 )
 
 # The man text of <name>_b64 beside a text member.
@@ -236,11 +263,25 @@ STOPPED_BY = ("count", "duration", "quit", "output closed", "output error", "com
 
 START = (
     Field("type", "const", "a start line"),
-    Field("version", "int", "the JSON format version", minimum=1,
-          man="The JSON format version, currently {version}. It changes when a member "
+    Field("version", "int", "the JSON format (schema) version", minimum=1,
+          man="The JSON format version, currently {version}: the version of the schema "
+              "(**rbtrace schema**). It changes when a member "
               "changes meaning or disappears; new members and new line types may appear "
               "without a change, and should be ignored."),
     Field("probe", "const", "the kind traced"),
+    Field("rbtrace_version", "name", "the version of rbtrace that wrote the lines",
+          man="The version of **rbtrace** that wrote the lines, as **rbtrace --version** "
+              "says it (**version** above is the version of the format)."),
+    Field("hostname", "name", "the host's name (/proc/sys/kernel/hostname)",
+          man="The host's name, as */proc/sys/kernel/hostname* holds it (in **rbtrace**'s "
+              "UTS namespace)."),
+    Field("boot_id", "name", "the boot's id (/proc/sys/kernel/random/boot_id), as in every "
+          "event's process key",
+          man="The boot's id, */proc/sys/kernel/random/boot_id*: with **hostname**, where and "
+              "in which boot the events happened; the first part of every event's "
+              "**process**."),
+    Field("kernel", "name", "the kernel's release (uname -r)",
+          man="The running kernel's release, as **uname -r** says it."),
     Field("ring_bytes", "int", "the ring buffer's size in bytes", minimum=1,
           man="The ring buffer's size in bytes."),
     Field("filters", "name", "the filters in effect, as text, or an empty string",
@@ -419,7 +460,8 @@ class Option:
         return {self.cflags: int(value) if isinstance(value, bool) else value}
 
     def filter_text(self, value) -> Optional[str]:
-        if self.filter is None or value in (None, "", False):
+        # (`value in (None, "", False)` would take a uid 0 for no filter.)
+        if self.filter is None or value is None or value is False or value == "":
             return None
         if callable(self.filter):
             return self.filter(value)
@@ -529,6 +571,14 @@ class Spec:
     process_end    None, or the record column holding a wait status: an
                event of this kind is its process's end, and the run
                summary takes the exit code, signal and lifetime from it.
+    failed_event   None, or a function of an event (its JSON line, as a
+               dict) saying whether -x keeps it, for `rbtrace show -x`
+               (the probe decides live).  None: a negative "ret", or for
+               a process end a non-zero status; a kind without either
+               never fails.
+    tree_count     None, or the header of a column of the live table's
+               process view (rbtrace/treeview.py) counting this kind's
+               events per process ("OPEN").
     otlp       --otlp (rbtrace/otlp.py): the OpenTelemetry attributes of
                this kind's own members that a semantic convention names,
                {member: attribute}, or {member: (attribute, "format {}")}
@@ -555,6 +605,8 @@ class Spec:
     before: Optional[Callable] = None
     process_argv: bool = False
     process_end: Optional[str] = None
+    failed_event: Optional[Callable[[dict], bool]] = None
+    tree_count: Optional[str] = None
     otlp: dict = field(default_factory=dict)
 
     @property

@@ -414,6 +414,7 @@ SPEC = Spec(
     # costs about a microsecond per event, more than decoding it, and in
     # JSON or plain mode storms are the point.
     table_tally=(("files", "path"),),
+    tree_count="OPEN",
     offsets=STRUCT_OFFSETS,
     options=(
         # A run-time value (the probe's config map): no -D flag, so the

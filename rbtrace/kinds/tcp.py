@@ -7,6 +7,7 @@ One record layout, struct tcp_event, for three kinds of events: `connect`
 connected or accepted).  SPEC below declares the event's members, options
 and columns.
 """
+import errno
 import ipaddress
 import socket
 
@@ -152,6 +153,15 @@ class TcpCodec(Codec):
         return out
 
 
+def failed_connect(e) -> bool:
+    """What -x keeps, as the probe decides it: a connect whose ret is an
+    error, other than one that lets the handshake go on (EINPROGRESS,
+    EINTR, ERESTARTSYS and its kin, -512 to -516)."""
+    ret = e.get("ret")
+    return (e.get("event") == "connect" and isinstance(ret, int) and ret < 0
+            and ret not in (-errno.EINPROGRESS, -errno.EINTR) and not -516 <= ret <= -512)
+
+
 SPEC = Spec(
     name="tcp",
     # The man page's words (rbtrace/mandoc.py): this kind's own, in place
@@ -252,6 +262,7 @@ SPEC = Spec(
     source="tcp.bpf.c",
     ring="2M",                  # connections come thousands of times slower than opens
     failed="Only failed connects (no accept or close events).",
+    failed_event=failed_connect,
     offsets=STRUCT_OFFSETS,
     options=(
         Option(("--port",), "port", type=click.IntRange(1, 65535), metavar="PORT",
@@ -304,6 +315,7 @@ SPEC = Spec(
         Column("TX/RX", _bytes, width=15, justify="right", priority=6, whole=True,
                doc="for a close, tx_bytes/rx_bytes"),
     ),
+    tree_count="TCP",
     otlp={"saddr": "network.local.address", "sport": "network.local.port",
           "daddr": "network.peer.address", "dport": "network.peer.port",
           "family": ("network.type", "ipv{}"), "*": (("network.transport", "tcp"),)},

@@ -385,6 +385,56 @@ def check_trace_make(recipe, tmp, running):
     assert make_exit["exit_code"] == 2
 
 
+def _recorded_make(tmp):
+    """A recording as the README's trace recipe makes it, in tmp/run.jsonl:
+    make's tree running cat (ok) and false (fails); (its lines, rbtrace's
+    stderr)."""
+    mark = _marker()
+    with open(os.path.join(tmp, f"{mark}.txt"), "w") as f:
+        f.write(f"hello {mark}\n")
+    write_makefile(tmp, f"all: a b\na:\n\t/bin/cat {mark}.txt\nb:\n\t/bin/false {mark}-b\n")
+    p = subprocess.run(RBTRACE + ["trace", "exec,open,exit", "--json", "-o", "run.jsonl", "--",
+                                  "make", "-j2"], cwd=tmp, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 2, p.stderr
+    with open(os.path.join(tmp, "run.jsonl"), "rb") as f:
+        return json_lines(f.read()), p.stderr
+
+
+def _replay_rows(lines, keep):
+    """The plain rows `rbtrace show` must print for the recording's events
+    that `keep` keeps: pid, comm and type of each, in order."""
+    return [(str(e["pid"]), e["comm"], e["type"]) for e in lines
+            if e["type"] in ("exec", "open", "exit") and keep(e)]
+
+
+def check_show(recipe, tmp, running):
+    """`show run.jsonl`: on a pipe, the recording's events as plain lines
+    in order, then the live run's end summary: make's tree, its status."""
+    lines, live_err = _recorded_make(tmp)
+    p = subprocess.run(RBTRACE + recipe, cwd=tmp, capture_output=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    rows = plain_rows(p.stdout)
+    assert [(r["PID"], r["COMM"], r["TYPE"]) for r in rows] == _replay_rows(lines, bool)
+    err = p.stderr.decode().splitlines()
+    assert err[-1] == live_err.splitlines()[-1] and "make exited with status 2" in err[-1]
+    assert any(ln.split()[-2:] == ["make", "-j2"] for ln in err), err
+
+
+def check_show_failed(recipe, tmp, running):
+    """`show run.jsonl -x --kinds exec,exit`: only the failed execs and
+    exits of the recording (false's, make's), and a summary of them."""
+    lines, _ = _recorded_make(tmp)
+    p = subprocess.run(RBTRACE + recipe, cwd=tmp, capture_output=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    rows = plain_rows(p.stdout)
+    want = _replay_rows(lines, lambda e: e["type"] != "open" and (
+        e["status"] != 0 if e["type"] == "exit" else e["ret"] < 0))
+    assert [(r["PID"], r["COMM"], r["TYPE"]) for r in rows] == want
+    assert {r["COMM"] for r in rows if r["TYPE"] == "exit"} == {"make", "false"}, rows
+    assert f"rbtrace trace: {len(want)} events delivered" in p.stderr.decode()
+
+
 def check_exec_pid_children(recipe, tmp, running):
     """`exec --pid 1234 --children` (1234: the workload's pid): the execs
     of that process and its children, and the end when it exits."""
@@ -515,6 +565,8 @@ CHECKS = {
     "exit -x -- make -j2": check_exit_make,
     "open --json -o opens.json -- make": check_open_make,
     "trace exec,open,exit --json -o run.jsonl -- make -j2": check_trace_make,
+    "show run.jsonl": check_show,
+    "show run.jsonl -x --kinds exec,exit": check_show_failed,
     "exec --pid 1234 --children": check_exec_pid_children,
     "tp --list 'sched:*'": check_tp_list,
     "tp sched:sched_process_fork 'syscalls:sys_enter_kill'": check_tp_fork_kill,

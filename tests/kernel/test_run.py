@@ -469,11 +469,11 @@ TRACEPOINT_PROBE(syscalls, sys_enter_kill)
 @pytest.mark.parametrize("structs, message", [
     ("struct a { struct rb_header h; s32 x; };\nstruct b { struct rb_header h; u32 y; };\n"
      "RBTRACE_EVENT(a);\nRBTRACE_EVENT(b);\n",
-     "event structs a and b are both 72 bytes, and records are told apart by their size"),
+     "event structs a and b are both 80 bytes, and records are told apart by their size"),
     ("struct a { s32 x; struct rb_header h; };\nRBTRACE_EVENT(a);\n",
      "struct a does not begin with struct rb_header"),
     ("struct a { struct rb_header h; u32 grid[2][3]; u64 after; };\nRBTRACE_EVENT(a);\n",
-     "struct a is 96 bytes but BCC describes 80: multi-dimensional arrays are not supported"),
+     "struct a is 104 bytes but BCC describes 88: multi-dimensional arrays are not supported"),
     ("struct a { struct rb_header h; u32 mode:3, kind:5; };\nRBTRACE_EVENT(a);\n",
      "struct a: event member mode is a bit-field"),
 ])

@@ -229,19 +229,25 @@ def test_process_filters_are_config_values_not_compile_flags():
     import struct
     from rbtrace.bpf import config_bytes
     from rbtrace.kinds.exec import ExecCodec
-    a = ExecCodec({"pid": 7, "uid": 0, "comm": "make"})
+    a = ExecCodec({"pid": 7, "uid": 0, "comm": "make", "cgroup_dir": "/sys/fs/cgroup/x"})
     b = ExecCodec({"pid": 8, "tid": 9, "comm": "ninja"})
     keep = {"SCRATCH_SLOTS", "ARGV_PAGES", "MAX_ARGS", "ARGS_BYTES"}
     flags = lambda p: {k: v for k, v in p.cflags().items() if k in keep or k.startswith("FILTER")}
     assert flags(a) == flags(b)
-    self_pid, pid, tid, uid_on, uid, ready, comm = struct.unpack("<IIIIII16s",
-                                                                config_bytes(a.run_config()))
-    assert (pid, tid, uid_on, uid, ready, comm) == (7, 0, 1, 0, 1, b"make".ljust(16, b"\0"))
-    assert struct.unpack("<IIIIII16s", config_bytes(b.run_config()))[1:] == \
-        (8, 9, 0, 0, 1, b"ninja".ljust(16, b"\0"))
+    fmt = "<IIIIII16sII"
+    self_pid, pid, tid, uid_on, uid, ready, comm, cgroup_on, _ = struct.unpack(
+        fmt, config_bytes(a.run_config()))
+    assert (pid, tid, uid_on, uid, ready, comm, cgroup_on) == \
+        (7, 0, 1, 0, 1, b"make".ljust(16, b"\0"), 1)
+    assert struct.unpack(fmt, config_bytes(b.run_config()))[1:] == \
+        (8, 9, 0, 0, 1, b"ninja".ljust(16, b"\0"), 0, 0)
+    # --cgroup/--container: the directory reaches the loader, which puts
+    # its fd in a map at load, never in the compiled bytes.
+    assert a.run_config()["cgroup"] == "/sys/fs/cgroup/x"
+    assert not any("cgroup" in k.lower() for k in a.cflags())
     # No filter: zeros, and `ready`, without which (a map nobody wrote yet)
     # the programs trace nothing.
-    assert config_bytes({})[4:] == bytes(16) + b"\1\0\0\0" + bytes(16)
+    assert config_bytes({})[4:] == bytes(16) + b"\1\0\0\0" + bytes(16) + bytes(8)
 
 
 def test_the_cache_is_roots_or_the_users_own(monkeypatch, tmp_path):

@@ -502,6 +502,8 @@ def test_page_has_the_required_sections(name):
         required = SECTIONS_DOCTOR
     elif name == "rbtrace-schema":
         required = SECTIONS_ALL     # it prints a document: no fields, no overhead
+    elif name == "rbtrace-show":
+        required = SECTIONS_ALL + ("OVERHEAD",)   # its lines are the recording's
     else:
         required = SECTIONS_PROBE
     missing = [s for s in required if s not in page.sections]
@@ -745,9 +747,9 @@ def test_exit_status_is_complete(name):
         # doctor traces nothing: no -- CMD (126, 127), no output file (74),
         # no drain-then-exit on a stop signal.
         wanted = {Exit.OK, Exit.ERROR, Exit.USAGE, Exit.INTERRUPTED}
-    elif name in ("rbtrace-cache", "rbtrace-schema"):
-        # cache and schema print on standard output (74 when it can't be
-        # written); nothing is traced.
+    elif name in ("rbtrace-cache", "rbtrace-schema", "rbtrace-show"):
+        # cache, schema and show print on standard output (74 when it can't
+        # be written); nothing is traced.
         wanted = {Exit.OK, Exit.ERROR, Exit.USAGE, Exit.OUTPUT, Exit.INTERRUPTED}
     else:
         wanted = set(Exit)
@@ -911,6 +913,16 @@ def test_the_main_pages_list_of_kinds_is_current():
     assert made == text, f"{path} is stale: run `make man`"
     for kind in spec.KINDS:
         assert f".BR rbtrace\\-{kind} (8)." in made
+
+
+def test_the_show_pages_options_are_current():
+    """rbtrace-show(8)'s OPTIONS are made from rbtrace/show.py's options()
+    (else: `make man`)."""
+    from rbtrace import mandoc
+    path, text, made = mandoc.show_page_now()
+    assert mandoc.region_names(text) == ["OPTIONS"], path
+    assert made == text, f"{path} is stale: run `make man`"
+    assert ".BI \\-\\-kinds" in made
 
 
 def test_a_stale_region_is_rewritten_and_a_bad_one_refused():

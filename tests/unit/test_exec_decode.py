@@ -28,7 +28,8 @@ class RbHeader(ctypes.Structure):
     _fields_ = [("ts_ns", ctypes.c_uint64), ("seq", ctypes.c_uint64), ("pid", ctypes.c_uint32),
                 ("tid", ctypes.c_uint32), ("ppid", ctypes.c_uint32), ("uid", ctypes.c_uint32),
                 ("comm", ctypes.c_char * 16), ("proc_start_ns", ctypes.c_uint64),
-                ("rb_kind", ctypes.c_uint32), ("rb_pad", ctypes.c_uint32)]
+                ("rb_kind", ctypes.c_uint32), ("rb_pad", ctypes.c_uint32),
+                ("cgroup_id", ctypes.c_uint64)]
 
 
 class ExecInfo(ctypes.Structure):

@@ -13,7 +13,7 @@ from rbtrace.kinds import exit as exit_probe
 
 DTYPE = np.dtype([("ts_ns", "<u8"), ("seq", "<u8"), ("pid", "<u4"), ("tid", "<u4"),
                   ("ppid", "<u4"), ("uid", "<u4"), ("comm", "S16"), ("proc_start_ns", "<u8"),
-                  ("rb_kind", "<u4"), ("rb_pad", "<u4"), ("start_ns", "<u8"),
+                  ("rb_kind", "<u4"), ("rb_pad", "<u4"), ("cgroup_id", "<u8"), ("start_ns", "<u8"),
                   ("status", "<u4"), ("pad", "<u4")])
 
 STATUSES = [0, 3 << 8, 255 << 8, signal.SIGKILL, signal.SIGTERM, signal.SIGSEGV | 0x80,

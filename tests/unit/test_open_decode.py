@@ -23,7 +23,8 @@ class RbHeader(ctypes.Structure):
     _fields_ = [("ts_ns", ctypes.c_uint64), ("seq", ctypes.c_uint64), ("pid", ctypes.c_uint32),
                 ("tid", ctypes.c_uint32), ("ppid", ctypes.c_uint32), ("uid", ctypes.c_uint32),
                 ("comm", ctypes.c_char * 16), ("proc_start_ns", ctypes.c_uint64),
-                ("rb_kind", ctypes.c_uint32), ("rb_pad", ctypes.c_uint32)]
+                ("rb_kind", ctypes.c_uint32), ("rb_pad", ctypes.c_uint32),
+                ("cgroup_id", ctypes.c_uint64)]
 
 
 class OpenInfo(ctypes.Structure):
@@ -47,8 +48,8 @@ LONG_FULL = EventType("open_event_long", dtype_from_ctypes(event_struct(8192)))
 
 
 def test_record_sizes_differ_and_short_is_about_12x_smaller():
-    assert SHORT.size == 368 and LONG.size == 4208
-    assert (LONG.size + 8) / (SHORT.size + 8) > 11
+    assert SHORT.size == 376 and LONG.size == 4216
+    assert (LONG.size + 8) / (SHORT.size + 8) >= 11
 
 
 def records(et, rows):
@@ -89,7 +90,7 @@ def decode(rows, et=SHORT, **options):
 
 
 KEYS = ["type", "seq", "time", "ts_ns", "pid", "tid", "ppid", "uid", "user", "comm", "process",
-        "syscall", "path", "path_truncated", "dirfd", "flags", "flags_text", "mode", "resolve", "ret", "fd",
+        "cgroup_id", "container_id", "pod_uid", "syscall", "path", "path_truncated", "dirfd", "flags", "flags_text", "mode", "resolve", "ret", "fd",
         "errno"]
 
 
@@ -99,7 +100,8 @@ def test_decode_fields_and_order():
     assert e == {
         "type": "open", "seq": 0, "time": probe.clock.iso(10**12), "ts_ns": 10**12,
         "pid": 100, "tid": 101, "ppid": 1, "uid": 0, "user": fields.user_name(0), "comm": "cat",
-        "process": f"{fields.boot_id()}-{0xAAAAAAAAAAAAAAAA}-100", "syscall": "openat", "path": "/etc/hostname", "path_truncated": False,
+        "process": f"{fields.boot_id()}-{0xAAAAAAAAAAAAAAAA}-100",
+        "cgroup_id": 0xAAAAAAAAAAAAAAAA, "container_id": None, "pod_uid": None, "syscall": "openat", "path": "/etc/hostname", "path_truncated": False,
         "dirfd": -100, "flags": 0o2000000, "flags_text": "O_RDONLY|O_CLOEXEC", "mode": None,
         "resolve": None, "ret": 3, "fd": 3, "errno": None}
 

@@ -31,7 +31,7 @@ def exec_event(seq, pid=4242, argv=("/bin/true", "-x"), ts=None):
 
 def test_header_and_exec_members_map_to_the_semantic_conventions():
     items = otlp.attribute_items({**exec_event(3), "container_id": "abc123",
-                                  "cgroup_id": 77})
+                                  "cgroup_id": 77, "pod_uid": "0f1e-22"})
     attrs = dict(items)
     assert len(attrs) == len(items), "no attribute twice"
     assert attrs["process.pid"] == 4242 and attrs["thread.id"] == 4242
@@ -41,7 +41,7 @@ def test_header_and_exec_members_map_to_the_semantic_conventions():
     assert attrs["process.command_args"] == ["/bin/true", "-x"]
     assert attrs["process.executable.path"] == "/usr/bin/true"
     assert attrs["container.id"] == "abc123"
-    assert attrs["rbtrace.cgroup_id"] == 77
+    assert attrs["rbtrace.cgroup_id"] == 77 and attrs["k8s.pod.uid"] == "0f1e-22"
     assert attrs["rbtrace.process"] == "b00t-123-4242"
     assert attrs["rbtrace.type"] == "exec" and attrs["rbtrace.filename"] == "/bin/true"
     # seq, time and ts_ns are the record's own; a null member is left out

@@ -233,7 +233,7 @@ def test_filter_keys_backspace_enter_and_esc(keyed):
 def test_filter_covers_the_whole_history_not_the_last_200():
     table, console, out = _table(OpenCodec({}), 100, 14)
     table.events([_open_event(2000 + i, f"/g/{i}") for i in range(5000)])
-    assert len(table.rows) == 5000 <= table.history
+    assert len(table.hist) == 5000 <= table.history
     keys = Keys()
     keys.send(table, "/g/17\r")
     want = [2000 + i for i in range(5000) if "/g/17" in f"/g/{i}"]
@@ -447,8 +447,9 @@ def test_the_man_page_states_the_history_and_the_drop_order():
     from rbtrace.generic import GenericCodec
     page = (pathlib.Path(__file__).parents[2] / "man" / "rbtrace.8").read_text()
     text = re.sub(r"\n\.B[IR]? ?", " ", page).replace("\n", " ")
-    assert f"newest {TableRenderer.history} rows" in text
-    assert f"newest {TableRenderer.tail} events of each batch" in text
+    assert f"newest {TableRenderer.history} events delivered" in text
+    from rbtrace import history
+    assert f"at most {history.MAX_BYTES >> 20} MiB" in text and TableRenderer.history == history.CAP
     for name, cols in (("exec", _exec_columns()), ("open", _open_columns()),
                        ("run", GenericCodec({}).columns)):
         order = [c.header for c in sorted(cols, key=lambda c: -c.priority) if c.header != "PID"]

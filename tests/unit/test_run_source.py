@@ -254,7 +254,8 @@ class Header(ctypes.Structure):
     _fields_ = [("ts_ns", ctypes.c_uint64), ("seq", ctypes.c_uint64), ("pid", ctypes.c_uint32),
                 ("tid", ctypes.c_uint32), ("ppid", ctypes.c_uint32), ("uid", ctypes.c_uint32),
                 ("comm", ctypes.c_char * 16), ("proc_start_ns", ctypes.c_uint64),
-                ("rb_kind", ctypes.c_uint32), ("rb_pad", ctypes.c_uint32)]
+                ("rb_kind", ctypes.c_uint32), ("rb_pad", ctypes.c_uint32),
+                ("cgroup_id", ctypes.c_uint64)]
 
 
 class Inner(ctypes.Structure):
@@ -278,15 +279,15 @@ def test_layout_columns_and_their_c_paths():
     assert dt.itemsize == ctypes.sizeof(Event)
     assert [paths[n] for n in dt.names] == [
         "h.ts_ns", "h.seq", "h.pid", "h.tid", "h.ppid", "h.uid", "h.comm", "h.proc_start_ns",
-        "h.rb_kind", "h.rb_pad", "pid", "flag", "ptr",
+        "h.rb_kind", "h.rb_pad", "h.cgroup_id", "pid", "flag", "ptr",
         "in.a", "in.name", "slots[0].a", "slots[0].name", "slots[1].a", "slots[1].name",
         "x", "y", "words", "a"]
     # Flat leaf names where free (what rbtrace's own decoders read), the C
     # path where not, and a unique one for a top-level name already taken.
     assert dt.names == ("ts_ns", "seq", "pid", "tid", "ppid", "uid", "comm", "proc_start_ns",
-                        "rb_kind", "rb_pad", "pid#10", "flag",
+                        "rb_kind", "rb_pad", "cgroup_id", "pid#11", "flag",
                         "ptr", "a", "name", "slots[0].a", "slots[0].name", "slots[1].a",
-                        "slots[1].name", "x", "y", "words", "a#22")
+                        "slots[1].name", "x", "y", "words", "a#23")
     for name in dt.names:
         assert dt.fields[name][1] == _offset_of(paths[name]), name
     assert dt["flag"] == np.dtype("?") and dt["words"].shape == (3,)
@@ -338,7 +339,7 @@ def test_event_structs_must_begin_with_the_header_and_differ_in_size():
     with pytest.raises(ProbeError, match=r"^p\.bpf\.c: struct nh does not begin with struct "
                                          r"rb_header"):
         check_event_types([_et("nh", NoHeader)], "p.bpf.c", header)
-    with pytest.raises(ProbeError, match=r"event structs same and same2 are both 72 bytes"):
+    with pytest.raises(ProbeError, match=r"event structs same and same2 are both 80 bytes"):
         check_event_types([_et("same", Same), _et("same2", Same2)], "p.bpf.c", header)
 
 
@@ -350,9 +351,9 @@ def test_members_are_decoded_under_args_by_c_path(tmp_path):
     et = EventType("ev", dtype_from_ctypes(Event))
     rec = np.zeros(1, dtype=et.dtype)
     rec["pid"], rec["comm"], rec["seq"], rec["ts_ns"] = 10, b"caller", 5, 1_000_000_000
-    rec["pid#10"], rec["flag"], rec["ptr"] = -3, True, 0x7FFD12A0
+    rec["pid#11"], rec["flag"], rec["ptr"] = -3, True, 0x7FFD12A0
     rec["a"], rec["name"], rec["slots[1].name"] = 7, b"x\xffz", b"\x00\x01"
-    rec["x"], rec["y"], rec["words"], rec["a#22"] = 1, -2, [1, 2, 3], -9
+    rec["x"], rec["y"], rec["words"], rec["a#23"] = 1, -2, [1, 2, 3], -9
     data = memoryview(rec.tobytes())
     (e,) = probe.decode(et, rec, np.array([0]), data)
     assert e["type"] == "run" and e["event"] == "ev" and e["pid"] == 10 and e["seq"] == 5

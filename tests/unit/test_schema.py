@@ -76,7 +76,9 @@ def _engine_lines():
     probe = docs.codec_for(docs.probe_commands()[0])
     buf = io.BytesIO()
     out = render.JsonRenderer(buf, None)
-    out.start({"probe": DECLARED[0], "ring_bytes": 1 << 20, "filters": "comm=make failed"})
+    from rbtrace.fields import identity
+    out.start({"probe": DECLARED[0], **identity(), "ring_bytes": 1 << 20,
+               "filters": "comm=make failed container=3f2a"})
     running = RunningProcess(os.getpid())
     try:
         for target in (None, Command(["true"]), running):

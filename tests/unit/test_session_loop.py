@@ -380,3 +380,47 @@ def test_the_fake_ring_wakes_the_loop_as_the_kernel_does(kring):
     assert poller.poll(0) == []
     poller.close()
     c.close()
+
+
+def test_the_table_keeps_copies_of_the_records_it_is_handed(kring):
+    """The live table is handed ring segments (TableRenderer.keep), which
+    view the ring: what it keeps must be copies, good after the ring has
+    been written over many times and unmapped at the end (a one-record
+    segment included: numpy calls it contiguous and would not copy it)."""
+    import io
+    from rich.console import Console
+    from rbtrace.render import TableRenderer
+    from rbtrace.spec import Column
+
+    program = Program(kring)
+    n = 5000
+
+    def produce():
+        for i in range(n):
+            if not program.run(B if i % 7 in (3, 4) else A, wait=True):
+                return
+
+    class TableProbe(Probe):
+        table_tally = ()
+        columns = (Column("SEQ", lambda e: str(e["seq"]), width=8, whole=True),)
+
+    probe = TableProbe()
+    ring = kring.consumer([A, B])
+    probe.ring = ring
+    console = Console(file=io.StringIO(), width=80, height=24, color_system=None,
+                      force_terminal=False)
+    table = TableRenderer(console, probe, "")
+    producer = threading.Thread(target=produce)
+    producer.start()
+    try:
+        Session(probe, table, program, ring, duration=2.0).run()
+    finally:
+        program.detach()                # a producer waiting for room gives up
+        producer.join()
+    assert program.submitted == n
+    view = table.hist.view()
+    assert len(view) == n <= table.history
+    got = view.events(view.lo, view.hi)
+    assert [e["seq"] for e in got] == list(range(n))
+    assert [e["type"] for e in got] == ["b" if i % 7 in (3, 4) else "a" for i in range(n)]
+    assert probe.across_the_end > 0
