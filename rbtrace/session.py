@@ -17,8 +17,6 @@ import select
 import signal
 import time
 
-import numpy as np
-
 from rbtrace.errors import Exit, OutputError
 
 STATS_INTERVAL = 0.1      # footer / lost-record cadence, seconds
@@ -99,6 +97,7 @@ class Tally:
         is whatever the ring held before, so the column as numpy has it would
         tell one path from itself.  Counted only for the live table: a copy
         of the used bytes, and one comparison when a storm repeats a path."""
+        import numpy as np
         lengths = lengths.astype(np.int64)
         width = int(lengths.max()) if len(lengths) else 0
         if width == 0:
