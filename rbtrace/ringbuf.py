@@ -330,9 +330,10 @@ class RingConsumer:
 
     def payloads(self, max_records=SEGMENT_RECORDS):
         """Yield (EventType, [payload bytes, ...]) for committed records, as
-        segments() does (runs of one event type, consumed when the caller
-        asks for the next), but copied out with plain slices: no numpy, for
-        a run's first records while numpy is still being imported."""
+        segments() does (runs of one event type), but copied out with plain
+        slices: no numpy, for a run's first records while numpy is still
+        being imported.  Being copies, a run is consumed as it is handed
+        out: a caller that may stop early checks before asking for the next."""
         cons = int(self._cons[0])
         prod = int(self._prod[0])
         u32, data, mask = self._u32, self.data, self.mask
@@ -362,6 +363,6 @@ class RingConsumer:
                 at += stride
             if not run:
                 break
-            yield et, run
             cons = at
             self._cons[0] = cons
+            yield et, run

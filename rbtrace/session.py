@@ -15,6 +15,8 @@ import math
 import os
 import select
 import signal
+import sys
+import threading
 import time
 
 from rbtrace.errors import Exit, OutputError
@@ -180,6 +182,14 @@ class Session:
                                           if getattr(renderer, "shows_tally", False) else ()))
         from rbtrace.procsum import ProcessSummary
         self.procs = ProcessSummary(ends_traced=any(s.process_end for s in kind_specs(probe)))
+        # Importing numpy takes longer than loading a cached probe.  JSON
+        # lines of a kind whose codec decodes without it (Codec.rows) are
+        # written from the first records on while a thread imports it; the
+        # records so written are counted (tally, procsum) once it is there.
+        self._early = []            # (event type, [payload bytes]) written before numpy
+        self._numpy_ready = None    # threading.Event while numpy is being imported
+        self._rows = (getattr(renderer, "wants_bytes", False) and getattr(probe, "rows", False)
+                      and "numpy" not in sys.modules)
 
     def _on_signal(self, signum, frame):
         self.stop_reason = self.stop_reason or signum
@@ -192,8 +202,42 @@ class Session:
             if not self.follow.forward(signum, from_kernel):
                 self.stop_reason = self.stop_reason or signum
 
+    def _import_numpy(self):
+        """Import numpy in a thread; the loop decodes without it until then."""
+        ready = self._numpy_ready = threading.Event()
+
+        def work():
+            try:
+                import numpy  # noqa: F401
+            except BaseException:     # the main thread's own import says why
+                pass
+            finally:
+                ready.set()
+        self._numpy_thread = threading.Thread(target=work, name="rbtrace-numpy", daemon=True)
+        self._numpy_thread.start()
+
+    def _with_numpy(self):
+        """From now on numpy decodes: count what was written without it."""
+        if self._numpy_ready is not None:
+            self._numpy_thread.join()
+            self._numpy_ready = None
+        self._rows = False
+        early, self._early = self._early, []
+        if not early:
+            return
+        import numpy as np
+        for et, payloads in early:
+            # The records as one buffer, laid out as numpy reads them.
+            buf = b"".join(payloads)
+            records = np.frombuffer(buf, dtype=et.dtype, count=len(payloads))
+            offsets = np.arange(len(payloads), dtype=np.int64) * et.size
+            self.tally.add(records)
+            self._count_processes(et, records, offsets, memoryview(buf))
+
     def run(self) -> int:
         keep_freed_memory()
+        if self._rows:
+            self._import_numpy()
         loaded, ring = self.loaded, self.ring
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signals = stop_signals()
@@ -255,6 +299,7 @@ class Session:
                 self._wait_for_command(poller)
             if self.follow is not None:
                 self._followed_running = self._still_running(followed)
+            self._with_numpy()
             summary = self._summary(loaded)
         finally:
             # Our handlers stay until BCC has cleaned up: a SIGINT landing in
@@ -271,6 +316,8 @@ class Session:
                     signal.signal(s, h)
                 os.close(wake_r)
                 os.close(wake_w)
+                if self._numpy_ready is not None:     # not left importing at exit
+                    self._numpy_thread.join()
         self.summary = summary
         try:
             self.renderer.close(summary)
@@ -455,6 +502,11 @@ class Session:
             self.renderer.output_gone()
 
     def _drain_segments(self, ring, deadline=None):
+        if self._rows:
+            if not self._numpy_ready.is_set():
+                self._drain_payloads(ring, deadline)
+                return
+            self._with_numpy()
         probe, renderer = self.probe, self.renderer
         for et, records, offsets, data in ring.segments():
             if deadline is not None and (self.stop_reason is not None
@@ -485,6 +537,37 @@ class Session:
             self._count_processes(et, records, offsets, data)
             self.delivered += n
             if self.stop_reason == "count":
+                break
+
+    def _drain_payloads(self, ring, deadline=None):
+        """_drain_segments() before numpy is imported: records copied out of
+        the ring (RingConsumer.payloads) and their JSON lines made without
+        numpy (Codec.rows_json_lines), until numpy is there."""
+        probe, renderer, ready = self.probe, self.renderer, self._numpy_ready
+        runs = ring.payloads()
+        while True:
+            # Checked before the next run is taken: it is consumed as it comes.
+            if deadline is not None and (self.stop_reason is not None
+                                         or time.monotonic() >= deadline):
+                break       # what is left stays in the ring
+            run = next(runs, None)
+            if run is None:
+                break
+            et, payloads = run
+            n = len(payloads)
+            if self.count is not None and self.delivered + n >= self.count:
+                n = self.count - self.delivered
+                payloads = payloads[:n]
+                self.stop_reason = "count"
+            try:
+                renderer.write_lines(probe.rows_json_lines(et, payloads))
+            except OutputError as e:
+                self._early.append((et, payloads[:e.lines_kept]))
+                self.delivered += e.lines_kept
+                raise
+            self._early.append((et, payloads))
+            self.delivered += n
+            if self.stop_reason == "count" or ready.is_set():
                 break
 
     def _count_processes(self, et, records, offsets, data):
