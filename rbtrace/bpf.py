@@ -615,7 +615,7 @@ class LoadedProbe:
             used = [f"{c}:{e}" for c, e in csource.tracepoints_used(text)]
             key, parts = cache.make_key(csource.without_dirs(text), _key_flags(cflags),
                                         used + list(self.generated.values()),
-                                        self.headers.how)
+                                        self.headers.how, entries)
             compiled = cache.lookup(entries, key)
             if compiled is not None:
                 try:

@@ -37,6 +37,7 @@ def stop_signals():
     return tuple(s for s in STOP_SIGNALS
                  if not (s == signal.SIGHUP and signal.getsignal(s) == signal.SIG_IGN))
 BATCH_WAIT = 0.002        # seconds a small batch may wait to grow
+NUMPY_IDLE_S = 0.05       # no event this long after attaching: import numpy then
 
 
 def keep_freed_memory(mmap_max=8 << 20, trim_max=16 << 20):
@@ -184,8 +185,9 @@ class Session:
         self.procs = ProcessSummary(ends_traced=any(s.process_end for s in kind_specs(probe)))
         # Importing numpy takes longer than loading a cached probe.  JSON
         # lines of a kind whose codec decodes without it (Codec.rows) are
-        # written from the first records on while a thread imports it; the
-        # records so written are counted (tally, procsum) once it is there.
+        # written from the first records on; a thread imports it once the
+        # first events are out (or after NUMPY_IDLE_S without any), and the
+        # records written before are counted (tally, procsum) once it is there.
         self._early = []            # (event type, [payload bytes]) written before numpy
         self._numpy_ready = None    # threading.Event while numpy is being imported
         self._rows = (getattr(renderer, "wants_bytes", False) and getattr(probe, "rows", False)
@@ -203,8 +205,12 @@ class Session:
                 self.stop_reason = self.stop_reason or signum
 
     def _import_numpy(self):
-        """Import numpy in a thread; the loop decodes without it until then."""
+        """Import numpy in a thread; the loop decodes without it until then.
+        Meanwhile the GIL changes hands every 0.1 ms instead of 5: the loop
+        (woken by the ring, a signal) waits for it no longer than that."""
         ready = self._numpy_ready = threading.Event()
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(interval, 0.0001))
 
         def work():
             try:
@@ -212,6 +218,7 @@ class Session:
             except BaseException:     # the main thread's own import says why
                 pass
             finally:
+                sys.setswitchinterval(interval)
                 ready.set()
         self._numpy_thread = threading.Thread(target=work, name="rbtrace-numpy", daemon=True)
         self._numpy_thread.start()
@@ -236,8 +243,6 @@ class Session:
 
     def run(self) -> int:
         keep_freed_memory()
-        if self._rows:
-            self._import_numpy()
         loaded, ring = self.loaded, self.ring
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signals = stop_signals()
@@ -444,11 +449,16 @@ class Session:
             if deadline and now >= deadline:
                 self.stop_reason = "duration"
                 break
+            if self._rows and self._numpy_ready is None and (
+                    self.delivered or now >= self.started + NUMPY_IDLE_S):
+                self._import_numpy()       # the first events are out, or none came
             timeout = 0.0          # data waiting: only look at keys and signals
             if ring.pending() == 0:
                 timeout = max(0.0, next_stats - now)
                 if deadline:
                     timeout = min(timeout, deadline - now)
+                if self._rows and self._numpy_ready is None:
+                    timeout = min(timeout, max(0.0, self.started + NUMPY_IDLE_S - now))
             for fd, ev in poller.poll(timeout):
                 if fd in self._inputs and self.renderer.on_input(fd) == "quit":
                     self.stop_reason = "quit"
@@ -503,7 +513,7 @@ class Session:
 
     def _drain_segments(self, ring, deadline=None):
         if self._rows:
-            if not self._numpy_ready.is_set():
+            if self._numpy_ready is None or not self._numpy_ready.is_set():
                 self._drain_payloads(ring, deadline)
                 return
             self._with_numpy()
@@ -567,7 +577,9 @@ class Session:
                 raise
             self._early.append((et, payloads))
             self.delivered += n
-            if self.stop_reason == "count" or ready.is_set():
+            # One run, then the loop starts the import; once it is done, the
+            # rest goes the numpy way.
+            if self.stop_reason == "count" or ready is None or ready.is_set():
                 break
 
     def _count_processes(self, et, records, offsets, data):

@@ -205,14 +205,46 @@ def test_list_and_clear(entries):
 
 
 def test_the_key_changes_with_each_input(monkeypatch):
-    monkeypatch.setattr(cache, "btf_digest", lambda: "btf1")
+    monkeypatch.setattr(cache, "btf_digest", lambda d=None: "btf1")
     base = cache.make_key("int x;", ["A=1"], [], "headers 1")[0]
     assert base == cache.make_key("int x;", ["A=1"], [], "headers 1")[0]
     assert base != cache.make_key("int y;", ["A=1"], [], "headers 1")[0]
     assert base != cache.make_key("int x;", ["A=2"], [], "headers 1")[0]
     assert base != cache.make_key("int x;", ["A=1"], [], "headers 2")[0]
-    monkeypatch.setattr(cache, "btf_digest", lambda: "btf2")
+    monkeypatch.setattr(cache, "btf_digest", lambda d=None: "btf2")
     assert base != cache.make_key("int x;", ["A=1"], [], "headers 1")[0]
+
+
+def test_the_btf_digest_is_kept_once_per_boot(entries, monkeypatch, tmp_path):
+    """The BTF's digest is hashed once per boot and kept in the entries'
+    directory; a memo of another boot or kernel, or one that is not a
+    private file of ours, is not used."""
+    import hashlib
+    btf = tmp_path / "vmlinux"
+    btf.write_bytes(b"BTF" * 1000)
+    real = hashlib.sha256(btf.read_bytes()).hexdigest()
+    monkeypatch.setattr(cache, "VMLINUX_BTF", str(btf))
+
+    def digest():
+        monkeypatch.setattr(cache, "_btf_digest", None)     # a new process
+        return cache.btf_digest(entries)
+
+    assert digest() == real
+    memo_path = entries / cache.DIGEST_MEMO
+    memo = json.loads(memo_path.read_text())
+    assert memo["sha256"] == real and stat.S_IMODE(memo_path.stat().st_mode) == 0o600
+    # The memo is what is used while its identity holds: a planted digest
+    # under the same identity shows it was not hashed again.
+    memo_path.write_text(json.dumps({**memo, "sha256": "a" * 64}))
+    assert digest() == "a" * 64
+    os.chmod(memo_path, 0o644)
+    assert digest() == real                          # not private: hashed again
+    memo_path.write_text(json.dumps({"identity": "another-boot", "sha256": "b" * 64}))
+    os.chmod(memo_path, 0o600)
+    assert digest() == real
+    assert json.loads(memo_path.read_text())["identity"] == memo["identity"]   # made again
+    monkeypatch.setattr(cache, "_btf_digest", None)
+    assert cache.btf_digest() == real                # no directory: hashed, nothing kept
 
 
 def test_record_layouts_round_trip_through_json():
