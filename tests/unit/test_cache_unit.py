@@ -293,3 +293,32 @@ def test_the_cache_is_roots_or_the_users_own(monkeypatch, tmp_path):
     assert paths.cache_dir() == tmp_path / ".cache" / "rbtrace"
     monkeypatch.setenv("RBTRACE_CACHE_DIR", str(tmp_path / "mine"))
     assert paths.cache_dir() == tmp_path / "mine" == cache.cache_root()
+
+
+def test_the_ld_imm64_scan_walks_as_instruction_by_instruction():
+    """loader._ld_imm64s finds opcodes with bytes.find; it must give what a
+    walk of one instruction at a time gives (the slot after an ld_imm64 is
+    its upper half, even when it looks like one), on any bytes."""
+    import random
+
+    from rbtrace import loader
+
+    def walk(insns):
+        i, n = 0, len(insns) // 8
+        while i < n:
+            code, regs, _off, imm = struct.unpack_from("<BBhi", insns, i * 8)
+            if code == LD_IMM64:
+                upper = struct.unpack_from("<i", insns, (i + 1) * 8 + 4)[0] if i + 1 < n else None
+                yield i, regs >> 4, imm, upper
+                i += 2
+            else:
+                i += 1
+
+    rng = random.Random(17)
+    for _ in range(500):
+        n = rng.randint(0, 40)
+        b = bytearray(rng.getrandbits(8) for _ in range(n * 8 + rng.randint(0, 7)))
+        for k in range(n):
+            if rng.random() < 0.4:
+                b[k * 8] = LD_IMM64
+        assert list(loader._ld_imm64s(bytes(b))) == list(walk(bytes(b)))
