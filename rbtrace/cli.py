@@ -375,6 +375,12 @@ def _run(probe, opts, target, loader=None):
             renderer = TableRenderer(Console(), probe, opts["filters_text"], keys_fd=keys)
         else:
             renderer = PlainRenderer(out, probe)
+        if not getattr(renderer, "wants_bytes", False) or not getattr(probe, "rows", False):
+            # Decoded with numpy from the first record on: imported before
+            # the probes are attached, not while their events wait in the
+            # ring.  (JSON of a kind that decodes without it starts without
+            # it, and the session imports it once the first lines are out.)
+            import numpy  # noqa: F401
         if target is not None:
             target.start()                    # CMD forked, held until attached
         try:
