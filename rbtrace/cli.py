@@ -569,6 +569,12 @@ def _notice_to_stderr(text, line):
 def main(argv=None):
     import signal
 
+    # rbtrace does no linear algebra: numpy's OpenBLAS then starts no pool
+    # of threads when it is imported.  Such a thread, started before a
+    # `-- CMD` run blocks its stop signals (follow.SignalFd), would take
+    # them instead, and CMD would never get them.  (CMD gets the
+    # environment rbtrace was started with: follow.initial_environment.)
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"
     from rbtrace import notice
     notice.set_sink(_notice_to_stderr)
     signal.signal(signal.SIGUSR1, _usr1_ignored)

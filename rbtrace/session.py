@@ -213,6 +213,12 @@ class Session:
         sys.setswitchinterval(min(interval, 0.0001))
 
         def work():
+            # Signals are the main thread's: blocked here, and so in every
+            # thread numpy's libraries start from here, where one would be
+            # delivered and lost to the session (follow.SignalFd reads the
+            # stop signals blocked in the main thread; a thread that does
+            # not block them takes them instead).
+            signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
             try:
                 import numpy  # noqa: F401
             except BaseException:     # the main thread's own import says why
