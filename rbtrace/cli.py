@@ -556,6 +556,14 @@ def _run(probe, opts, target, loader=None):
             renderer = TableRenderer(Console(), probe, opts["filters_text"], keys_fd=keys)
         else:
             renderer = PlainRenderer(out, probe)
+        if (opts.get("otlp") or not getattr(renderer, "wants_bytes", False)
+                or not getattr(probe, "rows", False)):
+            # Decoded with numpy from the first record on (--otlp decodes
+            # every event): imported before the probes are attached, not
+            # while their events wait in the ring.  (JSON of a kind that
+            # decodes without it starts without it, and the session imports
+            # it once the first lines are out.)
+            import numpy  # noqa: F401
         if opts.get("otlp"):
             exporter = _exporter(probe, opts)
         if target is not None:
@@ -773,6 +781,12 @@ def _notice_to_stderr(text, line):
 def main(argv=None):
     import signal
 
+    # rbtrace does no linear algebra: numpy's OpenBLAS then starts no pool
+    # of threads when it is imported.  Such a thread, started before a
+    # `-- CMD` run blocks its stop signals (follow.SignalFd), would take
+    # them instead, and CMD would never get them.  (CMD gets the
+    # environment rbtrace was started with: follow.initial_environment.)
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"
     from rbtrace import notice
     notice.set_sink(_notice_to_stderr)
     # SIGUSR1 reopens the -o file (after logrotate): never the default,

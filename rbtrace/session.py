@@ -15,9 +15,9 @@ import math
 import os
 import select
 import signal
+import sys
+import threading
 import time
-
-import numpy as np
 
 from rbtrace.errors import Exit, OutputError
 
@@ -37,6 +37,7 @@ def stop_signals():
     return tuple(s for s in STOP_SIGNALS
                  if not (s == signal.SIGHUP and signal.getsignal(s) == signal.SIG_IGN))
 BATCH_WAIT = 0.002        # seconds a small batch may wait to grow
+NUMPY_IDLE_S = 0.05       # no event this long after attaching: import numpy then
 
 
 def keep_freed_memory(mmap_max=8 << 20, trim_max=16 << 20):
@@ -99,6 +100,7 @@ class Tally:
         is whatever the ring held before, so the column as numpy has it would
         tell one path from itself.  Counted only for the live table: a copy
         of the used bytes, and one comparison when a storm repeats a path."""
+        import numpy as np
         lengths = lengths.astype(np.int64)
         width = int(lengths.max()) if len(lengths) else 0
         if width == 0:
@@ -183,6 +185,15 @@ class Session:
                                           if getattr(renderer, "shows_tally", False) else ()))
         from rbtrace.procsum import ProcessSummary
         self.procs = ProcessSummary(ends_traced=any(s.process_end for s in kind_specs(probe)))
+        # Importing numpy takes longer than loading a cached probe.  JSON
+        # lines of a kind whose codec decodes without it (Codec.rows) are
+        # written from the first records on; a thread imports it once the
+        # first events are out (or after NUMPY_IDLE_S without any), and the
+        # records written before are counted (tally, procsum) once it is there.
+        self._early = []            # (event type, [payload bytes]) written before numpy
+        self._numpy_ready = None    # threading.Event while numpy is being imported
+        self._rows = (getattr(renderer, "wants_bytes", False) and getattr(probe, "rows", False)
+                      and "numpy" not in sys.modules and exporter is None)
 
     def _on_signal(self, signum, frame):
         self.stop_reason = self.stop_reason or signum
@@ -194,6 +205,49 @@ class Session:
         for signum, from_kernel in self._sigfd.read():
             if not self.follow.forward(signum, from_kernel):
                 self.stop_reason = self.stop_reason or signum
+
+    def _import_numpy(self):
+        """Import numpy in a thread; the loop decodes without it until then.
+        Meanwhile the GIL changes hands every 0.1 ms instead of 5: the loop
+        (woken by the ring, a signal) waits for it no longer than that."""
+        ready = self._numpy_ready = threading.Event()
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(interval, 0.0001))
+
+        def work():
+            # Signals are the main thread's: blocked here, and so in every
+            # thread numpy's libraries start from here, where one would be
+            # delivered and lost to the session (follow.SignalFd reads the
+            # stop signals blocked in the main thread; a thread that does
+            # not block them takes them instead).
+            signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+            try:
+                import numpy  # noqa: F401
+            except BaseException:     # the main thread's own import says why
+                pass
+            finally:
+                sys.setswitchinterval(interval)
+                ready.set()
+        self._numpy_thread = threading.Thread(target=work, name="rbtrace-numpy", daemon=True)
+        self._numpy_thread.start()
+
+    def _with_numpy(self):
+        """From now on numpy decodes: count what was written without it."""
+        if self._numpy_ready is not None:
+            self._numpy_thread.join()
+            self._numpy_ready = None
+        self._rows = False
+        early, self._early = self._early, []
+        if not early:
+            return
+        import numpy as np
+        for et, payloads in early:
+            # The records as one buffer, laid out as numpy reads them.
+            buf = b"".join(payloads)
+            records = np.frombuffer(buf, dtype=et.dtype, count=len(payloads))
+            offsets = np.arange(len(payloads), dtype=np.int64) * et.size
+            self.tally.add(records)
+            self._count_processes(et, records, offsets, memoryview(buf))
 
     def run(self) -> int:
         keep_freed_memory()
@@ -264,6 +318,7 @@ class Session:
                 self._wait_for_command(poller)
             if self.follow is not None:
                 self._followed_running = self._still_running(followed)
+            self._with_numpy()
             if self.exporter is not None:
                 self.exporter.close()       # at most --otlp-timeout; the rest is dropped
             summary = self._summary(loaded)
@@ -282,6 +337,8 @@ class Session:
                     signal.signal(s, h)
                 os.close(wake_r)
                 os.close(wake_w)
+                if self._numpy_ready is not None:     # not left importing at exit
+                    self._numpy_thread.join()
         self.summary = summary
         try:
             self.renderer.close(summary)
@@ -408,11 +465,16 @@ class Session:
             if deadline and now >= deadline:
                 self.stop_reason = "duration"
                 break
+            if self._rows and self._numpy_ready is None and (
+                    self.delivered or now >= self.started + NUMPY_IDLE_S):
+                self._import_numpy()       # the first events are out, or none came
             timeout = 0.0          # data waiting: only look at keys and signals
             if ring.pending() == 0:
                 timeout = max(0.0, next_stats - now)
                 if deadline:
                     timeout = min(timeout, deadline - now)
+                if self._rows and self._numpy_ready is None:
+                    timeout = min(timeout, max(0.0, self.started + NUMPY_IDLE_S - now))
             for fd, ev in poller.poll(timeout):
                 if fd == self._wake_r:
                     self._drain_wakeups()
@@ -478,6 +540,11 @@ class Session:
             self.renderer.output_gone()
 
     def _drain_segments(self, ring, deadline=None):
+        if self._rows:
+            if self._numpy_ready is None or not self._numpy_ready.is_set():
+                self._drain_payloads(ring, deadline)
+                return
+            self._with_numpy()
         probe, renderer = self.probe, self.renderer
         for et, records, offsets, data in ring.segments():
             if deadline is not None and (self.stop_reason is not None
@@ -540,6 +607,39 @@ class Session:
         its events' `time`."""
         codec = self.probe.codec_for(et) if hasattr(self.probe, "codec_for") else self.probe
         return codec.clock.offset_ns
+
+    def _drain_payloads(self, ring, deadline=None):
+        """_drain_segments() before numpy is imported: records copied out of
+        the ring (RingConsumer.payloads) and their JSON lines made without
+        numpy (Codec.rows_json_lines), until numpy is there."""
+        probe, renderer, ready = self.probe, self.renderer, self._numpy_ready
+        runs = ring.payloads()
+        while True:
+            # Checked before the next run is taken: it is consumed as it comes.
+            if deadline is not None and (self.stop_reason is not None
+                                         or time.monotonic() >= deadline):
+                break       # what is left stays in the ring
+            run = next(runs, None)
+            if run is None:
+                break
+            et, payloads = run
+            n = len(payloads)
+            if self.count is not None and self.delivered + n >= self.count:
+                n = self.count - self.delivered
+                payloads = payloads[:n]
+                self.stop_reason = "count"
+            try:
+                renderer.write_lines(probe.rows_json_lines(et, payloads))
+            except OutputError as e:
+                self._early.append((et, payloads[:e.lines_kept]))
+                self.delivered += e.lines_kept
+                raise
+            self._early.append((et, payloads))
+            self.delivered += n
+            # One run, then the loop starts the import; once it is done, the
+            # rest goes the numpy way.
+            if self.stop_reason == "count" or ready is None or ready.is_set():
+                break
 
     def _count_processes(self, et, records, offsets, data):
         """The per-process and per-kind counts of the summary (procsum)."""
