@@ -152,15 +152,18 @@ def strace_events(tmp_path, argv):
         if m and m.group(2) != "exit_group":
             result = m.group(5) or (int(m.group(4)) if m.group(4) != "?" else None)
             calls.append((int(m.group(1)), m.group(2), (m.group(3), result)))
-    # A thread's lines may come before the clone that made it returns.
-    process = {result: tid for tid, call, (args, result) in
-               ((t, c, w) for t, c, w in calls if c in ("clone", "clone3"))
-               if "CLONE_THREAD" in args and isinstance(result, int) and result > 0}
+    # Each thread's creator (a thread's lines may come before the clone
+    # that made it returns), hence its process: the creator's, up the chain.
+    creator = {what[1]: tid for tid, call, what in calls
+               if call in ("clone", "clone3") and "CLONE_THREAD" in what[0]
+               and isinstance(what[1], int) and what[1] > 0}
     events = []
     for tid, call, what in calls:
-        pid = process.get(tid, tid)
+        pid = tid
+        while pid in creator:
+            pid = creator[pid]
         if call == "+++":
-            if tid not in process:                  # a thread's end is no exit
+            if tid not in creator:                  # a thread's end is no exit
                 events.append((pid, "exit", what))
             continue
         text, result = what
