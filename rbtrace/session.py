@@ -163,8 +163,10 @@ class Session:
     one alike).  Session.run owns both: it detaches and closes them.
     `follow`: a follow.Command or follow.RunningProcess, or None."""
 
-    def __init__(self, probe, renderer, loaded, ring, count=None, duration=None, follow=None):
+    def __init__(self, probe, renderer, loaded, ring, count=None, duration=None, follow=None,
+                 exporter=None):
         self.probe = probe
+        self.exporter = exporter    # otlp.Exporter (--otlp): every event goes there too
         self.loaded = loaded
         self.ring = ring
         self.follow = follow        # follow.Command or follow.RunningProcess
@@ -191,7 +193,7 @@ class Session:
         self._early = []            # (event type, [payload bytes]) written before numpy
         self._numpy_ready = None    # threading.Event while numpy is being imported
         self._rows = (getattr(renderer, "wants_bytes", False) and getattr(probe, "rows", False)
-                      and "numpy" not in sys.modules)
+                      and "numpy" not in sys.modules and exporter is None)
 
     def _on_signal(self, signum, frame):
         self.stop_reason = self.stop_reason or signum
@@ -317,6 +319,8 @@ class Session:
             if self.follow is not None:
                 self._followed_running = self._still_running(followed)
             self._with_numpy()
+            if self.exporter is not None:
+                self.exporter.close()       # at most --otlp-timeout; the rest is dropped
             summary = self._summary(loaded)
         finally:
             # Our handlers stay until BCC has cleaned up: a SIGINT landing in
@@ -553,7 +557,9 @@ class Session:
                 n = keep
                 self.stop_reason = "count"
             try:
-                if renderer.wants_bytes and hasattr(probe, "json_lines"):
+                if self.exporter is not None:
+                    self._export_and_render(et, records, offsets, data, n)
+                elif renderer.wants_bytes and hasattr(probe, "json_lines"):
                     renderer.write_lines(probe.json_lines(et, records, offsets, data))
                 elif hasattr(renderer, "keep"):
                     # The live table keeps records, decoded when shown or searched.
@@ -575,6 +581,32 @@ class Session:
             self.delivered += n
             if self.stop_reason == "count":
                 break
+
+    def _export_and_render(self, et, records, offsets, data, n):
+        """--otlp: the segment decoded once, for the exporter and the
+        renderer; with --json each line made once, for both (the lines of
+        decode()'s events are json_lines(), byte for byte)."""
+        import orjson
+        events = self.probe.decode(et, records, offsets, data)
+        offset, renderer = self._clock_offset(et), self.renderer
+        if renderer.wants_bytes:
+            dumps = orjson.dumps
+            lines = [dumps(e) for e in events]
+            self.exporter.add(events, offset, lines)
+            if lines:
+                renderer.write_lines(b"\n".join(lines) + b"\n")
+            return
+        self.exporter.add(events, offset)
+        if renderer.wants_all:
+            renderer.events(events)
+        else:
+            renderer.count(n, events[-renderer.tail:])
+
+    def _clock_offset(self, et):
+        """REALTIME - MONOTONIC of the codec that decodes `et`: what makes
+        its events' `time`."""
+        codec = self.probe.codec_for(et) if hasattr(self.probe, "codec_for") else self.probe
+        return codec.clock.offset_ns
 
     def _drain_payloads(self, ring, deadline=None):
         """_drain_segments() before numpy is imported: records copied out of
@@ -623,24 +655,37 @@ class Session:
 
     LOSS_KINDS = ("ringbuf_full", "map_full", "missed_by_kernel", "not_followed")
 
+    @property
+    def _loss_kinds(self):
+        return self.LOSS_KINDS + (("otlp_dropped",) if self.exporter is not None else ())
+
     def _losses(self, loaded):
         submitted, ringbuf_full, map_full, not_followed = loaded.counters()
-        return submitted, {"ringbuf_full": ringbuf_full, "map_full": map_full,
-                           "missed_by_kernel": loaded.prog_misses(),
-                           "not_followed": not_followed}
+        losses = {"ringbuf_full": ringbuf_full, "map_full": map_full,
+                  "missed_by_kernel": loaded.prog_misses(),
+                  "not_followed": not_followed}
+        if self.exporter is not None:
+            losses["otlp_dropped"] = self.exporter.dropped
+        return submitted, losses
 
     def _report_lost(self, losses):
         """A `lost` record with the losses since the last one, if any.
         `dropped` counts events the probe saw but could not deliver;
         `missed_by_kernel` counts probe runs the kernel skipped."""
-        if all(losses[k] == self._reported.get(k, 0) for k in self.LOSS_KINDS):
+        kinds = self._loss_kinds
+        if all(losses[k] == self._reported.get(k, 0) for k in kinds):
             return
-        delta = {k: losses[k] - self._reported.get(k, 0) for k in self.LOSS_KINDS}
+        delta = {k: losses[k] - self._reported.get(k, 0) for k in kinds}
         self._reported = dict(losses)
+        otlp = delta.pop("otlp_dropped", None)
+        record = {"dropped": delta["ringbuf_full"] + delta["map_full"], **delta,
+                  "total_dropped": losses["ringbuf_full"] + losses["map_full"],
+                  "total_missed_by_kernel": losses["missed_by_kernel"]}
+        if otlp is not None:
+            record["otlp_dropped"] = otlp
+            record["total_otlp_dropped"] = losses["otlp_dropped"]
         try:
-            self.renderer.lost({"dropped": delta["ringbuf_full"] + delta["map_full"], **delta,
-                                "total_dropped": losses["ringbuf_full"] + losses["map_full"],
-                                "total_missed_by_kernel": losses["missed_by_kernel"]})
+            self.renderer.lost(record)
         except OutputError as e:
             self._output_failed(e)
 
@@ -648,9 +693,12 @@ class Session:
         _, losses = self._losses(loaded)
         self._report_lost(losses)
         elapsed = now - self.started
+        if self.exporter is not None:
+            self.exporter.tick()
         try:            # a stream's tick may reopen its file (SIGUSR1) and write
             self.renderer.tick({"delivered": self.delivered,
                                 "dropped": losses["ringbuf_full"] + losses["map_full"],
+                                "otlp_dropped": losses.get("otlp_dropped", 0),
                                 "missed_by_kernel": losses["missed_by_kernel"],
                                 "rate": self.delivered / elapsed if elapsed > 0 else 0,
                                 "ring_fill": ring.fill(), "tally": self.tally,
@@ -689,5 +737,9 @@ class Session:
             if not self.follow.released:    # abandoned before it could exec
                 summary["command"].update(status=None, signal=None)
             summary["followed_running"] = self._followed_running
+        if self.exporter is not None:
+            # Every event given to the exporter is one or the other.
+            summary["otlp_sent"] = self.exporter.sent
+            summary["otlp_dropped"] = self.exporter.dropped
         summary.update(self.procs.result())
         return summary

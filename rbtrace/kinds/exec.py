@@ -434,6 +434,7 @@ SPEC = Spec(
     """,
     codec=ExecCodec,
     process_argv=True,
+    otlp={"argv": "process.command_args", "exe": "process.executable.path"},
     source="exec.bpf.c",
     ring="4M",
     failed="Only failed calls.",

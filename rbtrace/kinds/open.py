@@ -502,4 +502,5 @@ SPEC = Spec(
                doc="the path as passed, a relative one prefixed by AT_FDCWD: or fdN:; "
                    "with --full-path the full path when known"),
     ),
+    otlp={"path": "file.path"},
 )

@@ -186,3 +186,30 @@ def test_startup_without_bpftrace(tmp_path, kernel_ok):
         st = json.load(f)
     _check_startup(st, with_bpftrace=False)
     assert "rbtrace alone" in p.stdout and "rbtrace / bpftrace" not in p.stdout, p.stdout
+
+
+def test_otlp_bench_runs_every_row(tmp_path, kernel_ok):
+    """benchmarks/otlp.py (--otlp against --json, issue 18): each row runs
+    and accounts for every open, and every event delivered is either sent
+    to its receiver or counted dropped."""
+    import otlp as otlp_bench     # benchmarks/otlp.py
+    results = tmp_path / "results"
+    p = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "otlp.py"), "--smoke",
+                        "--results", str(results)], cwd=REPO,
+                       capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "Traceback" not in p.stderr, p.stderr[-3000:]
+    with open(results / "otlp-latest.json") as f:
+        result = json.load(f)
+    rows = result["rows"]
+    assert [r["row"] for r in rows] == list(otlp_bench.ROWS)
+    for r in rows:
+        assert r["exit"] == 130, r
+        assert r["seen"] == r["storm"]["n"] + result["loader_opens"], r
+        assert r["delivered"] + r["dropped"] == r["seen"], r
+        assert r["cpu_ns_per_event"] and r["cpu_ns_per_event"] > 0, r
+        if "otlp" in r["row"]:
+            assert r["otlp_sent"] + r["otlp_dropped"] == r["delivered"], r
+            assert r["otlp_sent"] > 0 and r["receiver"]["requests"] >= 1, r
+    for row in otlp_bench.ROWS:
+        assert f"| {row} |" in p.stdout, p.stdout
