@@ -15,7 +15,6 @@ import re
 import struct
 import sys
 
-import numpy as np
 
 from rbtrace import csource, kernel, notice
 from rbtrace.errors import EnvironmentProblem, ProbeError
@@ -23,7 +22,7 @@ from rbtrace.loader import (INSN_SIZE, PROG_TYPE_RAW_TRACEPOINT, PROG_TYPE_TRACE
                             Loaded, LoadError, MapSpec, ProgSpec, close_in_parallel,
                             link_callbacks, map_fd_refs, recursion_misses)
 from rbtrace.paths import probes_dir
-from rbtrace.ringbuf import EventType
+from rbtrace.ringbuf import EventType, dtype_from_data, dtype_to_data  # noqa: F401 (re-exported)
 
 # Mirrors enum rbtrace_stat in probes/common.h.
 # The per-CPU counters every probe keeps (`stats`, probes/common.h), in
@@ -234,7 +233,7 @@ _CTYPE_TO_NUMPY = {
 }
 
 
-def dtype_from_ctypes(struct) -> np.dtype:
+def dtype_from_ctypes(struct):
     """A flat numpy dtype with the same offsets as BCC's ctypes struct.
 
     BCC describes each table's C types exactly (from clang); nested structs
@@ -245,6 +244,7 @@ def dtype_from_ctypes(struct) -> np.dtype:
     spells it ("i.flags", "a[1].x"; members of an anonymous struct or union
     have no segment for it), for decoders that show what the user wrote.
     """
+    import numpy as np
     names, formats, offsets, paths = [], [], [], []
 
     def add(leaf, path, fmt, off):
@@ -452,23 +452,6 @@ RING_PAGES_AT_COMPILE = 1
 DEFAULT_RING_BYTES = 16 << 20
 
 
-def dtype_to_data(dtype: np.dtype) -> dict:
-    """A record layout as JSON-able data (for the compile cache)."""
-    def fmt(d):
-        return [d.subdtype[0].str, list(d.subdtype[1])] if d.subdtype else d.str
-    return {"names": list(dtype.names),
-            "formats": [fmt(dtype.fields[n][0]) for n in dtype.names],
-            "offsets": [dtype.fields[n][1] for n in dtype.names],
-            "itemsize": dtype.itemsize,
-            "c_paths": dict((dtype.metadata or {}).get("c_paths", {}))}
-
-
-def dtype_from_data(data: dict) -> np.dtype:
-    formats = [f if isinstance(f, str) else (f[0], tuple(f[1])) for f in data["formats"]]
-    return np.dtype({"names": data["names"], "formats": formats, "offsets": data["offsets"],
-                     "itemsize": data["itemsize"]}, metadata={"c_paths": data["c_paths"]})
-
-
 def compile_flags(cflags: dict) -> list:
     """The -D flags BCC compiles a probe with: the probe's options and what
     the running kernel's BTF and tracepoints say (offsets, group_dead)."""
@@ -648,7 +631,7 @@ class LoadedProbe:
             used = [f"{c}:{e}" for c, e in csource.tracepoints_used(text)]
             key, parts = cache.make_key(csource.without_dirs(text), _key_flags(cflags),
                                         used + list(self.generated.values()),
-                                        self.headers.how)
+                                        self.headers.how, entries)
             compiled = cache.lookup(entries, key)
             if compiled is not None:
                 try:
@@ -713,7 +696,8 @@ class LoadedProbe:
         return bcc, b, compiled
 
     def _load(self, compiled: Compiled, ring_bytes, attach):
-        self.event_types = [EventType(name, dtype_from_data(d), tag=self.tag)
+        # Layouts only: numpy is imported when the first dtype is asked for.
+        self.event_types = [EventType(name, tag=self.tag, layout=d)
                             for name, d in compiled.event_types]
         if self.skip:
             compiled = dataclasses.replace(compiled, programs=[

@@ -110,22 +110,79 @@ def bcc_version() -> str:
 
 
 _btf_digest = None
+DIGEST_MEMO = "btf-digest.json"
 
 
-def btf_digest() -> str:
+def _btf_identity(st) -> str:
+    """What names one kernel's BTF for as long as it runs: the boot, the
+    kernel build, and the sysfs file's size and time (set at boot)."""
+    with open("/proc/sys/kernel/random/boot_id") as f:
+        boot = f.read().strip()
+    uname = os.uname()
+    return ":".join((boot, uname.release, uname.version, str(st.st_size), str(st.st_mtime_ns)))
+
+
+def _read_memo(path: Path, identity: str):
+    """The digest memo of this boot's BTF, or None (missing, another
+    boot's, or not a private file of ours: then it is made again)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+            return None
+        try:
+            memo = json.loads(f.read())
+        except ValueError:
+            return None
+    if not isinstance(memo, dict) or memo.get("identity") != identity:
+        return None
+    digest = memo.get("sha256")
+    return digest if isinstance(digest, str) and len(digest) == 64 else None
+
+
+def _write_memo(path: Path, identity: str, digest: str):
+    tmp = path.with_name(f".new-{os.getpid()}-{path.name}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(json.dumps({"identity": identity, "sha256": digest}).encode())
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def btf_digest(d: Path = None) -> str:
+    """sha256 of the running kernel's BTF (part of every key).  Hashing its
+    5 MB costs a start about 10 ms; with `d` (the checked entries'
+    directory) the digest is kept there once per boot (DIGEST_MEMO): the
+    file can't change while the kernel runs."""
     global _btf_digest
     if _btf_digest is None:
         try:
             with open(VMLINUX_BTF, "rb") as f:
-                _btf_digest = hashlib.file_digest(f, "sha256").hexdigest()
+                identity = memo = None
+                if d is not None:
+                    identity = _btf_identity(os.fstat(f.fileno()))
+                    memo = _read_memo(d / DIGEST_MEMO, identity)
+                _btf_digest = memo or hashlib.file_digest(f, "sha256").hexdigest()
+            if d is not None and memo is None:
+                _write_memo(d / DIGEST_MEMO, identity, _btf_digest)
         except OSError:
             _btf_digest = "none"
     return _btf_digest
 
 
-def make_key(text: str, flags, tracepoints, headers: str) -> tuple:
+def make_key(text: str, flags, tracepoints, headers: str, d: Path = None) -> tuple:
     """(key, what it was made of).  `flags`: the -D flags; `tracepoints`:
-    every "category:event" whose format the compiled bytes depend on."""
+    every "category:event" whose format the compiled bytes depend on; `d`:
+    the entries' directory, where the BTF's digest is kept (btf_digest)."""
     from rbtrace import kernel
     uname = os.uname()
     formats = {}
@@ -140,7 +197,7 @@ def make_key(text: str, flags, tracepoints, headers: str) -> tuple:
         "format": FORMAT, "rbtrace": __version__, "bcc": bcc_version(),
         "source": _sha(text.encode(errors="surrogateescape")),
         "flags": sorted(flags), "tracepoints": formats,
-        "kernel": [uname.release, uname.version, uname.machine, btf_digest()],
+        "kernel": [uname.release, uname.version, uname.machine, btf_digest(d)],
         "headers": headers,
     }
     return _sha(json.dumps(parts, sort_keys=True).encode()), parts

@@ -86,6 +86,20 @@ class UserType(click.ParamType):
             self.fail(str(e), param, ctx)
 
 
+class OtlpUrlType(click.ParamType):
+    """An OTLP/HTTP endpoint: http:// or https://, with a host."""
+
+    name = "URL"
+
+    def convert(self, value, param, ctx):
+        from rbtrace.otlp import parse_url
+        try:
+            parse_url(value)
+        except ValueError as e:
+            self.fail(fields.for_message(str(e)), param, ctx)
+        return value
+
+
 class CommType(click.ParamType):
     """A process name as the kernel keeps it: at most 15 bytes."""
 
@@ -246,6 +260,31 @@ def common_options(spec):
                help="Show tracebacks and compiler output.",
                man="Show tracebacks and the compiler's output, or, for a probe taken from the "
                    "compile cache, a line saying so."),
+    ) + otlp_options()
+
+
+def otlp_options():
+    """--otlp and --otlp-timeout (rbtrace/otlp.py)."""
+    from rbtrace.spec import Option
+    return (
+        Option(("--otlp",), "otlp", type=OtlpUrlType(), metavar="URL",
+               help="Also send every event to an OpenTelemetry collector: OTLP/HTTP "
+                    "(protobuf, gzip) to URL/v1/logs.",
+               man="Also send every event, as an OpenTelemetry log record, to *URL*"
+                   "**/v1/logs** (*URL* as it is when it ends with **/v1/logs**): OTLP over "
+                   "HTTP or HTTPS, protobuf, gzip, in batches, such as an OpenTelemetry "
+                   "Collector's otlp receiver takes on port 4318. Combines with **--json** "
+                   "and the table, which still get every event; alone, with standard output "
+                   "not a terminal, nothing is written there but the events go to *URL*. "
+                   "Events the collector does not take are counted (**otlp_dropped**), never "
+                   "silently lost. See **rbtrace**(8), OTLP EXPORT."),
+        Option(("--otlp-timeout",), "otlp_timeout", type=DurationType(), default=5.0,
+               metavar="SECONDS", show_default=True,
+               help="At the end, wait at most SECONDS for the OTLP collector to take the "
+                    "events not yet sent.",
+               man="With **--otlp**: at the end, wait at most *SECONDS* (default 5.0) for the "
+                   "collector to take the events not yet sent; those it has not acknowledged "
+                   "by then are counted in **otlp_dropped**."),
     )
 
 
@@ -505,15 +544,22 @@ def _run(probe, opts, target, loader=None):
     from rbtrace.render import JsonRenderer, Output, PlainRenderer, TableRenderer
     from rbtrace.session import Session, load
     loader = loader or load
+    _check_otlp_options(opts)
 
     if opts.get("table"):
         _check_table(opts)
     file_out = _open_output(opts)
     out = file_out or Output(1, "standard output")
     terminal = None
+    exporter = None
     try:
         if opts.get("json_out"):
             renderer = JsonRenderer(out, probe)
+        # --otlp alone: the events go to the collector; a pipe or a log
+        # (a DaemonSet's stdout) does not get them all again as text.
+        elif opts.get("otlp") and file_out is None and not os.isatty(out.fd):
+            from rbtrace.render import NullRenderer
+            renderer = NullRenderer(probe)
         # With `-- CMD` the terminal is CMD's (its output, its keys): plain
         # lines then, as strace prints them, and -o keeps the two apart;
         # unless --table gives CMD a terminal of its own (cmdpty.py).
@@ -528,13 +574,23 @@ def _run(probe, opts, target, loader=None):
                                      command_output=terminal)
         else:
             renderer = PlainRenderer(out, probe)
+        if (opts.get("otlp") or not getattr(renderer, "wants_bytes", False)
+                or not getattr(probe, "rows", False)):
+            # Decoded with numpy from the first record on (--otlp decodes
+            # every event): imported before the probes are attached, not
+            # while their events wait in the ring.  (JSON of a kind that
+            # decodes without it starts without it, and the session imports
+            # it once the first lines are out.)
+            import numpy  # noqa: F401
+        if opts.get("otlp"):
+            exporter = _exporter(probe, opts)
         if target is not None:
             target.start()                    # CMD forked, held until attached
         try:
             loaded, ring = loader(probe, opts["ring_size"], use_cache=not opts.get("no_cache"),
                                 debug=opts.get("debug"))
             session = Session(probe, renderer, loaded, ring, count=opts.get("count"),
-                              duration=opts.get("duration"), follow=target)
+                              duration=opts.get("duration"), follow=target, exporter=exporter)
             code = session.run()
         except BaseException:
             if target is not None:
@@ -578,6 +634,26 @@ def _check_table(opts):
                          f"{which} is not one (leave --table out for plain lines)")
 
 
+def _check_otlp_options(opts):
+    """--otlp-timeout means nothing without --otlp: say so rather than ignore it."""
+    from click.core import ParameterSource
+    ctx = click.get_current_context(silent=True)
+    if ctx is None or opts.get("otlp"):
+        return
+    if ctx.get_parameter_source("otlp_timeout") not in (None, ParameterSource.DEFAULT,
+                                                         ParameterSource.DEFAULT_MAP):
+        raise UsageError("--otlp-timeout needs --otlp URL")
+
+
+def _exporter(probe, opts):
+    try:
+        from rbtrace.otlp import Exporter
+        return Exporter(opts["otlp"], probe.name, timeout=opts.get("otlp_timeout") or 5.0)
+    except ImportError as e:
+        raise RbtraceError(f"--otlp needs the opentelemetry-proto package: {e}",
+                           hint="pip install opentelemetry-proto") from None
+
+
 def _print_traceback():
     import traceback    # only with --debug: its import costs every start 4 ms
     traceback.print_exc()
@@ -612,6 +688,8 @@ def _print_summary(s):
         line += f"; {name} {how}"
     if s.get("followed_running"):
         line += f"; {s['followed_running']} followed processes still running, no longer traced"
+    if "otlp_sent" in s:
+        line += f"; OTLP: {s['otlp_sent']} sent, {s['otlp_dropped']} dropped"
     sys.stderr.write(line + "\n")
 
 
@@ -738,6 +816,12 @@ def _notice_to_stderr(text, line):
 def main(argv=None):
     import signal
 
+    # rbtrace does no linear algebra: numpy's OpenBLAS then starts no pool
+    # of threads when it is imported.  Such a thread, started before a
+    # `-- CMD` run blocks its stop signals (follow.SignalFd), would take
+    # them instead, and CMD would never get them.  (CMD gets the
+    # environment rbtrace was started with: follow.initial_environment.)
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"
     from rbtrace import notice
     notice.set_sink(_notice_to_stderr)
     # SIGUSR1 reopens the -o file (after logrotate): never the default,

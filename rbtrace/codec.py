@@ -21,6 +21,14 @@ Two ways to decode a segment of records:
 json_lines() is byte for byte what render.JsonRenderer writes for
 decode()'s dicts (tests/unit/test_open_decode.py and test_tp_format.py
 hold the two equal, on open's and tp's storms).
+
+A third way, without numpy, for a run's first records: rows_json_lines()
+takes the records' payloads as bytes (RingConsumer.payloads()), reads
+their members with struct (ringbuf.Layout) and makes the same events
+through the same per-record code, for kinds whose codec has row_bodies()
+(`rows = True`).  Importing numpy takes longer than loading a cached
+probe; the session writes the first events this way while it imports.
+tests/unit/test_rows_decode.py holds the lines equal to json_lines()'s.
 """
 import base64
 import os
@@ -29,7 +37,6 @@ from collections.abc import Mapping
 from dataclasses import replace
 from types import MappingProxyType
 
-import numpy as np
 
 from rbtrace import fields
 
@@ -86,6 +93,7 @@ class Codec:
     cost_hint = None        # what to lower when the verifier gives up
     kernel_types = False    # compile against the kernel's BTF, never headers
     cached = False          # events from a cache keyed by record bytes
+    rows = False            # row_bodies(): decodes without numpy (rows_json_lines)
     variable = None         # the member holding variable-length bytes
     template_max = None     # keys longer than this are not cached
 
@@ -100,6 +108,7 @@ class Codec:
         self.columns = self._bind_time(spec.columns)
         self._templates = {}
         self._json_templates = {}
+        self._layouts = {}
 
     @property
     def containers(self):
@@ -172,19 +181,23 @@ class Codec:
         past its end."""
         raise NotImplementedError
 
+    HEADER_COLUMNS = ("seq", "ts_ns", "pid", "tid", "ppid", "uid", "comm", "proc_start_ns",
+                      "cgroup_id")
+
     def header_fields(self, records):
         """The header's columns as Python lists, read straight off the ring."""
-        return (records["seq"].tolist(), records["ts_ns"].tolist(), records["pid"].tolist(),
-                records["tid"].tolist(), records["ppid"].tolist(), records["uid"].tolist(),
-                records["comm"].tolist(), records["proc_start_ns"].tolist(),
-                records["cgroup_id"].tolist())
+        return tuple(records[name].tolist() for name in self.HEADER_COLUMNS)
 
     def heads(self, records, timed=True) -> list:
         """One dict per record with the header's members: type, seq, time,
         ts_ns, pid, tid, ppid, uid, user, comm (+ comm_b64), process,
         cgroup_id, container_id, pod_uid.
         Untimed: seq, time and ts_ns None, for a template."""
-        seq, ts, pid, tid, ppid, uid, comm, start, cgroup = self.header_fields(records)
+        return self._heads(self.header_fields(records), timed)
+
+    def _heads(self, columns, timed=True) -> list:
+        """heads() from the header's columns as lists (header_fields())."""
+        seq, ts, pid, tid, ppid, uid, comm, start, cgroup = columns
         iso = self.clock.iso
         user_name = fields.user_name
         name = self.name
@@ -217,6 +230,33 @@ class Codec:
             e.update(body)
         return events
 
+    # --- without numpy: a run's first records -------------------------------
+
+    def row_bodies(self, event_type, rows, payloads) -> list:
+        """bodies() for records read without numpy: `rows` from
+        ringbuf.Layout.rows(payloads), `payloads` the records' bytes."""
+        raise NotImplementedError
+
+    def rows_decode(self, event_type, payloads) -> list:
+        """decode() of records given as bytes, without numpy."""
+        if not payloads:
+            return []
+        layout = self._layouts.get(event_type)
+        if layout is None:
+            from rbtrace.ringbuf import Layout
+            layout = self._layouts[event_type] = Layout(event_type)
+        rows = layout.rows(payloads)
+        events = self._heads(tuple([r[name] for r in rows] for name in self.HEADER_COLUMNS))
+        for e, body in zip(events, self.row_bodies(event_type, rows, payloads)):
+            e.update(body)
+        return events
+
+    def rows_json_lines(self, event_type, payloads) -> bytes:
+        """json_lines() of records given as bytes, without numpy."""
+        import orjson
+        dumps = orjson.dumps
+        return b"".join([dumps(e) + b"\n" for e in self.rows_decode(event_type, payloads)])
+
     def _spans(self, event_type, records, offsets):
         """(first, end) of each record's key bytes in the ring's data, and the
         used bytes of the variable area (or None)."""
@@ -231,6 +271,7 @@ class Codec:
     def _templates_for(self, event_type, records, offsets, data, lo, hi, picks):
         """Decode the records at `picks` (indexes) in one batch, untimed;
         return {key: template event}."""
+        import numpy as np
         idx = np.asarray(picks, dtype=np.int64)
         heads = self.heads(records[idx], timed=False)
         bodies = self.bodies(event_type, records[idx], offsets[idx], data)
@@ -298,6 +339,7 @@ class Codec:
         return self._json_cached(event_type, records, offsets, data)
 
     def _json_cached(self, event_type, records, offsets, data):
+        import numpy as np
         import orjson
         lo_arr, hi_arr, used = self._spans(event_type, records, offsets)
         lo, hi = lo_arr.tolist(), hi_arr.tolist()

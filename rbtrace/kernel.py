@@ -8,7 +8,6 @@ import functools
 import os
 import platform
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,6 +146,11 @@ def _version_key(name):
     return [int(x) if x.isdigit() else x for x in re.split(r"[.-]", name)]
 
 
+def _rmtree(path, ignore_errors=False):
+    import shutil           # only to make a header tree: its import costs every start 3 ms
+    shutil.rmtree(path, ignore_errors=ignore_errors)
+
+
 def _merge_trees(dst: Path, sources):
     """Make `dst` a tree of symlinks that shows all `sources` as one.
 
@@ -187,14 +191,14 @@ def _merged_debian_headers(src_root: Path):
         # Build beside and rename: two rbtrace starting at once never see
         # half a tree.
         tmp = dst.with_name(dst.name + f".tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
+        _rmtree(tmp, ignore_errors=True)
         try:
             _merge_trees(tmp, [arch_tree, common])
             (tmp / ".rbtrace-complete").write_text(f"{arch_tree}\n{common}\n")
-            shutil.rmtree(dst, ignore_errors=True)
+            _rmtree(dst, ignore_errors=True)
             tmp.rename(dst)
         except OSError as e:
-            shutil.rmtree(tmp, ignore_errors=True)
+            _rmtree(tmp, ignore_errors=True)
             if not done.exists():
                 raise EnvironmentProblem(
                     f"cannot build the merged header tree in {dst.parent}: {e.strerror}",

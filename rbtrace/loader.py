@@ -95,15 +95,22 @@ class Compiled:
 def _ld_imm64s(insns: bytes):
     """(instruction index, src_reg, imm, next imm) of every ld_imm64: the
     one instruction that takes two slots (the next holds the upper half)."""
-    i, n = 0, len(insns) // INSN_SIZE
-    while i < n:
-        code, regs, _off, imm = struct.unpack_from("<BBhi", insns, i * INSN_SIZE)
-        if code == LD_IMM64:
+    n = len(insns) // INSN_SIZE
+    # The opcodes alone, one byte per instruction: found with bytes.find
+    # (a probe has thousands of instructions and a few dozen ld_imm64s;
+    # every start walks them all).  The walk is the one instruction by
+    # instruction would make: the slot after an ld_imm64 is its upper half.
+    codes = bytes(insns[0:n * INSN_SIZE:INSN_SIZE])
+    mark = bytes((LD_IMM64,))
+    taken = -2
+    i = codes.find(mark)
+    while i != -1:
+        if i != taken + 1:
+            _code, regs, _off, imm = struct.unpack_from("<BBhi", insns, i * INSN_SIZE)
             upper = struct.unpack_from("<i", insns, (i + 1) * INSN_SIZE + 4)[0] if i + 1 < n else None
             yield i, regs >> 4, imm, upper
-            i += 2
-        else:
-            i += 1
+            taken = i
+        i = codes.find(mark, i + 1)
 
 
 def map_fd_refs(insns: bytes):

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import collections
 
-import numpy as np
-
 from rbtrace import fields
 
 KEEP = 10_000       # processes kept with their own counts; the rest are "other"
@@ -29,6 +27,7 @@ def value_counts(col) -> list:
     """(value, count) of each distinct value of a numpy column, as Python
     values.  A storm repeats one value: then one compare, not the sort
     np.unique does."""
+    import numpy as np
     first = col[0]
     if bool((col == first).all()):
         return [(first.item(), len(col))]
@@ -106,6 +105,7 @@ class ProcessSummary:
             counts = [n]
             inverse = None
         else:
+            import numpy as np
             both = np.empty(n, dtype=[("s", "u8"), ("p", "i8")])
             both["s"] = start
             both["p"] = pid
@@ -178,6 +178,7 @@ class ProcessSummary:
                 if procs[0] is not None:
                     procs[0].errors[name] += c
             return
+        import numpy as np
         pairs = np.empty(len(ret), dtype=[("g", "i8"), ("r", "i8")])
         pairs["g"] = group
         pairs["r"] = ret

@@ -307,6 +307,44 @@ class JsonRenderer(StreamRenderer):
         self._emit(b"".join([dumps(o) + b"\n" for o in objs]))
 
 
+def lost_line(record) -> str:
+    """A lost record for people (stderr), when no JSON stream carries it."""
+    parts = []
+    otlp = record.get("otlp_dropped", 0)
+    if record["dropped"] or not otlp:
+        parts.append(f"{record['dropped']} events dropped "
+                     f"(ring full {record['ringbuf_full']}, map full {record['map_full']})")
+    if record["missed_by_kernel"]:
+        parts.append(f"{record['missed_by_kernel']} probe runs skipped by the kernel")
+    if otlp:
+        parts.append(f"{otlp} events not exported to OTLP")
+    return "rbtrace: " + ", ".join(parts)
+
+
+class NullRenderer(StreamRenderer):
+    """Nothing on standard output: --otlp alone, when stdout is not a
+    terminal; the events go to the collector only.  Losses are said on
+    stderr, as with plain lines."""
+
+    def __init__(self, probe):
+        super().__init__(None, probe)
+
+    def output_fd(self):
+        return None
+
+    def start(self, info):
+        pass
+
+    def events(self, events):
+        pass
+
+    def lost(self, record):
+        sys.stderr.write(lost_line(record) + "\n")
+
+    def close(self, summary):
+        pass
+
+
 class PlainRenderer(StreamRenderer):
     """Aligned text lines for pipes and files: no colour, no truncation of
     the last column, flushed with every batch."""
@@ -340,11 +378,7 @@ class PlainRenderer(StreamRenderer):
         self._emit("".join(lines).encode())
 
     def lost(self, record):
-        line = (f"rbtrace: {record['dropped']} events dropped "
-                f"(ring full {record['ringbuf_full']}, map full {record['map_full']})")
-        if record["missed_by_kernel"]:
-            line += f", {record['missed_by_kernel']} probe runs skipped by the kernel"
-        sys.stderr.write(line + "\n")
+        sys.stderr.write(lost_line(record) + "\n")
 
     def close(self, summary):
         if not self.closed:
@@ -662,9 +696,10 @@ class TableRenderer:
         line1 = (f"{state}{self.probe.name} | events {s.get('delivered', 0)} | "
                  f"dropped {s.get('dropped', 0)}"
                  + (f" | kernel-skipped {s['missed_by_kernel']}" if s.get("missed_by_kernel") else "")
+                 + (f" | otlp-dropped {s['otlp_dropped']}" if s.get("otlp_dropped") else "")
                  + f" | {self._recent_rate():.0f}/s | ring {s.get('ring_fill', 0) * 100:.0f}% | "
                  f"{elapsed:.0f}s{' | ' + self.filters if self.filters else ''}")
-        style = "bold red reverse" if s.get("dropped") else "reverse"
+        style = "bold red reverse" if s.get("dropped") or s.get("otlp_dropped") else "reverse"
         return [Text(_cut(line1, width), style=style, no_wrap=True),
                 Text(_cut(keys, width), style="dim", no_wrap=True)]
 

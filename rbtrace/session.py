@@ -15,9 +15,9 @@ import math
 import os
 import select
 import signal
+import sys
+import threading
 import time
-
-import numpy as np
 
 from rbtrace.errors import Exit, OutputError
 
@@ -37,6 +37,7 @@ def stop_signals():
     return tuple(s for s in STOP_SIGNALS
                  if not (s == signal.SIGHUP and signal.getsignal(s) == signal.SIG_IGN))
 BATCH_WAIT = 0.002        # seconds a small batch may wait to grow
+NUMPY_IDLE_S = 0.05       # no event this long after attaching: import numpy then
 
 
 def keep_freed_memory(mmap_max=8 << 20, trim_max=16 << 20):
@@ -99,6 +100,7 @@ class Tally:
         is whatever the ring held before, so the column as numpy has it would
         tell one path from itself.  Counted only for the live table: a copy
         of the used bytes, and one comparison when a storm repeats a path."""
+        import numpy as np
         lengths = lengths.astype(np.int64)
         width = int(lengths.max()) if len(lengths) else 0
         if width == 0:
@@ -161,8 +163,10 @@ class Session:
     one alike).  Session.run owns both: it detaches and closes them.
     `follow`: a follow.Command or follow.RunningProcess, or None."""
 
-    def __init__(self, probe, renderer, loaded, ring, count=None, duration=None, follow=None):
+    def __init__(self, probe, renderer, loaded, ring, count=None, duration=None, follow=None,
+                 exporter=None):
         self.probe = probe
+        self.exporter = exporter    # otlp.Exporter (--otlp): every event goes there too
         self.loaded = loaded
         self.ring = ring
         self.follow = follow        # follow.Command or follow.RunningProcess
@@ -181,6 +185,15 @@ class Session:
                                           if getattr(renderer, "shows_tally", False) else ()))
         from rbtrace.procsum import ProcessSummary
         self.procs = ProcessSummary(ends_traced=any(s.process_end for s in kind_specs(probe)))
+        # Importing numpy takes longer than loading a cached probe.  JSON
+        # lines of a kind whose codec decodes without it (Codec.rows) are
+        # written from the first records on; a thread imports it once the
+        # first events are out (or after NUMPY_IDLE_S without any), and the
+        # records written before are counted (tally, procsum) once it is there.
+        self._early = []            # (event type, [payload bytes]) written before numpy
+        self._numpy_ready = None    # threading.Event while numpy is being imported
+        self._rows = (getattr(renderer, "wants_bytes", False) and getattr(probe, "rows", False)
+                      and "numpy" not in sys.modules and exporter is None)
 
     def _on_signal(self, signum, frame):
         self.stop_reason = self.stop_reason or signum
@@ -192,6 +205,49 @@ class Session:
         for signum, from_kernel in self._sigfd.read():
             if not self.follow.forward(signum, from_kernel):
                 self.stop_reason = self.stop_reason or signum
+
+    def _import_numpy(self):
+        """Import numpy in a thread; the loop decodes without it until then.
+        Meanwhile the GIL changes hands every 0.1 ms instead of 5: the loop
+        (woken by the ring, a signal) waits for it no longer than that."""
+        ready = self._numpy_ready = threading.Event()
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(interval, 0.0001))
+
+        def work():
+            # Signals are the main thread's: blocked here, and so in every
+            # thread numpy's libraries start from here, where one would be
+            # delivered and lost to the session (follow.SignalFd reads the
+            # stop signals blocked in the main thread; a thread that does
+            # not block them takes them instead).
+            signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+            try:
+                import numpy  # noqa: F401
+            except BaseException:     # the main thread's own import says why
+                pass
+            finally:
+                sys.setswitchinterval(interval)
+                ready.set()
+        self._numpy_thread = threading.Thread(target=work, name="rbtrace-numpy", daemon=True)
+        self._numpy_thread.start()
+
+    def _with_numpy(self):
+        """From now on numpy decodes: count what was written without it."""
+        if self._numpy_ready is not None:
+            self._numpy_thread.join()
+            self._numpy_ready = None
+        self._rows = False
+        early, self._early = self._early, []
+        if not early:
+            return
+        import numpy as np
+        for et, payloads in early:
+            # The records as one buffer, laid out as numpy reads them.
+            buf = b"".join(payloads)
+            records = np.frombuffer(buf, dtype=et.dtype, count=len(payloads))
+            offsets = np.arange(len(payloads), dtype=np.int64) * et.size
+            self.tally.add(records)
+            self._count_processes(et, records, offsets, memoryview(buf))
 
     def run(self) -> int:
         keep_freed_memory()
@@ -265,6 +321,9 @@ class Session:
                 self._wait_for_command(poller)
             if self.follow is not None:
                 self._followed_running = self._still_running(followed)
+            self._with_numpy()
+            if self.exporter is not None:
+                self.exporter.close()       # at most --otlp-timeout; the rest is dropped
             summary = self._summary(loaded)
             if (self._own_terminal() and hasattr(self.renderer, "ended")
                     and self.output_error is None
@@ -285,6 +344,8 @@ class Session:
                     signal.signal(s, h)
                 os.close(wake_r)
                 os.close(wake_w)
+                if self._numpy_ready is not None:     # not left importing at exit
+                    self._numpy_thread.join()
         self.summary = summary
         try:
             self.renderer.close(summary)
@@ -457,11 +518,16 @@ class Session:
             if deadline and now >= deadline:
                 self.stop_reason = "duration"
                 break
+            if self._rows and self._numpy_ready is None and (
+                    self.delivered or now >= self.started + NUMPY_IDLE_S):
+                self._import_numpy()       # the first events are out, or none came
             timeout = 0.0          # data waiting: only look at keys and signals
             if ring.pending() == 0:
                 timeout = max(0.0, next_stats - now)
                 if deadline:
                     timeout = min(timeout, deadline - now)
+                if self._rows and self._numpy_ready is None:
+                    timeout = min(timeout, max(0.0, self.started + NUMPY_IDLE_S - now))
             for fd, ev in poller.poll(timeout):
                 if fd == self._wake_r:
                     self._drain_wakeups()
@@ -528,6 +594,11 @@ class Session:
             self.renderer.output_gone()
 
     def _drain_segments(self, ring, deadline=None):
+        if self._rows:
+            if self._numpy_ready is None or not self._numpy_ready.is_set():
+                self._drain_payloads(ring, deadline)
+                return
+            self._with_numpy()
         probe, renderer = self.probe, self.renderer
         for et, records, offsets, data in ring.segments():
             if deadline is not None and (self.stop_reason is not None
@@ -540,7 +611,9 @@ class Session:
                 n = keep
                 self.stop_reason = "count"
             try:
-                if renderer.wants_bytes and hasattr(probe, "json_lines"):
+                if self.exporter is not None:
+                    self._export_and_render(et, records, offsets, data, n)
+                elif renderer.wants_bytes and hasattr(probe, "json_lines"):
                     renderer.write_lines(probe.json_lines(et, records, offsets, data))
                 elif hasattr(renderer, "keep"):
                     # The live table keeps records, decoded when shown or searched.
@@ -563,6 +636,65 @@ class Session:
             if self.stop_reason == "count":
                 break
 
+    def _export_and_render(self, et, records, offsets, data, n):
+        """--otlp: the segment decoded once, for the exporter and the
+        renderer; with --json each line made once, for both (the lines of
+        decode()'s events are json_lines(), byte for byte)."""
+        import orjson
+        events = self.probe.decode(et, records, offsets, data)
+        offset, renderer = self._clock_offset(et), self.renderer
+        if renderer.wants_bytes:
+            dumps = orjson.dumps
+            lines = [dumps(e) for e in events]
+            self.exporter.add(events, offset, lines)
+            if lines:
+                renderer.write_lines(b"\n".join(lines) + b"\n")
+            return
+        self.exporter.add(events, offset)
+        if renderer.wants_all:
+            renderer.events(events)
+        else:
+            renderer.count(n, events[-renderer.tail:])
+
+    def _clock_offset(self, et):
+        """REALTIME - MONOTONIC of the codec that decodes `et`: what makes
+        its events' `time`."""
+        codec = self.probe.codec_for(et) if hasattr(self.probe, "codec_for") else self.probe
+        return codec.clock.offset_ns
+
+    def _drain_payloads(self, ring, deadline=None):
+        """_drain_segments() before numpy is imported: records copied out of
+        the ring (RingConsumer.payloads) and their JSON lines made without
+        numpy (Codec.rows_json_lines), until numpy is there."""
+        probe, renderer, ready = self.probe, self.renderer, self._numpy_ready
+        runs = ring.payloads()
+        while True:
+            # Checked before the next run is taken: it is consumed as it comes.
+            if deadline is not None and (self.stop_reason is not None
+                                         or time.monotonic() >= deadline):
+                break       # what is left stays in the ring
+            run = next(runs, None)
+            if run is None:
+                break
+            et, payloads = run
+            n = len(payloads)
+            if self.count is not None and self.delivered + n >= self.count:
+                n = self.count - self.delivered
+                payloads = payloads[:n]
+                self.stop_reason = "count"
+            try:
+                renderer.write_lines(probe.rows_json_lines(et, payloads))
+            except OutputError as e:
+                self._early.append((et, payloads[:e.lines_kept]))
+                self.delivered += e.lines_kept
+                raise
+            self._early.append((et, payloads))
+            self.delivered += n
+            # One run, then the loop starts the import; once it is done, the
+            # rest goes the numpy way.
+            if self.stop_reason == "count" or ready is None or ready.is_set():
+                break
+
     def _count_processes(self, et, records, offsets, data):
         """The per-process and per-kind counts of the summary (procsum)."""
         codec = self.probe.codec_for(et) if hasattr(self.probe, "codec_for") else self.probe
@@ -577,24 +709,37 @@ class Session:
 
     LOSS_KINDS = ("ringbuf_full", "map_full", "missed_by_kernel", "not_followed")
 
+    @property
+    def _loss_kinds(self):
+        return self.LOSS_KINDS + (("otlp_dropped",) if self.exporter is not None else ())
+
     def _losses(self, loaded):
         submitted, ringbuf_full, map_full, not_followed = loaded.counters()
-        return submitted, {"ringbuf_full": ringbuf_full, "map_full": map_full,
-                           "missed_by_kernel": loaded.prog_misses(),
-                           "not_followed": not_followed}
+        losses = {"ringbuf_full": ringbuf_full, "map_full": map_full,
+                  "missed_by_kernel": loaded.prog_misses(),
+                  "not_followed": not_followed}
+        if self.exporter is not None:
+            losses["otlp_dropped"] = self.exporter.dropped
+        return submitted, losses
 
     def _report_lost(self, losses):
         """A `lost` record with the losses since the last one, if any.
         `dropped` counts events the probe saw but could not deliver;
         `missed_by_kernel` counts probe runs the kernel skipped."""
-        if all(losses[k] == self._reported.get(k, 0) for k in self.LOSS_KINDS):
+        kinds = self._loss_kinds
+        if all(losses[k] == self._reported.get(k, 0) for k in kinds):
             return
-        delta = {k: losses[k] - self._reported.get(k, 0) for k in self.LOSS_KINDS}
+        delta = {k: losses[k] - self._reported.get(k, 0) for k in kinds}
         self._reported = dict(losses)
+        otlp = delta.pop("otlp_dropped", None)
+        record = {"dropped": delta["ringbuf_full"] + delta["map_full"], **delta,
+                  "total_dropped": losses["ringbuf_full"] + losses["map_full"],
+                  "total_missed_by_kernel": losses["missed_by_kernel"]}
+        if otlp is not None:
+            record["otlp_dropped"] = otlp
+            record["total_otlp_dropped"] = losses["otlp_dropped"]
         try:
-            self.renderer.lost({"dropped": delta["ringbuf_full"] + delta["map_full"], **delta,
-                                "total_dropped": losses["ringbuf_full"] + losses["map_full"],
-                                "total_missed_by_kernel": losses["missed_by_kernel"]})
+            self.renderer.lost(record)
         except OutputError as e:
             self._output_failed(e)
 
@@ -602,9 +747,12 @@ class Session:
         _, losses = self._losses(loaded)
         self._report_lost(losses)
         elapsed = now - self.started
+        if self.exporter is not None:
+            self.exporter.tick()
         try:            # a stream's tick may reopen its file (SIGUSR1) and write
             self.renderer.tick({"delivered": self.delivered,
                                 "dropped": losses["ringbuf_full"] + losses["map_full"],
+                                "otlp_dropped": losses.get("otlp_dropped", 0),
                                 "missed_by_kernel": losses["missed_by_kernel"],
                                 "rate": self.delivered / elapsed if elapsed > 0 else 0,
                                 "ring_fill": ring.fill(), "tally": self.tally,
@@ -643,5 +791,9 @@ class Session:
             if not self.follow.released:    # abandoned before it could exec
                 summary["command"].update(status=None, signal=None)
             summary["followed_running"] = self._followed_running
+        if self.exporter is not None:
+            # Every event given to the exporter is one or the other.
+            summary["otlp_sent"] = self.exporter.sent
+            summary["otlp_dropped"] = self.exporter.dropped
         summary.update(self.procs.result())
         return summary

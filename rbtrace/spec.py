@@ -320,6 +320,15 @@ LOST = (
           man="All events dropped since the start."),
     Field("total_missed_by_kernel", "int", "all probe runs the kernel skipped since the start",
           minimum=0, man="All probe runs the kernel skipped since the start."),
+    Field("otlp_dropped", "int", "with --otlp: events not exported since the previous lost line",
+          when="--otlp", minimum=0,
+          man="With **--otlp**: events that will not reach the collector, since the previous "
+              "**lost** line: their batch found the export queue full, the collector refused "
+              "it, or (in the last **lost** line) it was not acknowledged within "
+              "**--otlp-timeout** at the end. Still written to the output."),
+    Field("total_otlp_dropped", "int", "with --otlp: all events not exported since the start",
+          when="--otlp", minimum=0,
+          man="With **--otlp**: all events not exported since the start."),
 )
 
 SUMMARY = (
@@ -377,6 +386,15 @@ SUMMARY = (
               "when **rbtrace** ended (daemons, orphans still busy), which are no longer "
               "traced. Those that exited after the tracing stopped early (**--count**, "
               "**--duration**) are not counted."),
+    Field("otlp_sent", "int", "with --otlp: events the collector acknowledged",
+          when="--otlp", minimum=0,
+          man="With **--otlp**: events the OTLP endpoint acknowledged (HTTP 200, less the "
+              "records a partial success rejected)."),
+    Field("otlp_dropped", "int", "with --otlp: events not exported", when="--otlp", minimum=0,
+          man="With **--otlp**: events given to the exporter but not acknowledged: a full "
+              "export queue, a batch the collector refused, or what was still unsent when "
+              "**--otlp-timeout** ran out at the end. **otlp_sent** + **otlp_dropped** = "
+              "**delivered**, unless writing the output failed."),
     Field("kinds", "kinds", "per kind traced: events delivered, and errors by name",
           man="Per kind traced, an object from the kind's name to {**events**, **errors**}: "
               "the events delivered, and their errors counted by name: the errno of a "
@@ -561,6 +579,12 @@ class Spec:
     tree_count     None, or the header of a column of the live table's
                process view (rbtrace/treeview.py) counting this kind's
                events per process ("OPEN").
+    otlp       --otlp (rbtrace/otlp.py): the OpenTelemetry attributes of
+               this kind's own members that a semantic convention names,
+               {member: attribute}, or {member: (attribute, "format {}")}
+               for a value to rewrite; and under "*" ((attribute, value),
+               ...) that every record of the kind carries.  The others
+               are rbtrace.<member>.
     """
     name: str
     summary: str
@@ -583,6 +607,7 @@ class Spec:
     process_end: Optional[str] = None
     failed_event: Optional[Callable[[dict], bool]] = None
     tree_count: Optional[str] = None
+    otlp: dict = field(default_factory=dict)
 
     @property
     def json_fields(self) -> tuple:

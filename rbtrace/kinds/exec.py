@@ -229,19 +229,26 @@ class ExecCodec(Codec):
         flags.update({f"FLAG_{name}": bit for name, bit in FLAGS.items()})
         return flags
 
+    rows = True
+    # The members bodies() reads, as columns.
+    BODY_COLUMNS = ("ret", "argc", "filename_len", "args_len", "exe_len", "flags", "syscall",
+                    "dirfd", "at_flags")
+
     def bodies(self, event_type, records, offsets, data):
-        ret = records["ret"].tolist()
-        argc = records["argc"].tolist()
-        fn_len = records["filename_len"].tolist()
-        args_len = records["args_len"].tolist()
-        exe_len = records["exe_len"].tolist()
-        flags = records["flags"].tolist()
-        syscall = records["syscall"].tolist()
-        dirfd = records["dirfd"].tolist()
-        at_flags = records["at_flags"].tolist()
-        data_off = event_type.dtype.fields["data"][1]
-        room = event_type.dtype.fields["data"][0].itemsize
-        offs = offsets.tolist()
+        columns = [records[name].tolist() for name in self.BODY_COLUMNS]
+        return self._bodies(event_type, columns, offsets.tolist(), data)
+
+    def row_bodies(self, event_type, rows, payloads):
+        columns = [[r[name] for r in rows] for name in self.BODY_COLUMNS]
+        size = event_type.size
+        return self._bodies(event_type, columns, [i * size for i in range(len(rows))],
+                            b"".join(payloads))
+
+    def _bodies(self, event_type, columns, offs, data):
+        """The bodies from the columns as lists (BODY_COLUMNS), each record's
+        payload offset in `data`, and `data`: numpy or not, the same code."""
+        ret, argc, fn_len, args_len, exe_len, flags, syscall, dirfd, at_flags = columns
+        data_off, room = event_type.member("data")
         max_args = self.max_args
         errno_name = fields.errno_name
         out = []
@@ -427,6 +434,7 @@ SPEC = Spec(
     """,
     codec=ExecCodec,
     process_argv=True,
+    otlp={"argv": "process.command_args", "exe": "process.executable.path"},
     source="exec.bpf.c",
     ring="4M",
     failed="Only failed calls.",

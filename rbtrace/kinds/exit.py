@@ -66,6 +66,7 @@ SPEC = Spec(
     tally=(("commands", "comm"),),
     offsets=STRUCT_OFFSETS,
     process_end="status",
+    otlp={"exit_code": "process.exit.code"},
     # The man page's words for what every kind has (rbtrace/mandoc.py).
     man={
         # rbtrace(8), COMMANDS

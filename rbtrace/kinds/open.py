@@ -11,7 +11,6 @@ import os
 from typing import NamedTuple, Optional
 
 import click
-import numpy as np
 
 from rbtrace import fields
 from rbtrace.codec import Codec, put_text, shown
@@ -226,20 +225,33 @@ class OpenCodec(Codec):
         """The kernel structs are read only for --full-path."""
         return bool(self.options.get("full_path"))
 
+    rows = True
+
     def used(self, event_type, records):
         """Bytes used in each record's path area: the path, its NUL, then the
         directory's components (--full-path); never past the area."""
+        import numpy as np
         used = records["path_len"].astype(np.int64) + 1 + records["dir_len"].astype(np.int64)
-        return np.minimum(used, event_type.dtype.fields["path"][0].itemsize)
+        return np.minimum(used, event_type.member("path")[1])
 
     def bodies(self, event_type, records, offsets, data):
-        starts = (offsets + event_type.dtype.fields["path"][1]).tolist()
-        ends = (offsets + event_type.dtype.fields["path"][1]
-                + self.used(event_type, records)).tolist()
+        path_off = event_type.member("path")[0]
+        starts = (offsets + path_off).tolist()
+        ends = (offsets + path_off + self.used(event_type, records)).tolist()
         full = bool(self.options.get("full_path"))
         out = []
         for rec, a, b in zip(records, starts, ends):
             out.append(self._body(rec, bytes(data[a:b]), full))
+        return out
+
+    def row_bodies(self, event_type, rows, payloads):
+        """bodies() without numpy: the same _body() over dicts of ints."""
+        path_off, room = event_type.member("path")
+        full = bool(self.options.get("full_path"))
+        out = []
+        for row, payload in zip(rows, payloads):
+            used = min(row["path_len"] + 1 + row["dir_len"], room)
+            out.append(self._body(row, payload[path_off:path_off + used], full))
         return out
 
     @staticmethod
@@ -490,4 +502,5 @@ SPEC = Spec(
                doc="the path as passed, a relative one prefixed by AT_FDCWD: or fdN:; "
                    "with --full-path the full path when known"),
     ),
+    otlp={"path": "file.path"},
 )

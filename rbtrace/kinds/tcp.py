@@ -316,4 +316,7 @@ SPEC = Spec(
                doc="for a close, tx_bytes/rx_bytes"),
     ),
     tree_count="TCP",
+    otlp={"saddr": "network.local.address", "sport": "network.local.port",
+          "daddr": "network.peer.address", "dport": "network.peer.port",
+          "family": ("network.type", "ipv{}"), "*": (("network.transport", "tcp"),)},
 )

@@ -96,17 +96,21 @@ def strace_args(text):
 def strace_whole_lines(text):
     """The lines of `strace -f` output with every call whole: a call cut in
     two by another thread's ("<unfinished ...>" then "<... X resumed>") is
-    joined back, under its first line's pid."""
+    joined back, under its first line's pid.  An execve by a thread that is
+    not the leader ends "<pid changed to P ...>" and resumes under P, the
+    leader's pid (the kernel gives the exec'ing thread the leader's pid):
+    joined back under P, whose process it is."""
     import re
     lines, pending = [], {}
     for line in text.splitlines():
-        m = re.match(r"^(\d+) +(.*) <unfinished \.\.\.>$", line)
+        m = re.match(r"^(\d+) +(.*) <(unfinished|pid changed to (\d+)) \.\.\.>$", line)
         if m:
-            pending[m.group(1)] = m.group(2)
+            pending[m.group(4) or m.group(1)] = (m.group(4) or m.group(1), m.group(2))
             continue
         m = re.match(r"^(\d+) +<\.\.\. \w+ resumed>(.*)$", line)
         if m:
-            line = f"{m.group(1)} {pending.pop(m.group(1))}{m.group(2)}"
+            pid, head = pending.pop(m.group(1))
+            line = f"{pid} {head}{m.group(2)}"
         lines.append(line)
     return lines
 

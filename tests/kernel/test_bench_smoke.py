@@ -41,7 +41,7 @@ def _check_row(row, loader_opens, where):
     assert row["exit"] == (130 if name.startswith("rbtrace") else 0), (where, name, row["exit"])
     seen = 0 if name == "rbtrace-nomatch" else row["storm"]["n"] + loader_opens
     if name == "rbtrace-trace":
-        seen += 2           # the storm's own exec and exit, in the same ring
+        seen += 1           # the storm's own exec, in the same ring
     assert row["seen"] == seen, (where, name, row["seen"], seen)
     assert row["delivered"] + row["dropped"] == row["seen"], (where, name, row)
     if name.startswith("bcc-"):
@@ -111,6 +111,12 @@ def test_make_bench_runs_every_row(tmp_path, kernel_ok):
     assert "| rbtrace exec --json |" in p.stdout and "| rbtrace open --json |" in p.stdout
     for target in ("(a) rbtrace-json", "(b) rbtrace-json", "(c) rbtrace-json"):
         assert target in p.stdout, p.stdout
+    # (d): trace exec,open against open, the round's two rows side by side.
+    t, j = rnd["rbtrace-trace"], rnd["rbtrace-json"]
+    assert re.search(rf"^\(d\) rbtrace-trace \(trace exec,open\) vs rbtrace-json \(open\): "
+                     rf"delivered {t['delivered']:,} of {t['storm']['n'] + loader_opens + 1:,} .*"
+                     rf"trace/open {t['cpu_ns_per_event']:.0f}/{j['cpu_ns_per_event']:.0f}, "
+                     rf"median ratio [0-9.]+ over 1 round\(s\)", p.stdout, re.M), p.stdout
     assert p.stdout.startswith(result["tables_markdown"]), p.stdout
     # Then benchmarks/timing.py's table (reaction times, burst, soak), every
     # row, with exact accounting in the soak.
@@ -180,3 +186,30 @@ def test_startup_without_bpftrace(tmp_path, kernel_ok):
         st = json.load(f)
     _check_startup(st, with_bpftrace=False)
     assert "rbtrace alone" in p.stdout and "rbtrace / bpftrace" not in p.stdout, p.stdout
+
+
+def test_otlp_bench_runs_every_row(tmp_path, kernel_ok):
+    """benchmarks/otlp.py (--otlp against --json, issue 18): each row runs
+    and accounts for every open, and every event delivered is either sent
+    to its receiver or counted dropped."""
+    import otlp as otlp_bench     # benchmarks/otlp.py
+    results = tmp_path / "results"
+    p = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "otlp.py"), "--smoke",
+                        "--results", str(results)], cwd=REPO,
+                       capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "Traceback" not in p.stderr, p.stderr[-3000:]
+    with open(results / "otlp-latest.json") as f:
+        result = json.load(f)
+    rows = result["rows"]
+    assert [r["row"] for r in rows] == list(otlp_bench.ROWS)
+    for r in rows:
+        assert r["exit"] == 130, r
+        assert r["seen"] == r["storm"]["n"] + result["loader_opens"], r
+        assert r["delivered"] + r["dropped"] == r["seen"], r
+        assert r["cpu_ns_per_event"] and r["cpu_ns_per_event"] > 0, r
+        if "otlp" in r["row"]:
+            assert r["otlp_sent"] + r["otlp_dropped"] == r["delivered"], r
+            assert r["otlp_sent"] > 0 and r["receiver"]["requests"] >= 1, r
+    for row in otlp_bench.ROWS:
+        assert f"| {row} |" in p.stdout, p.stdout

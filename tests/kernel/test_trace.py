@@ -1,13 +1,17 @@
 """`rbtrace trace exec,open,exit` against strace, and the process key.
 
-A shell script with subshells, a pipe, a failed exec and exit codes runs
-once under `strace -f` and once as rbtrace's followed command: the execs
-(filename, argv, result), the opens (path, result) and the exit codes
-must be equal as multisets.  rbtrace's one stream must also be causal:
-seq numbers unique and in order for each thread, a process's exec before
-the dynamic loader of its new program opens anything, and its exit its
-last event; the process key joins a process's exec, opens and exit,
-including when a thread that is not the leader execs.
+Three workloads (the issue's): a shell script with subshells, a pipe, a
+failed exec and exit codes; make -j2 over gcc compiles; a python script
+using multiprocessing by fork, spawn and forkserver.  Each runs once
+under `strace -f` and once as rbtrace's followed command, and both must
+see the same exit status, and the same execs (filename, argv, result),
+opens (path, result) and exit codes as multisets, and the same
+processes, each with its execs, opens and exit (rbtrace's joined by the
+process key, strace's by thread group).  rbtrace's one stream must also
+be causal: seq numbers unique and in order for each thread, a process's
+exec before the dynamic loader of its new program opens anything, and
+its exit its last event; the process key joins a process's exec, opens
+and exit, including when a thread that is not the leader execs.
 """
 import collections
 import os
@@ -17,7 +21,7 @@ import subprocess
 
 import pytest
 
-from conftest import parse_json_lines, run_cli, strace_args
+from conftest import parse_json_lines, run_cli, strace_args, strace_whole_lines
 
 STRACE = shutil.which("strace")
 ENV = {"PATH": "/usr/bin:/bin", "LANG": "C"}
@@ -35,6 +39,78 @@ head -c1 /etc/passwd > /dev/null
 exit 3
 """
 
+# make -s -j2 -k (-s: no recipe echoed into rbtrace's JSON): four gcc
+# compiles two at a time (each gcc runs cc1 and as, through temporary
+# files), a link (collect2, ld) and the program it made, a recipe with a
+# pipe, and one that fails with 6, which -k carries on past (make then
+# exits 2).  Every target is built whatever the order.
+SOURCES = {
+    "common.h": "#define K 40\n",
+    "main.c": "int f1(void), f2(void), f3(void);\n"
+              "int main(void) { return f1() + f2() + f3() - 126; }\n",
+    **{f"f{i}.c": f'#include "common.h"\nint f{i}(void) {{ return K + {i}; }}\n'
+       for i in (1, 2, 3)},
+    "Makefile": "all: prog words.txt broken.txt\n"
+                "prog: main.o f1.o f2.o f3.o\n"
+                "\tgcc -o $@ main.o f1.o f2.o f3.o\n"
+                "\t./prog\n"
+                "%.o: %.c common.h\n"
+                "\tgcc -c -O1 -o $@ $<\n"
+                "words.txt: f1.c f2.c\n"
+                "\tcat f1.c f2.c | tr -s ' ' '\\n' | sort > $@\n"
+                "broken.txt:\n"
+                "\tsh -c 'exit 6'\n",
+}
+
+# multiprocessing's three ways to start a process: a fork Pool whose
+# workers each open a file as they start and then files for their tasks
+# (which worker gets which task is the scheduler's choice), and a Process
+# each by fork, spawn (an exec of python) and forkserver (a python server
+# that forks it), exiting with their own codes.  The forkserver and the
+# resource tracker (spawn's) are stopped before the script ends, as
+# strace -f waits for them while rbtrace ends with its command.
+MULTIPROCESSING = r"""
+import multiprocessing as mp, multiprocessing.forkserver, multiprocessing.resource_tracker
+import sys
+
+DATA = sys.argv[1]
+
+
+def opened(name):
+    try:
+        with open(f"{DATA}/{name}", "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def start():
+    opened("worker")
+
+
+def leave(code, name):
+    opened(name)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    pool = mp.get_context("fork").Pool(2, initializer=start)
+    got = pool.map(opened, ["task-1", "task-2", "missing-task", "task-3"], chunksize=1)
+    pool.close()
+    pool.join()
+    procs = [mp.get_context(how).Process(target=leave, args=(code, name))
+             for how, code, name in (("fork", 3, "fork"), ("fork", 5, "missing-fork"),
+                                     ("spawn", 7, "spawn"), ("forkserver", 11, "forkserver"))]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    multiprocessing.forkserver._forkserver._stop()
+    multiprocessing.resource_tracker._resource_tracker._stop()
+    ok = got == [b"1", b"2", None, b"3"] and [p.exitcode for p in procs] == [3, 5, 7, 11]
+    sys.exit(13 if ok else 1)
+"""
+
 # A thread that is not the leader execs: the kernel makes it the leader
 # (de_thread), and the process is the same one, with one key.
 THREAD_EXEC = r"""
@@ -48,65 +124,110 @@ threading.Event().wait()
 
 _LINE = re.compile(r"^(\d+) +(\w+)\((.*)\) += (-?\d+|\?)(?: (E\w+))?")
 _EXITED = re.compile(r"^(\d+) +\+\+\+ (exited with (\d+)|killed by (SIG\w+).*) \+\+\+$")
+# The issue's calls, and clone/clone3 to tell a thread from a process:
+# strace prints "+++ exited" for every thread, rbtrace's exit is once per
+# process.  They add lines to strace's log and change nothing compared.
+STRACE_CALLS = "execve,execveat,open,openat,openat2,creat,exit_group,clone,clone3"
 
 
-def _whole_lines(text):
-    """strace -f lines with each call whole (unfinished/resumed joined)."""
-    lines, pending = [], {}
-    for line in text.splitlines():
-        m = re.match(r"^(\d+) +(.*) <(unfinished|pid changed to (\d+)) \.\.\.>$", line)
-        if m:
-            pending[m.group(4) or m.group(1)] = (m.group(1), m.group(2))
-            continue
-        m = re.match(r"^(\d+) +<\.\.\. \w+ resumed>(.*)$", line)
-        if m:
-            pid, head = pending.pop(m.group(1))
-            line = f"{pid} {head}{m.group(2)}"
-        lines.append(line)
-    return lines
-
-
-def strace_view(tmp_path, argv):
-    """(execs, opens, exit codes) as multisets, from strace -f."""
+def strace_events(tmp_path, argv):
+    """(events, exit status) of `strace -f` running argv: events are
+    (process, kind, what) in strace's order, as rbtrace_events gives them.
+    process is the thread group id; what is (filename, argv, result) for
+    an exec, (path, result) for an open, the exit code or signal for an
+    exit; a result is the return value or the errno name."""
     if STRACE is None:
         pytest.fail("strace is not installed (make setup-test installs it)")
     log = tmp_path / "strace.log"
-    subprocess.run([STRACE, "-f", "-q", "-xx", "-s", "65536", "-v", "-e",
-                    "trace=execve,execveat,open,openat,openat2,creat,exit_group",
-                    "-o", str(log), *argv], env=ENV, capture_output=True, timeout=120)
-    execs, opens, exits = collections.Counter(), collections.Counter(), collections.Counter()
-    for line in _whole_lines(log.read_text()):
+    p = subprocess.run([STRACE, "-f", "-q", "-xx", "-s", "65536", "-v", "-e",
+                        f"trace={STRACE_CALLS}", "-o", str(log), *argv],
+                       env=ENV, capture_output=True, timeout=120)
+    calls = []
+    for line in strace_whole_lines(log.read_text()):
         m = _EXITED.match(line)
         if m:
-            exits[int(m.group(3)) if m.group(3) else m.group(4)] += 1
+            calls.append((int(m.group(1)), "+++", int(m.group(3)) if m.group(3) else m.group(4)))
             continue
         m = _LINE.match(line)
-        if not m or m.group(2) == "exit_group":
+        if m and m.group(2) != "exit_group":
+            result = m.group(5) or (int(m.group(4)) if m.group(4) != "?" else None)
+            calls.append((int(m.group(1)), m.group(2), (m.group(3), result)))
+    # Each thread's creator (a thread's lines may come before the clone
+    # that made it returns), hence its process: the creator's, up the chain.
+    creator = {what[1]: tid for tid, call, what in calls
+               if call in ("clone", "clone3") and "CLONE_THREAD" in what[0]
+               and isinstance(what[1], int) and what[1] > 0}
+    events = []
+    for tid, call, what in calls:
+        pid = tid
+        while pid in creator:
+            pid = creator[pid]
+        if call == "+++":
+            if tid not in creator:                  # a thread's end is no exit
+                events.append((pid, "exit", what))
             continue
-        call, args, ret, err = m.group(2), strace_args(m.group(3)), m.group(4), m.group(5)
-        result = err if err else int(ret)
+        text, result = what
+        if call in ("clone", "clone3"):
+            continue
+        args = strace_args(text)
         if call == "execve":
-            execs[(args[0], tuple(args[1]), result)] += 1
+            events.append((pid, "exec", (args[0], tuple(args[1]), result)))
         elif call == "execveat":
-            execs[(args[1], tuple(args[2]), result)] += 1
+            events.append((pid, "exec", (args[1], tuple(args[2]), result)))
         elif call in ("openat", "openat2"):
-            opens[(args[1], result)] += 1
+            events.append((pid, "open", (args[1], result)))
         else:
-            opens[(args[0], result)] += 1
-    return execs, opens, exits
+            events.append((pid, "open", (args[0], result)))
+    return events, p.returncode
 
 
-def rbtrace_view(events):
-    execs, opens, exits = collections.Counter(), collections.Counter(), collections.Counter()
+def rbtrace_events(events):
+    """rbtrace's JSON events as strace_events gives strace's."""
+    out = []
     for e in events:
         if e["type"] == "exec":
-            execs[(e["filename"].encode(), tuple(a.encode() for a in e["argv"]),
-                   e["errno"] or e["ret"])] += 1
+            what = (e["filename"].encode(), tuple(a.encode() for a in e["argv"]),
+                    e["errno"] or e["ret"])
         elif e["type"] == "open":
-            opens[(e["path"].encode(), e["errno"] or e["ret"])] += 1
+            what = (e["path"].encode(), e["errno"] or e["ret"])
         elif e["type"] == "exit":
-            exits[e["exit_code"] if e["signal"] is None else e["signal"]] += 1
-    return execs, opens, exits
+            what = e["exit_code"] if e["signal"] is None else e["signal"]
+        else:
+            continue
+        out.append((e["process"], e["type"], what))
+    return out
+
+
+def _normalised(kind, what, normalise):
+    if kind == "exec":
+        return (normalise(what[0]), tuple(normalise(a) for a in what[1]), what[2])
+    if kind == "open":
+        return (normalise(what[0]), what[1])
+    return what
+
+
+def multisets(events, normalise=bytes):
+    """(execs, opens, exit codes), each a Counter."""
+    out = {"exec": collections.Counter(), "open": collections.Counter(),
+           "exit": collections.Counter()}
+    for _, kind, what in events:
+        out[kind][_normalised(kind, what, normalise)] += 1
+    return out["exec"], out["open"], out["exit"]
+
+
+def processes(events, normalise=bytes, anywhere=()):
+    """The processes as a Counter of (its execs in order, its opens as a
+    multiset, its exits): what joining events by process gives.  Opens of
+    a path in `anywhere` are left out: which process makes them is the
+    scheduler's choice (tasks handed to a pool's workers)."""
+    by = collections.defaultdict(lambda: {"exec": [], "open": [], "exit": []})
+    for process, kind, what in events:
+        what = _normalised(kind, what, normalise)
+        if not (kind == "open" and what[0] in anywhere):
+            by[process][kind].append(what)
+    return collections.Counter(
+        (tuple(p["exec"]), frozenset(collections.Counter(p["open"]).items()), tuple(p["exit"]))
+        for p in by.values())
 
 
 def trace(*argv, kinds="exec,open,exit"):
@@ -136,40 +257,65 @@ def check_stream(r):
         assert boot == boot_id() and int(pid) == e["pid"] and int(start) > 0, e
 
 
-def test_exec_open_exit_match_strace_and_are_causal(kernel_ok, tmp_path):
-    argv = ["/bin/sh", "-c", SCRIPT]
-    r = trace(*argv)
-    assert r.returncode == 3, r.stderr
-    check_stream(r)
-    want = strace_view(tmp_path, argv)
-    got = rbtrace_view(r.events)
-    for name, w, g in zip(("execs", "opens", "exit codes"), want, got):
-        assert g == w, f"{name}: only strace {w - g}, only rbtrace {g - w}"
-    assert got[2][3] == 1 and got[2][4] == 1 and got[2][7] == 1 and got[2][9] == 1
-    assert got[2][127] == 1                         # the exec that failed
-    assert any(k[2] == "ENOENT" for k in got[0])
-
+def check_causal(r):
+    """Per process (its key), the stream is causal: one exit, its last
+    event; the dynamic loader opens its cache only in a new program, so at
+    least once after each successful exec (every program run here is
+    dynamically linked) and never before the first (a forked child that
+    does not exec runs no loader).  And the key is the process: every pid's
+    events are under one key (no pid is reused in a test's run)."""
     by_key = collections.defaultdict(list)
-    for i, e in enumerate(r.events):
-        by_key[e["process"]].append((i, e))
+    for e in r.events:
+        by_key[e["process"]].append(e)
     for key, evs in by_key.items():
-        types = [e["type"] for _, e in evs]
-        # Its exit is its last event, and it has one.
+        types = [e["type"] for e in evs]
         assert types.count("exit") == 1 and types[-1] == "exit", (key, types)
-        execs = [i for i, e in evs if e["type"] == "exec" and e["ret"] == 0]
-        loader = [i for i, e in evs if e["type"] == "open" and e["path"] == "/etc/ld.so.cache"]
-        # The dynamic loader opens its cache only in a new program: after
-        # the process's exec, and never in a process that did not exec.
-        if execs:
-            assert loader and min(loader) > max(execs), (key, types)
-        else:
-            assert not loader, (key, types)
-    # The key joins: every process that exec'd has its exit under that key,
-    # and every pid's events are one process (no pid was reused here).
+        programs = [[]]                     # the events before each exec, after the last
+        for e in evs:
+            if e["type"] == "exec" and e["ret"] == 0:
+                programs.append([])
+            else:
+                programs[-1].append(e)
+        loads = [sum(e["type"] == "open" and e["path"] == "/etc/ld.so.cache" for e in part)
+                 for part in programs]
+        assert loads[0] == 0 and all(n >= 1 for n in loads[1:]), (key, types)
     pids = collections.defaultdict(set)
     for e in r.events:
         pids[e["pid"]].add(e["process"])
     assert all(len(keys) == 1 for keys in pids.values()), pids
+
+
+def matches_strace(tmp_path, argv, normalise=bytes, anywhere=(), fresh=lambda: None):
+    """Run argv under rbtrace trace exec,open,exit, then under strace -f
+    (`fresh()` before each: the same starting state), and check that they
+    saw the same: exit status, execs, opens and exit codes as multisets,
+    and each process's own execs, opens and exit (see processes()).  The
+    rbtrace stream must be whole and causal.  `normalise` maps a path or
+    argument to what both runs have in common, for names that are random
+    by design; it is applied to both sides alike.  Returns (rbtrace's
+    result, its multisets)."""
+    fresh()
+    r = trace(*argv)
+    check_stream(r)
+    check_causal(r)
+    fresh()
+    events, status = strace_events(tmp_path, argv)
+    assert r.returncode == status, r.stderr
+    got = rbtrace_events(r.events)
+    want, have = multisets(events, normalise), multisets(got, normalise)
+    for name, w, g in zip(("execs", "opens", "exit codes"), want, have):
+        assert g == w, f"{name}: only strace {w - g}, only rbtrace {g - w}"
+    w, g = processes(events, normalise, anywhere), processes(got, normalise, anywhere)
+    assert g == w, f"processes: only strace {w - g}, only rbtrace {g - w}"
+    return r, have
+
+
+def test_exec_open_exit_match_strace_and_are_causal(kernel_ok, tmp_path):
+    r, got = matches_strace(tmp_path, ["/bin/sh", "-c", SCRIPT])
+    assert r.returncode == 3, r.stderr
+    assert got[2][3] == 1 and got[2][4] == 1 and got[2][7] == 1 and got[2][9] == 1
+    assert got[2][127] == 1                         # the exec that failed
+    assert any(k[2] == "ENOENT" for k in got[0])
 
 
 def test_a_thread_that_execs_stays_the_same_process(kernel_ok):
@@ -250,3 +396,81 @@ def test_tracepoints_join_the_stream(kernel_ok):
         assert r.events.index(fork) < min(child)
     assert sorted(e["exit_code"] for e in exits)[-1] == 2
     assert sorted(e["exit_code"] for e in exits).count(2) == 1
+
+
+def test_make_j2_matches_strace(kernel_ok, tmp_path):
+    """make -j2 -k over gcc compiles, in a fresh tree each run.  gcc names
+    its temporary files ccXXXXXX.s/.res/... with random letters (mkstemps),
+    and passes them to as, collect2 and ld in their argv: those six letters,
+    in paths under the run's own TMPDIR, are the one thing normalised, on
+    both sides alike.  Everything else must be equal."""
+    src, tmp = tmp_path / "src", tmp_path / "tmp"
+
+    def fresh():
+        for d in (src, tmp):
+            shutil.rmtree(d, ignore_errors=True)
+            d.mkdir()
+        for name, text in SOURCES.items():
+            (src / name).write_text(text)
+
+    temp = re.compile(re.escape(os.fsencode(tmp)) + rb"/cc[A-Za-z0-9]{6}\.")
+
+    def normalise(b):
+        return temp.sub(os.fsencode(tmp) + b"/ccXXXXXX.", b)
+
+    argv = ["/usr/bin/env", "-i", "-C", str(src), "PATH=/usr/bin:/bin", "LANG=C",
+            f"TMPDIR={tmp}", "make", "-s", "-k", "-j2"]
+    r, (execs, opens, exits) = matches_strace(tmp_path, argv, normalise, fresh=fresh)
+    assert r.returncode == 2, r.stderr
+    programs = collections.Counter(os.path.basename(f) for f, _, ret in execs if ret == 0)
+    assert programs[b"gcc"] == 5 and programs[b"cc1"] == 4 and programs[b"as"] == 4, programs
+    assert programs[b"ld"] == 1 and programs[b"prog"] == 1, programs
+    assert exits[6] == 1 and exits[2] == 1 and sum(exits.values()) == exits[0] + 2, exits
+    made = {p for p, ret in opens if isinstance(ret, int)}
+    assert {b"main.o", b"f1.o", b"prog", b"words.txt", b"common.h"} <= made, made
+    # gcc's temporary files were there, and normalised: per compile, a .s
+    # that gcc creates, cc1 writes and as reads.
+    assert sum(n for (p, _), n in opens.items() if b"/ccXXXXXX.s" in p) == 12, opens
+
+
+def test_python_multiprocessing_matches_strace(kernel_ok, tmp_path):
+    """Python's multiprocessing, by fork, spawn and forkserver.  python -I
+    -S -B: no user site, no site-packages, no .pyc written (a first run that
+    wrote one would open files the second does not).  Names random by
+    design, normalised on both sides alike: glibc's sem_open makes each
+    semaphore as /dev/shm/sem.XXXXXX (six random letters, mkstemp's) before
+    it links it to its name; Python's tempfile, in the run's own TMPDIR,
+    makes pymp-XXXXXXXX (the forkserver's socket directory) and first tries
+    an XXXXXXXX file there (eight random letters of a-z0-9_)."""
+    data, tmp = tmp_path / "data", tmp_path / "tmp"
+    data.mkdir()
+    tmp.mkdir()
+    sem = re.compile(rb"^/dev/shm/sem\.[A-Za-z0-9]{6}$")
+    temp = re.compile(re.escape(os.fsencode(tmp)) + rb"/(pymp-)?[a-z0-9_]{8}$")
+
+    def normalise(b):
+        return temp.sub(os.fsencode(tmp) + rb"/\1XXXXXXXX", sem.sub(b"/dev/shm/sem.XXXXXX", b))
+
+    for name, text in (("worker", "w"), ("task-1", "1"), ("task-2", "2"), ("task-3", "3"),
+                       ("fork", "f"), ("spawn", "s"), ("forkserver", "k")):
+        (data / name).write_text(text)
+    script = tmp_path / "mp.py"
+    script.write_text(MULTIPROCESSING)
+    tasks = {os.fsencode(data / n) for n in ("task-1", "task-2", "task-3", "missing-task")}
+    argv = ["/usr/bin/env", "-i", "PATH=/usr/bin:/bin", "LANG=C", f"TMPDIR={tmp}",
+            "/usr/bin/python3", "-I", "-S", "-B", str(script), str(data)]
+    r, (execs, opens, exits) = matches_strace(tmp_path, argv, normalise, anywhere=tasks)
+    assert r.returncode == 13, r.stderr
+    for code in (3, 5, 7, 11, 13):
+        assert exits[code] == 1, exits
+    # Nine processes: env (which became the script's python), the Pool's
+    # two workers, the forkserver and the resource tracker (exit 0), the
+    # four Processes; the Pool's threads made no exit.
+    assert sum(exits.values()) == 9 and exits[0] == 4, exits
+    pythons = [a for f, a, ret in execs if f == b"/usr/bin/python3" and ret == 0]
+    assert len(pythons) == 4, pythons             # the script, spawn's, forkserver, tracker
+    assert sum(n for (p, _), n in opens.items() if p == os.fsencode(data / "worker")) == 2
+    assert opens[(os.fsencode(data / "missing-fork"), "ENOENT")] == 1, opens
+    # The random names were there, and normalised.
+    assert any(p == b"/dev/shm/sem.XXXXXX" for p, _ in opens), opens
+    assert any(p == os.fsencode(tmp / "pymp-XXXXXXXX") for p, _ in opens), opens

@@ -205,14 +205,46 @@ def test_list_and_clear(entries):
 
 
 def test_the_key_changes_with_each_input(monkeypatch):
-    monkeypatch.setattr(cache, "btf_digest", lambda: "btf1")
+    monkeypatch.setattr(cache, "btf_digest", lambda d=None: "btf1")
     base = cache.make_key("int x;", ["A=1"], [], "headers 1")[0]
     assert base == cache.make_key("int x;", ["A=1"], [], "headers 1")[0]
     assert base != cache.make_key("int y;", ["A=1"], [], "headers 1")[0]
     assert base != cache.make_key("int x;", ["A=2"], [], "headers 1")[0]
     assert base != cache.make_key("int x;", ["A=1"], [], "headers 2")[0]
-    monkeypatch.setattr(cache, "btf_digest", lambda: "btf2")
+    monkeypatch.setattr(cache, "btf_digest", lambda d=None: "btf2")
     assert base != cache.make_key("int x;", ["A=1"], [], "headers 1")[0]
+
+
+def test_the_btf_digest_is_kept_once_per_boot(entries, monkeypatch, tmp_path):
+    """The BTF's digest is hashed once per boot and kept in the entries'
+    directory; a memo of another boot or kernel, or one that is not a
+    private file of ours, is not used."""
+    import hashlib
+    btf = tmp_path / "vmlinux"
+    btf.write_bytes(b"BTF" * 1000)
+    real = hashlib.sha256(btf.read_bytes()).hexdigest()
+    monkeypatch.setattr(cache, "VMLINUX_BTF", str(btf))
+
+    def digest():
+        monkeypatch.setattr(cache, "_btf_digest", None)     # a new process
+        return cache.btf_digest(entries)
+
+    assert digest() == real
+    memo_path = entries / cache.DIGEST_MEMO
+    memo = json.loads(memo_path.read_text())
+    assert memo["sha256"] == real and stat.S_IMODE(memo_path.stat().st_mode) == 0o600
+    # The memo is what is used while its identity holds: a planted digest
+    # under the same identity shows it was not hashed again.
+    memo_path.write_text(json.dumps({**memo, "sha256": "a" * 64}))
+    assert digest() == "a" * 64
+    os.chmod(memo_path, 0o644)
+    assert digest() == real                          # not private: hashed again
+    memo_path.write_text(json.dumps({"identity": "another-boot", "sha256": "b" * 64}))
+    os.chmod(memo_path, 0o600)
+    assert digest() == real
+    assert json.loads(memo_path.read_text())["identity"] == memo["identity"]   # made again
+    monkeypatch.setattr(cache, "_btf_digest", None)
+    assert cache.btf_digest() == real                # no directory: hashed, nothing kept
 
 
 def test_record_layouts_round_trip_through_json():
@@ -267,3 +299,32 @@ def test_the_cache_is_roots_or_the_users_own(monkeypatch, tmp_path):
     assert paths.cache_dir() == tmp_path / ".cache" / "rbtrace"
     monkeypatch.setenv("RBTRACE_CACHE_DIR", str(tmp_path / "mine"))
     assert paths.cache_dir() == tmp_path / "mine" == cache.cache_root()
+
+
+def test_the_ld_imm64_scan_walks_as_instruction_by_instruction():
+    """loader._ld_imm64s finds opcodes with bytes.find; it must give what a
+    walk of one instruction at a time gives (the slot after an ld_imm64 is
+    its upper half, even when it looks like one), on any bytes."""
+    import random
+
+    from rbtrace import loader
+
+    def walk(insns):
+        i, n = 0, len(insns) // 8
+        while i < n:
+            code, regs, _off, imm = struct.unpack_from("<BBhi", insns, i * 8)
+            if code == LD_IMM64:
+                upper = struct.unpack_from("<i", insns, (i + 1) * 8 + 4)[0] if i + 1 < n else None
+                yield i, regs >> 4, imm, upper
+                i += 2
+            else:
+                i += 1
+
+    rng = random.Random(17)
+    for _ in range(500):
+        n = rng.randint(0, 40)
+        b = bytearray(rng.getrandbits(8) for _ in range(n * 8 + rng.randint(0, 7)))
+        for k in range(n):
+            if rng.random() < 0.4:
+                b[k * 8] = LD_IMM64
+        assert list(loader._ld_imm64s(bytes(b))) == list(walk(bytes(b)))

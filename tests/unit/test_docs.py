@@ -333,6 +333,14 @@ class _FakeLoaded:
         return 2
 
 
+class _FakeExporter:
+    """What Session reads of an otlp.Exporter (--otlp)."""
+    sent, dropped = 7, 3
+
+    def close(self):
+        pass
+
+
 class _Recorder:
     def __init__(self):
         self.lost_records = []
@@ -360,6 +368,12 @@ def envelope_fields():
         session.started = 0.0
         out["summary"] |= set(session._summary(_FakeLoaded()))
     running.close()
+    # --otlp adds its own counts to both.
+    renderer = _Recorder()
+    session = Session(probe, renderer, None, None, exporter=_FakeExporter())
+    session.started = 0.0
+    out["summary"] |= set(session._summary(_FakeLoaded()))
+    out["lost"] |= set(renderer.lost_records[0])
 
     start = {"type"}
     for fn in (Session.run, render.JsonRenderer.start):
@@ -384,9 +398,10 @@ def envelope_orders():
     out = {"lost": [], "summary": []}
     running = RunningProcess(os.getpid())
     try:
-        for target in (None, Command(["true"]), running):
+        for target, exporter in ((None, None), (Command(["true"]), None), (running, None),
+                                 (None, _FakeExporter())):
             renderer = _Recorder()
-            session = Session(probe, renderer, None, None, follow=target)
+            session = Session(probe, renderer, None, None, follow=target, exporter=exporter)
             session.started = 0.0
             summary = session._summary(_FakeLoaded())
             out["summary"].append(_written(render, "close", summary))
@@ -638,7 +653,7 @@ def test_start_lost_and_summary_lines_are_documented(command):
 def test_start_lost_and_summary_members_are_in_the_output_order(command):
     page = load(f"rbtrace-{command}")
     orders = envelope_orders()
-    assert orders["lost"] and len(orders["summary"]) == 3
+    assert orders["lost"] and len(orders["summary"]) == 4
     assert_in_documented_order(orders["start"], documented_order(page, "start lines"),
                                f"rbtrace-{command}.8 start lines")
     for line_type in ("lost", "summary"):

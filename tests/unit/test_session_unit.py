@@ -156,7 +156,7 @@ def test_tally_fast_path_and_unique_path_count_alike(monkeypatch, batches):
     def unique(col, **kw):
         calls.append(len(col))
         return real_unique(col, **kw)
-    monkeypatch.setattr(session.np, "unique", unique)
+    monkeypatch.setattr(np, "unique", unique)       # numpy itself: rbtrace imports it lazily
     t = Tally(FakeProbe.tally)
     for b in batches:
         t.add(b)
