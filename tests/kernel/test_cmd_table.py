@@ -140,7 +140,8 @@ def _on_pty(args, keys=(), cols=100, rows=30, controlling=False, timeout=60):
     """Run `args` with stdin, stdout and stderr on a new pty of `cols` x
     `rows` (with `controlling`, its controlling terminal: a Ctrl-C typed
     is a signal); each of `keys`, (predicate on the text so far, bytes),
-    is typed once its predicate holds.  (exit status, every byte it
+    is typed once its predicate holds (a function instead of bytes is
+    called with the pty's master).  (exit status, every byte it
     wrote, the pty's name)."""
     master, slave = os.openpty()
     tty = os.ttyname(slave)
@@ -164,7 +165,8 @@ def _on_pty(args, keys=(), cols=100, rows=30, controlling=False, timeout=60):
                     break
                 out += data
             while keys and keys[0][0](bytes(out)):
-                os.write(master, keys.pop(0)[1])
+                key = keys.pop(0)[1]
+                key(master) if callable(key) else os.write(master, key)
         return p.wait(timeout=30), bytes(out), tty
     finally:
         if p.poll() is None:
@@ -226,3 +228,18 @@ def test_q_while_the_command_runs_hangs_it_up(kernel_ok):
     assert status == 129, text[-2000:]                     # 128 + SIGHUP, as the summary says
     assert time.monotonic() - started < 20
     assert "sleep killed by SIGHUP (129)" in text and "ENDED" not in text
+
+
+def test_the_commands_terminal_is_resized_with_the_real_one(kernel_ok):
+    def resize(master):
+        fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 111, 0, 0))
+
+    status, out, _ = _on_pty(
+        [*RBTRACE_ARGV, "exec", "--table", "--", "sh", "-c",
+         "stty size; sleep 2; stty size"], cols=90, rows=20,
+        keys=[(lambda o: b"q quit" in o, b"o"),              # the output view: its first line,
+              (lambda o: b"20 90" in o, resize),              # then the real terminal resized
+              (lambda o: b"ENDED: sh exit 0" in o, b"q")])
+    text = out.decode(errors="replace")
+    assert status == 0, text[-2000:]
+    assert "20 90\r\n33 111\r\n" in text, text[-2000:]
