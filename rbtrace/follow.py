@@ -195,6 +195,24 @@ class Command:
                 pass
         return True
 
+    def hang_up(self):
+        """CMD's own terminal (--table) goes away: SIGHUP, then SIGCONT,
+        to CMD and to the terminal's foreground process group, as the
+        kernel sends them when a terminal hangs up."""
+        if self.exited():
+            return
+        groups = {self.terminal.foreground(self.pid)} if self.terminal is not None else set()
+        for sig in (signal.SIGHUP, signal.SIGCONT):
+            try:
+                os.kill(self.pid, sig)          # not reaped yet: still CMD
+            except ProcessLookupError:
+                pass
+            for group in groups:
+                try:
+                    os.killpg(group, sig)
+                except (ProcessLookupError, PermissionError):
+                    pass
+
     def abandon(self):
         """rbtrace failed before CMD ran: CMD must not run untraced."""
         if self.pid is None or self.released or self.exited():

@@ -679,7 +679,7 @@ class TableRenderer:
             elapsed = self.ended_summary.get("duration_s", elapsed)
             state = f"ENDED{self._command_state()} | "
         if self.paused_rows is not None:
-            state = f"PAUSED{f' -{self.scroll}' if self.scroll else ''} | "
+            state += f"PAUSED{f' -{self.scroll}' if self.scroll else ''} | "
         if self.editing is not None:
             what = "search" if self.view == "tree" else "filter"
             keys = f"{what}: {fields.escape_str(self.editing)}_  (Enter apply, Esc clear)"

@@ -326,7 +326,7 @@ class Session:
                 self.exporter.close()       # at most --otlp-timeout; the rest is dropped
             summary = self._summary(loaded)
             if (self._own_terminal() and hasattr(self.renderer, "ended")
-                    and self.output_error is None
+                    and self.output_error is None and not self._quit_asked
                     and self.stop_reason != "quit" and not isinstance(self.stop_reason, int)):
                 self._linger(poller, summary)
         finally:
@@ -434,6 +434,7 @@ class Session:
         self._hung_up = signalled
 
     _hung_up = ()
+    _quit_asked = False         # q while waiting for CMD after tracing stopped
 
     def _followed_alive(self, loaded):
         """{pid: start time} of the followed processes alive now."""
@@ -469,9 +470,11 @@ class Session:
                     self.follow.reap()
                 elif fd in self._inputs:
                     # q in the table while CMD runs on a terminal of its
-                    # own: hung up, as from the main loop.
+                    # own: that terminal hung up.  (Not _hang_up: with the
+                    # probes detached the map no longer drops pids that exit.)
                     if self._on_input(poller, fd) == "quit" and self._own_terminal():
-                        self._hang_up(self.loaded)
+                        self.follow.hang_up()
+                        self._quit_asked = True     # and the table does not stay
                 elif fd == self._wake_r:
                     self._drain_wakeups()
 

@@ -243,3 +243,16 @@ def test_the_commands_terminal_is_resized_with_the_real_one(kernel_ok):
     text = out.decode(errors="replace")
     assert status == 0, text[-2000:]
     assert "20 90\r\n33 111\r\n" in text, text[-2000:]
+
+
+def test_q_after_duration_while_the_command_still_runs_hangs_it_up(kernel_ok):
+    """--duration stops the tracing; rbtrace waits for the command, the
+    table still up: q then hangs the command up, and the table goes."""
+    started = time.monotonic()
+    status, out, _ = _on_pty(
+        [*RBTRACE_ARGV, "exec", "--table", "-d", "1", "--", "sleep", "30"],
+        keys=[(lambda o: b"q quit" in o and time.monotonic() > started + 4, b"q")])
+    text = out.decode(errors="replace")
+    assert status == 129, text[-2000:]
+    assert time.monotonic() - started < 20
+    assert "sleep killed by SIGHUP (129)" in text and "ENDED" not in text
