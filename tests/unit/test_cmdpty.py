@@ -61,7 +61,7 @@ def test_the_command_runs_on_a_terminal_of_its_own_the_size_of_the_real_one(tmp_
     real_master, real_slave = os.openpty()          # the terminal rbtrace runs on
     fcntl.ioctl(real_slave, termios.TIOCSWINSZ, struct.pack("HHHH", 31, 97, 0, 0))
     pty = CommandPty(terminal_fd=real_slave, size_fd=real_slave)
-    script = ("echo tty=$(tty) size=$(stty size) sid=$(ps -o sid= -p $$ | tr -d " ") pid=$$;"
+    script = ("echo tty=$(tty) size=$(stty size) sid=$(ps -o sid= -p $$ | tr -d \' \') pid=$$;"
               "[ -t 0 ] && [ -t 1 ] && [ -t 2 ] && echo all-three-on-it;"
               "echo to-stderr >&2; printf '\\033]0;t\\007\\033[1mbold\\033[0m\\n'; exit 6")
     cmd = Command(["sh", "-c", script])
