@@ -1,7 +1,7 @@
 """Cost per event of the live table's tally, with and without the top files
 (open's SPEC.table_tally), on a synthetic batch: a storm of one path, and
 1000 paths.  Run: .venv/bin/python benchmarks/tally_files.py"""
-import numpy as np, time, random
+import numpy as np, time
 from rbtrace.session import Tally
 n = 200_000
 dt = np.dtype([("seq", "u8"), ("comm", "S16"), ("ret", "i8"), ("path_len", "u4"), ("path", "S256")])

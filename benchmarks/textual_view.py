@@ -51,7 +51,6 @@ import os
 import platform
 import resource
 import select
-import statistics
 import struct
 import subprocess
 import sys

@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from conftest import REPO, run_cli
+from conftest import REPO
 
 RBTRACE = [sys.executable, "-m", "rbtrace"]
 

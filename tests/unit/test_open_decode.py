@@ -3,7 +3,6 @@ the columns, the --flags / --path parsers, full_path, the -D flags, and
 bad CLI values."""
 import base64
 import ctypes
-import os
 import re
 import subprocess
 import sys
