@@ -173,6 +173,15 @@ def common_options(spec):
                help="One JSON object per line (for jq) instead of the table.",
                man="One JSON object per line (see **FIELDS**) instead of the table or plain "
                    "lines."),
+        Option(("--table",), "table", is_flag=True,
+               help="The live table even with -- CMD: CMD then runs on a terminal of its own.",
+               man="The live table, even with a command after **--**, which otherwise gets "
+                   "plain lines (the terminal being the command's). The command then runs on a "
+                   "pseudo-terminal of its own: key **o** in the table shows its last lines, and "
+                   "everything it wrote is written to the terminal when the table closes. Keys "
+                   "go to the table, never to the command, which gets no input: an interactive "
+                   "command needs plain mode. Needs a terminal on standard input and output; "
+                   "not with **--json** or **-o**. See **rbtrace**(8), FOLLOWING A COMMAND."),
         Option(("-c", "--count"), "count", type=click.IntRange(min=1), metavar="N",
                help="Stop after N events.", man="Stop after *N* events (at least 1)."),
         Option(("-d", "--duration"), "duration", type=DurationType(), metavar="SECONDS",
@@ -537,8 +546,11 @@ def _run(probe, opts, target, loader=None):
     loader = loader or load
     _check_otlp_options(opts)
 
+    if opts.get("table"):
+        _check_table(opts)
     file_out = _open_output(opts)
     out = file_out or Output(1, "standard output")
+    terminal = None
     exporter = None
     try:
         if opts.get("json_out"):
@@ -549,11 +561,17 @@ def _run(probe, opts, target, loader=None):
             from rbtrace.render import NullRenderer
             renderer = NullRenderer(probe)
         # With `-- CMD` the terminal is CMD's (its output, its keys): plain
-        # lines then, as strace prints them, and -o keeps the two apart.
-        elif file_out is None and os.isatty(out.fd) and not getattr(target, "waits_for_end", False):
+        # lines then, as strace prints them, and -o keeps the two apart;
+        # unless --table gives CMD a terminal of its own (cmdpty.py).
+        elif opts.get("table") or (file_out is None and os.isatty(out.fd)
+                                   and not getattr(target, "waits_for_end", False)):
             from rich.console import Console
+            if getattr(target, "waits_for_end", False):
+                from rbtrace.cmdpty import CommandPty
+                terminal = target.terminal = CommandPty()
             keys = sys.stdin.fileno() if sys.stdin.isatty() else None
-            renderer = TableRenderer(Console(), probe, opts["filters_text"], keys_fd=keys)
+            renderer = TableRenderer(Console(), probe, opts["filters_text"], keys_fd=keys,
+                                     command_output=terminal)
         else:
             renderer = PlainRenderer(out, probe)
         if (opts.get("otlp") or not getattr(renderer, "wants_bytes", False)
@@ -583,6 +601,9 @@ def _run(probe, opts, target, loader=None):
             file_out.close()
         if target is not None:
             target.close()
+        if terminal is not None:
+            terminal.close()          # what is left read, the pty hung up
+            terminal.replay()         # all CMD wrote, on the terminal the table has left
     # The summary reaches stderr even when the output failed; then one line
     # says which file and why (main), and the exit status is Exit.OUTPUT.
     if not opts.get("json_out"):
@@ -597,6 +618,20 @@ def _run(probe, opts, target, loader=None):
     if session.command_error is not None:
         raise session.command_error
     return code
+
+
+def _check_table(opts):
+    """--table: the table is drawn on standard output and reads its keys
+    on standard input, so both must be a terminal.  A run that asked for
+    it and can't have it stops, rather than printing something else."""
+    if opts.get("json_out"):
+        raise UsageError("--table and --json can't be combined: give one")
+    if opts.get("output"):
+        raise UsageError("--table and -o can't be combined: the table is drawn on the terminal")
+    if not (os.isatty(0) and os.isatty(1)):
+        which = "standard input" if not os.isatty(0) else "standard output"
+        raise UsageError(f"--table needs a terminal on standard input and output, and "
+                         f"{which} is not one (leave --table out for plain lines)")
 
 
 def _check_otlp_options(opts):

@@ -99,6 +99,7 @@ class Command:
         self.pidfd = None
         self.wait_status = None
         self.released = False
+        self.terminal = None      # a cmdpty.CommandPty with --table: CMD's own terminal
 
     def start(self):
         env = initial_environment()
@@ -112,6 +113,8 @@ class Command:
             try:
                 os.close(go_w)
                 os.close(err_r)
+                if self.terminal is not None:
+                    self.terminal.child_side()
                 # Python ignores these at start-up; exec would keep them ignored.
                 for sig in (signal.SIGPIPE, signal.SIGXFSZ):
                     signal.signal(sig, signal.SIG_DFL)
@@ -129,6 +132,8 @@ class Command:
                 os._exit(code)
         os.close(go_r)
         os.close(err_w)
+        if self.terminal is not None:
+            self.terminal.parent_side()
         self.pid = pid
         self._go, self._err = go_w, err_r
         try:
@@ -171,15 +176,42 @@ class Command:
         """Give a signal meant to stop rbtrace to CMD instead, as a shell
         does with its foreground job.  One the kernel sent (a terminal's
         Ctrl-C) went to CMD's process group too: it is not sent twice.
-        False once CMD has exited: then the signal is rbtrace's."""
+        False once CMD has exited: then the signal is rbtrace's.
+
+        On a terminal of its own (--table) CMD is not in the real terminal's
+        foreground, so a signal typed there (Ctrl-C) is passed on to the
+        pty's foreground process group, where the terminal would have sent it."""
         if self.exited():
             return False
-        if not from_kernel:
+        if from_kernel and self.terminal is not None:
+            try:
+                os.killpg(self.terminal.foreground(self.pid), signum)
+            except ProcessLookupError:
+                pass
+        elif not from_kernel:
             try:
                 os.kill(self.pid, signum)
             except ProcessLookupError:
                 pass
         return True
+
+    def hang_up(self):
+        """CMD's own terminal (--table) goes away: SIGHUP, then SIGCONT,
+        to CMD and to the terminal's foreground process group, as the
+        kernel sends them when a terminal hangs up."""
+        if self.exited():
+            return
+        groups = {self.terminal.foreground(self.pid)} if self.terminal is not None else set()
+        for sig in (signal.SIGHUP, signal.SIGCONT):
+            try:
+                os.kill(self.pid, sig)          # not reaped yet: still CMD
+            except ProcessLookupError:
+                pass
+            for group in groups:
+                try:
+                    os.killpg(group, sig)
+                except (ProcessLookupError, PermissionError):
+                    pass
 
     def abandon(self):
         """rbtrace failed before CMD ran: CMD must not run untraced."""

@@ -409,6 +409,7 @@ class TableRenderer:
     wants_bytes = False
     wants_all = False     # the session hands over records (keep), not events
     KEYS = "q quit  space pause  ↑↓ scroll  s summary  t tree  / filter"
+    OUTPUT_KEYS = "q quit  o log  t tree  s summary"
     TREE_KEYS = "q quit  space pause  ↑↓ select  Enter expand  t log  / search  n next"
     EXPAND = {"\r": None, "\n": None, "\x1b[C": True, "\x1bOC": True,
               "\x1b[D": False, "\x1bOD": False}
@@ -419,7 +420,7 @@ class TableRenderer:
               "\x1b[5~": "page", "\x1b[6~": "-page", "\x1b[H": "top", "\x1bOH": "top",
               "\x1b[1~": "top", "\x1b[F": "end", "\x1bOF": "end", "\x1b[4~": "end"}
 
-    def __init__(self, console, probe, filters: str, keys_fd=None):
+    def __init__(self, console, probe, filters: str, keys_fd=None, command_output=None):
         from rich.live import Live
         self.console = console
         self.probe = probe
@@ -451,9 +452,19 @@ class TableRenderer:
         self.editing = None                        # filter text being typed
         self.keys_fd = keys_fd
         self._tty_saved = None
+        # --table -- CMD: CMD's terminal (a cmdpty.CommandPty), read here;
+        # key o shows its last lines.
+        self.cmd_out = command_output
+        if command_output is not None:
+            self.KEYS += "  o output"
+            self.TREE_KEYS += "  o output"
+        self.ended_summary = None                  # the run's summary, once it has ended
 
     def input_fds(self):
-        return [self.keys_fd] if self.keys_fd is not None else []
+        fds = [self.keys_fd] if self.keys_fd is not None else []
+        if self.cmd_out is not None and self.cmd_out.open:
+            fds.append(self.cmd_out.fd)
+        return fds
 
     def output_fd(self):
         return None
@@ -485,6 +496,10 @@ class TableRenderer:
                 i += 1
 
     def on_input(self, fd):
+        if self.cmd_out is not None and fd == self.cmd_out.fd:
+            more = self.cmd_out.read()       # what CMD wrote: kept, drawn at most 10/s
+            self._draw()
+            return None if more else "eof"
         try:
             data = os.read(fd, 64).decode(errors="replace")
         except OSError:
@@ -519,6 +534,8 @@ class TableRenderer:
             elif key == "t":
                 self.view = "tree" if self.view != "tree" else "stream"
                 self.tree.refresh()
+            elif key == "o" and self.cmd_out is not None:
+                self.view = "output" if self.view != "output" else "stream"
             elif key == "/":
                 self.editing = self.tree.search if self.view == "tree" else self.text_filter
         self._draw(force=True)
@@ -617,6 +634,13 @@ class TableRenderer:
         self.stats = stats
         self._draw()
 
+    def ended(self, summary):
+        """The run has ended (--table -- CMD) and the table stays until q:
+        the final counts, and the command's status in the footer."""
+        self.ended_summary = summary
+        self.stats = {**self.stats, **summary}
+        self._draw(force=True)
+
     def close(self, summary):
         self.stats = {**self.stats, **summary}
         self._draw(force=True)
@@ -651,11 +675,16 @@ class TableRenderer:
         s = self.stats
         elapsed = time.monotonic() - self.started
         state = ""
+        if self.ended_summary is not None:
+            elapsed = self.ended_summary.get("duration_s", elapsed)
+            state = f"ENDED{self._command_state()} | "
         if self.paused_rows is not None:
-            state = f"PAUSED{f' -{self.scroll}' if self.scroll else ''} | "
+            state += f"PAUSED{f' -{self.scroll}' if self.scroll else ''} | "
         if self.editing is not None:
             what = "search" if self.view == "tree" else "filter"
             keys = f"{what}: {fields.escape_str(self.editing)}_  (Enter apply, Esc clear)"
+        elif self.view == "output":
+            keys = self.OUTPUT_KEYS
         elif self.view == "tree":
             t = self.tree
             keys = ((f"search '{fields.escape_str(t.search)}' "
@@ -673,6 +702,25 @@ class TableRenderer:
         style = "bold red reverse" if s.get("dropped") or s.get("otlp_dropped") else "reverse"
         return [Text(_cut(line1, width), style=style, no_wrap=True),
                 Text(_cut(keys, width), style="dim", no_wrap=True)]
+
+    def _command_state(self):
+        """': sh exit 5' (or ': sh SIGKILL') for the footer of an ended run."""
+        command = (self.ended_summary or {}).get("command")
+        if not command or command.get("status") is None:
+            return ""
+        name = fields.for_message(os.path.basename(command["argv"][0]))
+        how = command["signal"] or f"exit {command['status']}"
+        return f": {name} {how}"
+
+    def _output_lines(self, width, height):
+        """The output view: what the command wrote, its last rows that fit
+        under a header line, escape sequences taken out (cmdpty.clean_line)."""
+        from rich.text import Text
+        out = self.cmd_out
+        head = f"OUTPUT of the command: {out.bytes} bytes, all written here when the table closes"
+        lines = [Text(_cut(head, width), style="bold", no_wrap=True)]
+        lines += [Text(row, no_wrap=True) for row in out.lines.tail(width, height - 1)]
+        return lines[:height]
 
     def _summary_lines(self, width, height):
         """The summary view: one column per tally (top commands, errors,
@@ -727,11 +775,15 @@ class TableRenderer:
             self.console.size = (width, height)
         except (OSError, ValueError, AttributeError):
             width, height = self.console.size
+        if self.cmd_out is not None:
+            self.cmd_out.resize(width, height)     # CMD's terminal follows the real one
         width -= 1            # never the last cell: some terminals wrap there
         footer = self._footer(width)
         room = max(0, height - len(footer))
         if self.view == "summary":
             body = self._summary_lines(width, room)[:room]
+        elif self.view == "output":
+            body = self._output_lines(width, room)
         elif self.view == "tree":
             self._page = max(1, room - 1)
             header, lines = self.tree.render(self.stats.get("procs"), self._view(), width, room,

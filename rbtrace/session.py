@@ -304,7 +304,10 @@ class Session:
             self._loop(loaded, ring, poller)
             followed = {}
             if self.follow is not None:
-                if self.output_error is not None:
+                # q in the table of a command on a terminal of its own
+                # closes that terminal: CMD is hung up as by a closed window.
+                if self.output_error is not None or (
+                        self.stop_reason == "quit" and self._own_terminal()):
                     self._hang_up(loaded)
                 # Followed processes still alive now, taken while the exit
                 # hook keeps the map exact; those still running when rbtrace
@@ -322,6 +325,10 @@ class Session:
             if self.exporter is not None:
                 self.exporter.close()       # at most --otlp-timeout; the rest is dropped
             summary = self._summary(loaded)
+            if (self._own_terminal() and hasattr(self.renderer, "ended")
+                    and self.output_error is None and not self._quit_asked
+                    and self.stop_reason != "quit" and not isinstance(self.stop_reason, int)):
+                self._linger(poller, summary)
         finally:
             # Our handlers stay until BCC has cleaned up: a SIGINT landing in
             # the middle of its cleanup made it free a module twice (-11).
@@ -353,6 +360,10 @@ class Session:
         if isinstance(self.stop_reason, int):       # a stop signal: as a shell reports it
             return 128 + self.stop_reason
         return Exit.OK
+
+    def _own_terminal(self):
+        """Whether CMD runs on a terminal of its own (--table -- CMD)."""
+        return getattr(self.follow, "terminal", None) is not None
 
     def _seed(self, loaded):
         """Put the followed roots in the kernel's map, and for a running
@@ -423,6 +434,7 @@ class Session:
         self._hung_up = signalled
 
     _hung_up = ()
+    _quit_asked = False         # q while waiting for CMD after tracing stopped
 
     def _followed_alive(self, loaded):
         """{pid: start time} of the followed processes alive now."""
@@ -448,13 +460,57 @@ class Session:
 
     def _wait_for_command(self, poller):
         """Tracing stopped early (--count, --duration, closed output): the
-        exit status is still CMD's, so wait for it, still forwarding signals."""
+        exit status is still CMD's, so wait for it, still forwarding signals
+        (and reading CMD's terminal, whose output must not fill up)."""
         while not self.follow.exited():
             for fd, _ in poller.poll(1.0):
                 if fd == self._sigfd.fd:
                     self._on_command_signals()
                 elif fd == self._pidfd:
                     self.follow.reap()
+                elif fd in self._inputs:
+                    # q in the table while CMD runs on a terminal of its
+                    # own: that terminal hung up.  (Not _hang_up: with the
+                    # probes detached the map no longer drops pids that exit.)
+                    if self._on_input(poller, fd) == "quit" and self._own_terminal():
+                        self.follow.hang_up()
+                        self._quit_asked = True     # and the table does not stay
+                elif fd == self._wake_r:
+                    self._drain_wakeups()
+
+    def _on_input(self, poller, fd):
+        """The renderer's input fd is readable (keys, CMD's terminal): its
+        answer, "quit" for q.  One that has reached its end ("eof") is
+        polled no more: it would be readable for ever."""
+        what = self.renderer.on_input(fd)
+        if what == "eof":
+            self._inputs.discard(fd)
+            poller.unregister(fd)
+        return what
+
+    def _linger(self, poller, summary):
+        """The table of a command run on a terminal of its own (--table --
+        CMD) stays once the run has ended, the command's exit status in its
+        footer, until q (or a stop signal): what it shows is what the user
+        came for.  The probes are detached: nothing is counted any more;
+        the command's terminal is still read (its background children)."""
+        for fd in (self.ring.fd, self._pidfd):
+            try:
+                poller.unregister(fd)
+            except (OSError, ValueError, TypeError):
+                pass
+        self.renderer.ended(summary)
+        while True:
+            for fd, _ in poller.poll(0.2):
+                if fd in self._inputs:
+                    if self._on_input(poller, fd) == "quit":
+                        return
+                elif fd == self._wake_r:
+                    self._drain_wakeups()
+                elif self._sigfd is not None and fd == self._sigfd.fd:
+                    if self._sigfd.read():
+                        return
+            self.renderer.tick(self.renderer.stats)
 
     def _loop(self, loaded, ring, poller):
         next_stats = 0.0
@@ -478,8 +534,9 @@ class Session:
             for fd, ev in poller.poll(timeout):
                 if fd == self._wake_r:
                     self._drain_wakeups()
-                elif fd in self._inputs and self.renderer.on_input(fd) == "quit":
-                    self.stop_reason = "quit"
+                elif fd in self._inputs:
+                    if self._on_input(poller, fd) == "quit":
+                        self.stop_reason = "quit"
                 elif fd == self._out_fd and ev & (select.EPOLLERR | select.EPOLLHUP):
                     self.stop_reason = "output closed"
                     self.renderer.output_gone()

@@ -424,3 +424,30 @@ def test_the_table_keeps_copies_of_the_records_it_is_handed(kring):
     assert [e["seq"] for e in got] == list(range(n))
     assert [e["type"] for e in got] == ["b" if i % 7 in (3, 4) else "a" for i in range(n)]
     assert probe.across_the_end > 0
+
+
+def test_an_input_at_its_end_is_polled_no_more(kring, out_file, monkeypatch):
+    """A renderer's input that has reached its end (CMD's terminal once
+    every process holding it has exited: readable for ever) answers "eof"
+    and is taken out of the poll; left in, it would spin the loop."""
+    r, w = os.pipe()
+    os.write(w, b"some output")
+    os.close(w)
+    calls = []
+
+    def input_fds(self):
+        return [r]
+
+    def on_input(self, fd):
+        data = os.read(fd, 4096)
+        calls.append(data)
+        return None if data else "eof"
+
+    monkeypatch.setattr(Recording, "input_fds", input_fds, raising=False)
+    monkeypatch.setattr(Recording, "on_input", on_input, raising=False)
+    try:
+        code, s, _, lines = run_session(kring, out_file, Program(kring), duration=0.5)
+    finally:
+        os.close(r)
+    assert calls == [b"some output", b""]
+    assert code == Exit.OK and lines["summary"][0]["stopped_by"] == "duration"
