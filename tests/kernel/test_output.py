@@ -299,8 +299,12 @@ def test_followed_running_counts_one_left_behind_after_an_early_stop(kernel_ok, 
     os.mkfifo(fifo)
     pidfile = tmp_path / "pid"
     inner = f"echo $$ > {pidfile}; read x < {fifo}"
+    # CMD waits for the inner sh to have exec'd (it writes its pid after):
+    # else, on a loaded machine, CMD could exit and end the run before the
+    # second exec happens.  A builtin loop: a sleep would be an exec.
     p = run(["exec", "--json", "-c", "2", "--", "sh", "-c",
-             f"sh -c '{inner}' >/dev/null 2>&1 & exit 0"])
+             f"sh -c '{inner}' >/dev/null 2>&1 & "
+             f"while [ ! -s {pidfile} ]; do :; done; exit 0"])
     try:
         err = p.stderr.decode()
         assert p.returncode == 0, err
