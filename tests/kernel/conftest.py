@@ -201,6 +201,18 @@ class Tracer:
 
 
 @pytest.fixture
+def tmux_session(kernel_ok):
+    """A fresh tmux session's name (tmuxterm.py drives it); killed after."""
+    import shutil
+    import uuid
+    if not shutil.which("tmux"):
+        pytest.skip("tmux is not installed (make setup-test installs it)")
+    name = "rbtrace-test-" + uuid.uuid4().hex[:8]
+    yield name
+    subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True, timeout=30)
+
+
+@pytest.fixture
 def rbtrace(kernel_ok):
     started = []
 

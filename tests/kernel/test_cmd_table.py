@@ -16,7 +16,8 @@ import threading
 import time
 
 from conftest import REPO, RBTRACE_ARGV
-from test_table import _cells, _tmux, _wait_for, tmux_session  # noqa: F401
+from test_table import _cells
+from tmuxterm import tmux as _tmux, wait_for as _wait_for
 
 SCRIPT = "echo hello-from-cmd; (exit 3); sleep 1; exit 5"
 

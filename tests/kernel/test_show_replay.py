@@ -12,6 +12,7 @@ import subprocess
 import pytest
 
 from conftest import REPO, RBTRACE_ARGV, parse_json_lines, run_cli
+from tmuxterm import tmux as _tmux, wait_for as _wait_for
 
 ENV = {"PATH": "/usr/bin:/bin", "LANG": "C"}
 if os.environ.get("RBTRACE_CACHE_DIR"):
@@ -147,36 +148,6 @@ def test_a_filtered_replay_counts_the_events_kept(recorded):
 
 
 # --- the table, in tmux ---------------------------------------------------------------
-
-def _tmux(*args, check=True):
-    return subprocess.run(["tmux", *args], capture_output=True, check=check, timeout=30)
-
-
-def _screen(name):
-    return _tmux("capture-pane", "-p", "-t", name).stdout.decode("utf-8", "replace")
-
-
-def _wait_for(name, pred, timeout=30):
-    import time
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        screen = _screen(name)
-        if pred(screen):
-            return screen
-        time.sleep(0.2)
-    raise AssertionError("screen never matched:\n" + _screen(name))
-
-
-@pytest.fixture
-def tmux_session():
-    import shutil
-    import uuid
-    if not shutil.which("tmux"):
-        pytest.skip("tmux is not installed (make setup-test installs it)")
-    name = "rbtrace-show-" + uuid.uuid4().hex[:8]
-    yield name
-    _tmux("kill-session", "-t", name, check=False)
-
 
 @pytest.mark.parametrize("from_stdin", [False, True])
 def test_the_table_shows_the_recording_until_q(recorded, tmux_session, tmp_path, from_stdin):

@@ -4,7 +4,6 @@ import base64
 import os
 import re
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import uuid
 import pytest
 
 from conftest import REPO
+from tmuxterm import screen as _screen, tmux as _tmux, wait_for as _wait_for
 
 RBTRACE = [sys.executable, "-m", "rbtrace"]
 
@@ -34,34 +34,6 @@ HOSTILE = [
 
 
 COMM = "rbtrace-hostile"
-
-
-def _tmux(*args, check=True):
-    return subprocess.run(["tmux", *args], capture_output=True, check=check, timeout=30)
-
-
-@pytest.fixture
-def tmux_session(kernel_ok):
-    if not shutil.which("tmux"):
-        pytest.skip("tmux is not installed (make setup-test installs it)")
-    name = "rbtrace-test-" + uuid.uuid4().hex[:8]
-    yield name
-    _tmux("kill-session", "-t", name, check=False)
-
-
-def _screen(name, escapes=False):
-    args = ["capture-pane", "-p", "-t", name] + (["-e"] if escapes else [])
-    return _tmux(*args).stdout.decode("utf-8", errors="replace")
-
-
-def _wait_for(name, pred, timeout=30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        screen = _screen(name)
-        if pred(screen):
-            return screen
-        time.sleep(0.2)
-    raise AssertionError("screen never matched:\n" + _screen(name))
 
 
 def _start_table(name, tmp_path, width=160, height=30, args=()):

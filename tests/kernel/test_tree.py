@@ -14,7 +14,8 @@ import uuid
 
 import pytest
 
-from test_table import _cells, _start_table, _tmux, _wait_for, tmux_session  # noqa: F401
+from test_table import _cells, _start_table
+from tmuxterm import tmux as _tmux, wait_for as _wait_for
 
 OPENS = 10_500
 
