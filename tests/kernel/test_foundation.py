@@ -219,7 +219,7 @@ def test_doctor_reports_each_check(kernel_ok):
     out = p.stdout.decode()
     assert p.returncode == 0, out + p.stderr.decode()
     names = ["privileges", "kernel", "ring buffer", "BTF", "kernel headers", "tracefs", "BCC",
-             "libbpf", "bpf_loop", "compile cache", "hook tracepoint", "hook raw_tracepoint", "hook kprobe", "hook uprobe", "hook fentry"]
+             "libbpf", "bpf_loop", "compile cache", "cgroup v2", "hook tracepoint", "hook raw_tracepoint", "hook kprobe", "hook uprobe", "hook fentry"]
     lines = out.splitlines()
     assert len(lines) == len(names)
     for name, line in zip(names, lines):
@@ -228,6 +228,11 @@ def test_doctor_reports_each_check(kernel_ok):
         assert status in ("ok", "missing", "no")
     status = {ln.split(None, 1)[1][:20].strip(): ln.split()[0] for ln in lines}
     assert status["hook tracepoint"] == "ok"      # rbtrace itself needs it
+    # --cgroup, --container and container_id need the cgroup v2 mount,
+    # wherever it is (/sys/fs/cgroup/unified on a hybrid host).
+    v2 = [ln.split()[3] for ln in open("/proc/self/mountinfo") if " - cgroup2 " in ln]
+    cg = next(ln for ln in lines if ln.split(None, 1)[1].startswith("cgroup v2"))
+    assert (cg.split()[0] == "ok") == bool(v2) and (not v2 or v2[0] in cg), cg
     # Linux 6.18 here has it (5.17+), unless the run forces the fallback.
     assert status["bpf_loop"] == ("no" if os.environ.get("RBTRACE_NO_BPF_LOOP") == "1" else "ok")
     # kprobes load exactly when the kernel has the kprobe PMU.
