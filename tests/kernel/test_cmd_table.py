@@ -17,7 +17,7 @@ import time
 
 from conftest import REPO, RBTRACE_ARGV
 from test_table import _cells
-from tmuxterm import tmux as _tmux, wait_for as _wait_for
+from tmuxterm import tmux as _tmux, tree_rows as _rows, wait_for as _wait_for
 
 SCRIPT = "echo hello-from-cmd; (exit 3); sleep 1; exit 5"
 
@@ -49,16 +49,6 @@ class _ProcWatch(threading.Thread):
                 elif argv == [b"sleep", b"1"] and self.root is not None and ppid == self.root:
                     self.sleep = int(name)
             time.sleep(0.01)
-
-
-def _rows(screen):
-    """{pid: the rest of the row} of the tree's process rows on screen."""
-    out = {}
-    for ln in screen.splitlines():
-        m = re.match(r"\s*(\d+) (running|exit \d+|SIG\w+|\?) ", ln)
-        if m:
-            out[int(m.group(1))] = ln[m.end(1):].strip()
-    return out
 
 
 def _fits(screen, width, height):

@@ -15,7 +15,7 @@ import uuid
 import pytest
 
 from test_table import _cells, _start_table
-from tmuxterm import tmux as _tmux, wait_for as _wait_for
+from tmuxterm import tmux as _tmux, tree_rows as _rows, wait_for as _wait_for
 
 OPENS = 10_500
 
@@ -36,16 +36,6 @@ exit 5
 def _release(path):
     with open(path, "w") as f:
         f.write("go\n")
-
-
-def _rows(screen):
-    """{pid: the rest of the row} of the process rows on screen."""
-    out = {}
-    for ln in screen.splitlines():
-        m = re.match(r"\s*(\d+) (running|exit \d+|SIG\w+|\?) ", ln)
-        if m:
-            out[int(m.group(1))] = ln[m.end(1):].strip()
-    return out
 
 
 @pytest.mark.parametrize("width, height", [(80, 24), (120, 40)])

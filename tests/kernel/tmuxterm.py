@@ -24,3 +24,14 @@ def wait_for(name, pred, timeout=30):
             return text
         time.sleep(0.2)
     raise AssertionError("screen never matched:\n" + screen(name))
+
+
+def tree_rows(text):
+    """{pid: the rest of the row} of the process tree's rows on a screen."""
+    import re
+    out = {}
+    for ln in text.splitlines():
+        m = re.match(r"\s*(\d+) (running|exit \d+|SIG\w+|\?) ", ln)
+        if m:
+            out[int(m.group(1))] = ln[m.end(1):].strip()
+    return out
