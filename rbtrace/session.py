@@ -602,7 +602,6 @@ class Session:
                 self._drain_payloads(ring, deadline)
                 return
             self._with_numpy()
-        probe, renderer = self.probe, self.renderer
         for et, records, offsets, data in ring.segments():
             if deadline is not None and (self.stop_reason is not None
                                          or time.monotonic() >= deadline):
@@ -616,16 +615,8 @@ class Session:
             try:
                 if self.exporter is not None:
                     self._export_and_render(et, records, offsets, data, n)
-                elif renderer.wants_bytes and hasattr(probe, "json_lines"):
-                    renderer.write_lines(probe.json_lines(et, records, offsets, data))
-                elif hasattr(renderer, "keep"):
-                    # The live table keeps records, decoded when shown or searched.
-                    renderer.keep(et, records)
-                elif renderer.wants_all:
-                    renderer.events(probe.decode(et, records, offsets, data))
                 else:
-                    tail = renderer.tail
-                    renderer.count(n, probe.decode(et, records[-tail:], offsets[-tail:], data))
+                    self._render(et, records, offsets, data, n)
             except OutputError as e:
                 # One line per event, and only whole lines are kept: the
                 # first lines_kept events are out, the others are not.
@@ -654,16 +645,32 @@ class Session:
                 renderer.write_lines(b"\n".join(lines) + b"\n")
             return
         self.exporter.add(events, offset)
-        if renderer.wants_all:
-            renderer.events(events)
+        self._render(et, records, offsets, data, n, events)
+
+    def _render(self, et, records, offsets, data, n, events=None):
+        """One segment to the renderer, in the form it takes; `events`: the
+        segment already decoded (for --otlp), else decoded here if need be."""
+        probe, renderer = self.probe, self.renderer
+        if renderer.wants_bytes and hasattr(probe, "json_lines"):
+            renderer.write_lines(probe.json_lines(et, records, offsets, data))
+        elif hasattr(renderer, "keep"):
+            # The live table keeps records, decoded when shown or searched.
+            renderer.keep(et, records)
+        elif renderer.wants_all:
+            renderer.events(probe.decode(et, records, offsets, data) if events is None else events)
         else:
-            renderer.count(n, events[-renderer.tail:])
+            tail = renderer.tail
+            renderer.count(n, probe.decode(et, records[-tail:], offsets[-tail:], data)
+                           if events is None else events[-tail:])
+
+    def _codec(self, et):
+        """The codec that decodes event type `et` (a trace's, or the one)."""
+        return self.probe.codec_for(et) if hasattr(self.probe, "codec_for") else self.probe
 
     def _clock_offset(self, et):
         """REALTIME - MONOTONIC of the codec that decodes `et`: what makes
         its events' `time`."""
-        codec = self.probe.codec_for(et) if hasattr(self.probe, "codec_for") else self.probe
-        return codec.clock.offset_ns
+        return self._codec(et).clock.offset_ns
 
     def _drain_payloads(self, ring, deadline=None):
         """_drain_segments() before numpy is imported: records copied out of
@@ -700,7 +707,7 @@ class Session:
 
     def _count_processes(self, et, records, offsets, data):
         """The per-process and per-kind counts of the summary (procsum)."""
-        codec = self.probe.codec_for(et) if hasattr(self.probe, "codec_for") else self.probe
+        codec = self._codec(et)
         spec = getattr(codec, "spec", None)
         if spec is None:
             return
