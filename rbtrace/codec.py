@@ -31,6 +31,7 @@ probe; the session writes the first events this way while it imports.
 tests/unit/test_rows_decode.py holds the lines equal to json_lines()'s.
 """
 import base64
+import functools
 import os
 import sys
 from collections.abc import Mapping
@@ -110,19 +111,12 @@ class Codec:
         self._json_templates = {}
         self._layouts = {}
 
-    @property
+    @functools.cached_property
     def containers(self):
         """cgroup_id -> (container_id, pod_uid): rbtrace/cgroups.py's
         resolver, shared by every codec of the process (a test sets its own)."""
-        found = self.__dict__.get("_containers")
-        if found is None:
-            from rbtrace import cgroups
-            found = self._containers = cgroups.resolver()
-        return found
-
-    @containers.setter
-    def containers(self, value):
-        self._containers = value
+        from rbtrace import cgroups
+        return cgroups.resolver()
 
     def _bind_time(self, columns):
         """The columns, with a TIME column (value None) showing this run's clock."""
