@@ -498,16 +498,11 @@ def resolve_cgroup(opts):
 def filters_text(spec, opts, target) -> str:
     """The run's filters, for the start record and the footer: each option
     that selects (spec.Option.filter), in rank order, then the command."""
-    shown = []
-    for o in sorted(common_options(spec) + spec.options, key=lambda o: o.rank):
-        text = o.filter_text(opts.get(o.name))
-        if text is not None:
-            shown.append(text)
+    from rbtrace.spec import filters_text as worded
+    more = []
     if target is not None and not opts.get("pid"):
-        shown.append(f"command={os.path.basename(target.argv[0])}")
-    # argv bytes that are not UTF-8 (a --comm, a --path, CMD's name) can't
-    # go into JSON as they are.
-    return os.fsencode(" ".join(shown)).decode("utf-8", "replace")
+        more.append(f"command={os.path.basename(target.argv[0])}")
+    return worded(common_options(spec) + spec.options, opts, more)
 
 
 def _run_kind(spec, opts):

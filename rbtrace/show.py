@@ -402,13 +402,9 @@ def make_filter(opts, specs):
 
 def filters_text(opts) -> str:
     """The replay's own filters, worded as a live run's start line words
-    its filters (spec.Option.filter_text), in rank order."""
-    shown = []
-    for o in sorted(options(), key=lambda o: o.rank):
-        text = o.filter_text(opts.get(o.name))
-        if text is not None:
-            shown.append(text)
-    return os.fsencode(" ".join(shown)).decode("utf-8", "replace")
+    its filters (spec.filters_text)."""
+    from rbtrace.spec import filters_text as worded
+    return worded(options(), opts)
 
 
 # --- columns for the summary -------------------------------------------------------------

@@ -468,6 +468,16 @@ class Option:
         return self.name if self.is_flag else f"{self.name}={value}"
 
 
+def filters_text(options, values: dict, more=()) -> str:
+    """The filters in effect, as the start line and the footer word them:
+    each option's filter_text() in rank order, then `more` (words such as
+    the followed command's name).  As UTF-8: argv bytes that are not (a
+    --comm, a --path, CMD's name) can't go into JSON as they are."""
+    shown = [t for t in (o.filter_text(values.get(o.name))
+                         for o in sorted(options, key=lambda o: o.rank)) if t is not None]
+    return os.fsencode(" ".join([*shown, *more])).decode("utf-8", "replace")
+
+
 @dataclass(frozen=True)
 class Argument:
     """A positional argument of a kind's command (tp's tracepoints, run's file).
